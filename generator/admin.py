@@ -1,0 +1,65 @@
+from django.contrib import admin
+from django.utils.html import format_html
+
+from .models import GenerationSession
+
+
+@admin.register(GenerationSession)
+class GenerationSessionAdmin(admin.ModelAdmin):
+    list_display = ("short_prompt", "status", "progress", "backend", "created_at", "duration")
+    list_filter = ("status", "backend")
+    search_fields = ("prompt",)
+    date_hierarchy = "created_at"
+    readonly_fields = ("image_preview",)
+    fieldsets = (
+        (None, {"fields": ("id", "prompt", "negative_prompt", "image_preview")}),
+        ("Parameters", {"fields": ("steps", "guidance_scale", "width", "height", "seed")}),
+        ("Model", {"fields": ("backend", "model")}),
+        (
+            "Progress",
+            {
+                "fields": (
+                    "status",
+                    "phase",
+                    "current_step",
+                    "total_steps",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "error",
+                    "image",
+                )
+            },
+        ),
+        ("Worker", {"fields": ("worker_id", "claim_token", "attempts", "step_recorded_at")}),
+    )
+
+    # The admin is the job history: rows come from the page, the API or the
+    # CLI, and the worker owns their state, so staff view but do not edit.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="prompt", ordering="prompt")
+    def short_prompt(self, obj):
+        return obj.prompt if len(obj.prompt) <= 60 else obj.prompt[:59] + "…"
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return f"{obj.current_step}/{obj.total_steps} ({obj.percentage} %)"
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        seconds = obj.duration_seconds
+        return "" if seconds is None else f"{seconds:.1f} s"
+
+    @admin.display(description="image")
+    def image_preview(self, obj):
+        if not obj.image:
+            return "—"
+        return format_html(
+            '<a href="{0}"><img src="{0}" alt="generated image" style="max-width:512px"></a>',
+            obj.image.url,
+        )

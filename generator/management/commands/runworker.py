@@ -1,0 +1,28 @@
+import logging
+
+from django.core.management.base import BaseCommand, CommandError
+
+from generator.worker import Worker
+
+
+class Command(BaseCommand):
+    help = "Claim pending generation sessions from the database and run them."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--once", action="store_true", help="Process at most one job, then exit."
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=0.2,
+            help="Seconds between queue polls while idle (default 0.2).",
+        )
+        parser.add_argument("--device", help="Override SD_DEVICE for this worker.")
+
+    def handle(self, *args, once, poll_interval, device, verbosity, **options):
+        if poll_interval <= 0:
+            raise CommandError("--poll-interval must be positive.")
+        level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+        logging.getLogger("generator").setLevel(level)
+        Worker(poll_interval=poll_interval, once=once, device=device).run()

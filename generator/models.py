@@ -1,0 +1,97 @@
+import uuid
+
+from django.db import models
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+
+class Backend(models.TextChoices):
+    PYTORCH = "pytorch", "PyTorch"
+    OPENVINO = "openvino", "OpenVINO"
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    """Queued, waiting for a worker."""
+    RUNNING = "running", _("Running")
+    """Claimed by a worker, which is loading the model or denoising."""
+    COMPLETED = "completed", _("Completed")
+    """The image is saved."""
+    FAILED = "failed", _("Failed")
+    """Stopped by an error; `error` says why."""
+    CANCELLED = "cancelled", _("Cancelled")
+    """Stopped on request."""
+
+
+FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class GenerationSession(models.Model):
+    """One image request, from the queue to the finished PNG. The id is the session id."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+
+    # What was asked for.
+    prompt = models.TextField(max_length=1000)
+    negative_prompt = models.TextField(max_length=1000, blank=True)
+    steps = models.PositiveSmallIntegerField(default=20)
+    guidance_scale = models.FloatField(default=7.5)
+    width = models.PositiveSmallIntegerField(default=256)
+    height = models.PositiveSmallIntegerField(default=256)
+    seed = models.BigIntegerField()
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    model = models.CharField(max_length=500)
+
+    # Where it stands; written by the worker that holds the claim.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    phase = models.CharField(max_length=100, blank=True)
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    step_recorded_at = models.FloatField(
+        null=True, blank=True, help_text="Unix time at which the worker recorded the last step."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    image = models.ImageField(upload_to="images/%Y/%m/%d/", blank=True)
+    error = models.TextField(blank=True)
+
+    # The claim: every write of a running job is conditional on the token, so a
+    # worker that lost its claim cannot overwrite the job's new owner.
+    worker_id = models.CharField(max_length=200, blank=True)
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"], name="session_queue_idx")]
+
+    def __str__(self):
+        return f"{self.prompt[:60]} ({self.status})"
+
+    def get_absolute_url(self):
+        return reverse("generator:session-detail", args=[self.pk])
+
+    @property
+    def percentage(self) -> int:
+        return percentage(self.current_step, self.total_steps)
+
+    @property
+    def image_url(self) -> str | None:
+        return self.image.url if self.image else None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+def percentage(current_step: int, total_steps: int) -> int:
+    if total_steps <= 0:
+        return 0
+    return min(100, current_step * 100 // total_steps)

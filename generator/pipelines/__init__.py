@@ -1,0 +1,11 @@
+"""Everything that knows about diffusers lives in this package.
+
+The rest of sdsite sees a `PipelineBackend` with `load()` and
+`generate(request, on_step, on_phase)`, where `on_step(step, total)` returns
+False to stop the run.
+"""
+
+from .base import GenerationInterrupted, GenerationRequest, PipelineBackend
+from .registry import create_backend
+
+__all__ = ["GenerationInterrupted", "GenerationRequest", "PipelineBackend", "create_backend"]

@@ -1,0 +1,77 @@
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+StepHook = Callable[[int, int], bool]
+"""on_step(step, total_steps) -> whether to go on."""
+PhaseHook = Callable[[str], None]
+"""on_phase(text): what the worker is doing now, for the page."""
+
+
+class GenerationInterrupted(Exception):
+    """The step hook asked to stop (cancel, shutdown or a lost claim)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    seed: int
+
+
+def step_callback(on_step: StepHook):
+    """Adapt `on_step` to diffusers' `callback_on_step_end`.
+
+    To stop, it sets `pipe._interrupt` (the documented way) and raises, so the
+    pipeline also skips the VAE decode of an image nobody wants.
+    """
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        if not on_step(step_index + 1, pipe.num_timesteps):
+            pipe._interrupt = True
+            raise GenerationInterrupted
+        return callback_kwargs
+
+    return callback
+
+
+class PipelineBackend(ABC):
+    """One model on one device, loaded once and kept warm between jobs."""
+
+    name: str
+
+    def __init__(self, model: str, device: str):
+        self.model = model
+        self.device = device
+
+    @abstractmethod
+    def load(self, on_phase: PhaseHook) -> None:
+        """Load (and on first use build, export or compile) the model."""
+
+    @abstractmethod
+    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
+        """The loaded pipeline, ready for this request's size."""
+
+    @abstractmethod
+    def random_generator(self, seed: int):
+        """The random source that makes a seed reproducible on this backend."""
+
+    def generate(self, request: GenerationRequest, on_step: StepHook, on_phase: PhaseHook):
+        """Run the pipeline and return the PIL image."""
+        pipe = self.pipeline_for(request, on_phase)
+        on_phase("generating")
+        result = pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            width=request.width,
+            height=request.height,
+            generator=self.random_generator(request.seed),
+            callback_on_step_end=step_callback(on_step),
+        )
+        return result.images[0]

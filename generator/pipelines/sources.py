@@ -1,0 +1,21 @@
+"""Where a model named in SD_MODEL comes from: the demo, a local folder, or a hub id."""
+
+from pathlib import Path
+
+from django.conf import settings
+
+from .demo import ensure_demo_model
+
+DEMO_MODEL = "demo"
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that `from_pretrained` understands."""
+    if name == DEMO_MODEL:
+        return str(ensure_demo_model(settings.MODELS_DIR / DEMO_MODEL))
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    # Anything else is a hub id such as "stabilityai/sd-turbo"; from_pretrained
+    # downloads it once into the Hugging Face cache (HF_HOME).
+    return name

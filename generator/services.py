@@ -1,0 +1,72 @@
+"""Creating and reading generation sessions: the rules the web, the CLI and tests share."""
+
+import secrets
+
+from django.conf import settings
+
+from .models import GenerationSession
+
+DEMO_MODEL = "demo"
+
+
+def default_size(model: str) -> int:
+    """The demo model is trained for nothing, so it gets the small, fast size."""
+    return 256 if model == DEMO_MODEL else 512
+
+
+def session_create(
+    *,
+    prompt: str,
+    negative_prompt: str = "",
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    width: int | None = None,
+    height: int | None = None,
+    seed: int | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+) -> GenerationSession:
+    model = model or settings.SD_MODEL
+    session = GenerationSession(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        width=width or default_size(model),
+        height=height or default_size(model),
+        seed=secrets.randbelow(2**32) if seed is None else seed,
+        backend=backend or settings.SD_BACKEND,
+        model=model,
+        total_steps=steps,
+    )
+    session.full_clean()
+    session.save()
+    return session
+
+
+def session_as_dict(session: GenerationSession) -> dict:
+    return {
+        "session_id": str(session.pk),
+        "status": session.status,
+        "phase": session.phase,
+        "current_step": session.current_step,
+        "total_steps": session.total_steps,
+        "percentage": session.percentage,
+        "image_url": session.image_url,
+        "error": session.error or None,
+        "created_at": session.created_at.isoformat(),
+        "started_at": session.started_at.isoformat() if session.started_at else None,
+        "finished_at": session.finished_at.isoformat() if session.finished_at else None,
+        "parameters": {
+            "prompt": session.prompt,
+            "negative_prompt": session.negative_prompt,
+            "steps": session.steps,
+            "guidance_scale": session.guidance_scale,
+            "width": session.width,
+            "height": session.height,
+            "seed": session.seed,
+            "backend": session.backend,
+            "model": session.model,
+        },
+        "progress_url": f"/api/progress/{session.pk}",
+    }

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+app_name = "generator"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("s/<uuid:session_id>", views.session_detail, name="session-detail"),
+    path("api/generate", views.api_generate, name="generate"),
+    path("api/sessions/<uuid:session_id>", views.api_session, name="session"),
+    path("api/progress/<uuid:session_id>", views.api_progress, name="session-progress"),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,13 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from django.views.static import serve
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("generator.urls")),
+    # Generated images are served by the app itself, DEBUG on or off, so the
+    # one-command install needs no separate file server. Put nginx in front in
+    # production (docs/deploy.md).
+    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
+]

@@ -1,0 +1,116 @@
+"""Real processes for the tests: a uvicorn web server and runworker workers."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
+    """Poll `condition` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message or condition}")
+        time.sleep(interval)
+
+
+def database_url() -> str:
+    """The URL of the database the tests run on (the test database, not the real one)."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    host = db["HOST"] or "localhost"
+    if host.startswith("/"):
+        return (
+            f"postgres://{db['USER']}:{db['PASSWORD']}@/{db['NAME']}?host={host}&port={db['PORT']}"
+        )
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT']}/{db['NAME']}"
+
+
+def process_env(**overrides) -> dict:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="sdsite.settings",
+        DATABASE_URL=database_url(),
+        DATA_DIR=str(settings.DATA_DIR),
+        SD_MODELS_DIR=str(settings.MODELS_DIR),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({key: str(value) for key, value in overrides.items()})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    def __init__(self, args, env, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+class WebServer(Process):
+    def __init__(self, tmp_path: Path, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "uvicorn", "sdsite.asgi:application"]
+        args += [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--timeout-graceful-shutdown",
+            "1",
+        ]
+        super().__init__(args, process_env(**env), tmp_path / f"web-{self.port}.log")
+        wait_for(self._ready, timeout=60, message=f"the web server on port {self.port}")
+
+    def _ready(self):
+        if self.popen.poll() is not None:
+            raise AssertionError(f"web server exited:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class WorkerProcess(Process):
+    count = 0
+
+    def __init__(self, tmp_path: Path, *extra_args, **env):
+        WorkerProcess.count += 1
+        args = [sys.executable, "manage.py", "runworker", "--poll-interval", "0.05", *extra_args]
+        log = tmp_path / f"worker-{WorkerProcess.count}.log"
+        super().__init__(args, process_env(**env), log)

@@ -1,0 +1,158 @@
+import json
+import uuid
+
+import pytest
+from django.test import Client
+
+from generator.models import GenerationSession, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def post_json(client, body, **extra):
+    return client.post(
+        "/api/generate", data=json.dumps(body), content_type="application/json", **extra
+    )
+
+
+def test_valid_request_queues_a_session_with_defaults(client):
+    response = post_json(client, {"prompt": "a red fox in snow"})
+
+    assert response.status_code == 202
+    body = response.json()
+    session = GenerationSession.objects.get(pk=body["session_id"])
+    assert body == {
+        "session_id": str(session.pk),
+        "status": "pending",
+        "total_steps": 20,
+        "progress_url": f"/api/progress/{session.pk}",
+    }
+    assert session.status == Status.PENDING
+    assert (session.steps, session.guidance_scale) == (20, 7.5)
+    assert (session.width, session.height) == (256, 256)  # the demo model's size
+    assert (session.backend, session.model) == ("pytorch", "demo")
+    assert 0 <= session.seed < 2**32
+
+
+def test_form_fields_work_like_json(client):
+    response = client.post(
+        "/api/generate",
+        {"prompt": "a boat", "steps": "7", "seed": "42", "width": "128", "backend": "openvino"},
+    )
+
+    assert response.status_code == 202
+    session = GenerationSession.objects.get(pk=response.json()["session_id"])
+    assert (session.steps, session.seed, session.width, session.backend) == (
+        7,
+        42,
+        128,
+        "openvino",
+    )
+
+
+def test_given_seed_is_stored(client):
+    response = post_json(client, {"prompt": "x", "seed": 2**32 - 1})
+    assert GenerationSession.objects.get(pk=response.json()["session_id"]).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("prompt", ""),
+        ("prompt", "   "),
+        ("prompt", "x" * 1001),
+        ("prompt", ["a", "list"]),
+        ("negative_prompt", "x" * 1001),
+        ("steps", 0),
+        ("steps", 151),
+        ("steps", "many"),
+        ("steps", 2.5),
+        ("guidance_scale", -0.1),
+        ("guidance_scale", 30.5),
+        ("guidance_scale", "NaN"),
+        ("width", 56),
+        ("width", 2056),
+        ("width", 100),
+        ("height", 4000),
+        ("height", 260),
+        ("seed", -1),
+        ("seed", 2**32),
+        ("backend", "tensorflow"),
+    ],
+)
+def test_each_invalid_field_is_named_and_nothing_is_created(client, field, value):
+    body = {"prompt": "a valid prompt", field: value}
+
+    response = post_json(client, body)
+
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert list(errors) == [field]
+    assert all(isinstance(message, str) and message for message in errors[field])
+    assert not GenerationSession.objects.exists()
+
+
+def test_missing_prompt_is_an_error(client):
+    response = post_json(client, {"steps": 5})
+    assert response.status_code == 400
+    assert "prompt" in response.json()["errors"]
+    assert not GenerationSession.objects.exists()
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_a_body_that_is_not_a_json_object_is_rejected(client, body):
+    response = client.post("/api/generate", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["errors"]["__all__"]
+    assert not GenerationSession.objects.exists()
+
+
+def test_generate_requires_the_csrf_token():
+    client = Client(enforce_csrf_checks=True)
+    response = post_json(client, {"prompt": "x"})
+    assert response.status_code == 403
+
+    page = client.get("/")
+    token = page.cookies["csrftoken"].value
+    response = post_json(client, {"prompt": "x"}, headers={"X-CSRFToken": token})
+    assert response.status_code == 202
+
+
+def test_generate_accepts_only_post(client):
+    assert client.get("/api/generate").status_code == 405
+
+
+def test_session_endpoint_describes_the_session(client, make_session):
+    session = make_session(prompt="a cat", steps=10, seed=7)
+
+    body = client.get(f"/api/sessions/{session.pk}").json()
+
+    assert body["session_id"] == str(session.pk)
+    assert (body["status"], body["current_step"], body["total_steps"]) == ("pending", 0, 10)
+    assert body["percentage"] == 0
+    assert body["image_url"] is None and body["error"] is None
+    assert body["parameters"]["prompt"] == "a cat"
+    assert body["parameters"]["seed"] == 7
+
+
+@pytest.mark.parametrize("prefix", ["/api/sessions/", "/api/progress/", "/s/"])
+def test_unknown_ids_get_404(client, prefix):
+    assert client.get(f"{prefix}{uuid.uuid4()}").status_code == 404
+
+
+def test_the_page_renders_the_form_and_the_demo_notice(client):
+    html = client.get("/").content.decode()
+    assert 'id="generate-form"' in html
+    assert "Generate image" in html
+    assert 'role="progressbar"' in html
+    assert "SD_MODEL" in html  # how to use a real model
+
+
+def test_admin_lists_and_shows_sessions(admin_client, make_session):
+    session = make_session(prompt="history entry")
+    assert (
+        "history entry" in admin_client.get("/admin/generator/generationsession/").content.decode()
+    )
+    detail = admin_client.get(f"/admin/generator/generationsession/{session.pk}/change/")
+    assert detail.status_code == 200
+    assert "history entry" in detail.content.decode()

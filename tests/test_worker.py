@@ -1,0 +1,95 @@
+"""The worker on the demo model: real diffusers pipeline, real database."""
+
+import re
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from PIL import Image
+
+from generator.models import GenerationSession, Status
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_one_job():
+    call_command("runworker", once=True, verbosity=0)
+
+
+def test_worker_runs_a_session_and_writes_every_step(make_session):
+    session = make_session(prompt="a red fox", steps=6, width=128, height=192, seed=3)
+
+    with CaptureQueriesContext(connection) as queries:
+        run_one_job()
+
+    session.refresh_from_db()
+    assert session.status == Status.COMPLETED, session.error
+    assert (session.current_step, session.total_steps) == (6, 6)
+    assert session.started_at <= session.finished_at
+    step_writes = [
+        int(match.group(1))
+        for q in queries
+        if q["sql"].startswith("UPDATE")
+        and (match := re.search(r'"current_step" = (\d+)', q["sql"]))
+    ]
+    assert step_writes == [1, 2, 3, 4, 5, 6]
+    with Image.open(session.image.path) as image:
+        assert image.format == "PNG"
+        assert image.size == (128, 192)
+
+
+def test_worker_takes_the_oldest_pending_session_first(make_session):
+    first = make_session(prompt="first", steps=1)
+    second = make_session(prompt="second", steps=1)
+
+    run_one_job()
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == (Status.COMPLETED, Status.PENDING)
+
+
+def test_a_pipeline_error_fails_the_session_with_its_message(make_session):
+    # Sizes that are not multiples of 8 never pass the API; written straight to
+    # the database they make the real pipeline raise in its input checks.
+    session = make_session(steps=2)
+    GenerationSession.objects.filter(pk=session.pk).update(width=100)
+
+    run_one_job()
+
+    session.refresh_from_db()
+    assert session.status == Status.FAILED
+    assert "divisible by 8" in session.error
+    assert session.error.startswith("ValueError")
+    assert session.finished_at is not None
+
+
+def test_the_worker_process_survives_a_broken_model_and_serves_the_next_job(
+    make_session, start_worker, tmp_path
+):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    bad = make_session(model=str(broken), steps=2)
+    good = make_session(steps=2)
+
+    worker = start_worker()
+    wait_for(
+        lambda: not GenerationSession.objects.filter(status__in=["pending", "running"]).exists(),
+        timeout=120,
+        message="both sessions to finish",
+    )
+
+    bad.refresh_from_db()
+    good.refresh_from_db()
+    assert bad.status == Status.FAILED and bad.error
+    assert good.status == Status.COMPLETED, good.error
+    assert worker.popen.poll() is None  # still serving
+
+
+def test_the_worker_stops_cleanly_on_sigterm(start_worker):
+    worker = start_worker()
+    wait_for(lambda: "ready" in worker.log(), timeout=60, message="the worker to start")
+    assert worker.stop() == 0
