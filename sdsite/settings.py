@@ -139,6 +139,8 @@ LOGGING = {
 SD_MODEL = os.environ.get("SD_MODEL", "demo")
 SD_BACKEND = os.environ.get("SD_BACKEND", "pytorch")
 SD_DEVICE = os.environ.get("SD_DEVICE", "cpu")
+SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")
+SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3"))
 # How often a progress stream reads the database, and how often it sends a
 # keepalive comment while nothing changes.
 SD_PROGRESS_INTERVAL = env_float("SD_PROGRESS_INTERVAL", 0.1)

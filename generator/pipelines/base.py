@@ -63,7 +63,8 @@ class PipelineBackend(ABC):
     def generate(self, request: GenerationRequest, on_step: StepHook, on_phase: PhaseHook):
         """Run the pipeline and return the PIL image."""
         pipe = self.pipeline_for(request, on_phase)
-        on_phase("generating")
+        # No "generating" phase write here: the first step's write says it, and
+        # a warm job's time to its first step stays close to one step.
         result = pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or None,

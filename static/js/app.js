@@ -79,7 +79,9 @@
       switch (message.type) {
         case "progress":
           setProgress(message.current_step, message.total_steps);
-          if (message.current_step < message.total_steps) setStatus(PHASES.generating);
+          if (message.current_step > 0 && message.current_step < message.total_steps) {
+            setStatus(PHASES.generating);
+          }
           break;
         case "phase":
           setStatus(PHASES[message.phase] || `${message.phase}…`);

@@ -1,0 +1,39 @@
+"""Shared start-up of the benchmarks: Django on a throwaway data folder, and the machine."""
+
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def django_on_scratch_data(models_dir: str | None = None) -> Path:
+    """Set up Django with a fresh DATA_DIR and migrated SQLite database; return DATA_DIR."""
+    sys.path.insert(0, str(ROOT))
+    data_dir = Path(tempfile.mkdtemp(prefix="sdsite-bench-"))
+    os.environ["DATA_DIR"] = str(data_dir)
+    os.environ.pop("DATABASE_URL", None)
+    if models_dir:
+        os.environ["SD_MODELS_DIR"] = models_dir
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    return data_dir
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

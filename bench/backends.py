@@ -1,0 +1,167 @@
+"""PyTorch against OpenVINO on the demo model, and the cost of sdsite's progress tracking.
+
+    .venv/bin/python bench/backends.py [--runs 5] [--sizes 256 512] [--steps 20]
+
+Prints, per backend and size: seconds per step (median over runs), first-job cost
+(building or exporting, compiling), a warm job's time to its first step, and the
+whole-job overhead of writing progress to the database at every step compared with
+the same pipeline call without a callback.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from _setup import django_on_scratch_data, machine_line
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="warm runs per measurement")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--models-dir",
+        help="reuse built models from here (default: a fresh folder, so "
+        "first-job costs include building the demo model and the OpenVINO export)",
+    )
+    args = parser.parse_args()
+    django_on_scratch_data(args.models_dir or tempfile.mkdtemp(prefix="sdsite-models-"))
+
+    print(machine_line())
+    print(f"demo model, {args.steps} steps, guidance 7.5, median of {args.runs} warm runs\n")
+    rows = []
+    for backend_name in ("pytorch", "openvino"):
+        backend, load_seconds = load_backend(backend_name)
+        for size in args.sizes:
+            rows.append(measure(backend, backend_name, size, args, load_seconds))
+            load_seconds = 0.0  # the model is loaded once per backend
+    print_table(rows, args.sizes)
+
+
+def load_backend(name):
+    from generator.pipelines import create_backend
+
+    backend = create_backend(name, "demo", "cpu")
+    started = time.perf_counter()
+    backend.load(lambda phase: None)
+    return backend, time.perf_counter() - started
+
+
+def measure(backend, name, size, args, load_seconds):
+    from generator.pipelines import GenerationRequest
+
+    request = GenerationRequest("a lighthouse at dawn", "", args.steps, 7.5, size, size, 42)
+    started = time.perf_counter()
+    backend.pipeline_for(request, lambda phase: None)
+    compile_seconds = time.perf_counter() - started
+    backend.generate(request, lambda step, total: True, lambda phase: None)  # warm-up
+
+    step_seconds, bare, tracked, first_step, writing = [], [], [], [], []
+    for run in range(args.runs):
+        request = GenerationRequest("a lighthouse at dawn", "", args.steps, 7.5, size, size, run)
+        # Alternate which call goes first, so warm caches favour neither.
+        if run % 2:
+            seconds, to_first_step, in_writes = timed_tracked_job(backend, name, request)
+            bare.append(timed_bare_call(backend, request, step_seconds))
+        else:
+            bare.append(timed_bare_call(backend, request, step_seconds))
+            seconds, to_first_step, in_writes = timed_tracked_job(backend, name, request)
+        tracked.append(seconds)
+        first_step.append(to_first_step)
+        writing.append(in_writes / seconds)
+    median_step = statistics.median(step_seconds)
+    return {
+        "backend": name,
+        "size": size,
+        "step": median_step,
+        "load": load_seconds,
+        "compile": compile_seconds,
+        "warm_job": statistics.median(tracked),
+        "first_step_ratio": statistics.median(first_step) / median_step,
+        "overhead": statistics.median(tracked) / statistics.median(bare) - 1,
+        "in_writes": statistics.median(writing),
+    }
+
+
+def timed_bare_call(backend, request, step_seconds):
+    """The pipeline call alone; a timing-only callback gives the per-step times."""
+    pipe = backend.pipeline_for(request, lambda phase: None)
+    stamps = []
+
+    def stamp(pipe, index, timestep, kwargs):
+        stamps.append(time.perf_counter())
+        return kwargs
+
+    started = time.perf_counter()
+    pipe(
+        prompt=request.prompt,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        width=request.width,
+        height=request.height,
+        generator=backend.random_generator(request.seed),
+        callback_on_step_end=stamp,
+    )
+    seconds = time.perf_counter() - started
+    step_seconds.extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    return seconds
+
+
+def timed_tracked_job(backend, name, request):
+    """The same call as the worker makes it: a claimed session, a database write per step."""
+    from generator.queue import claim_next
+    from generator.services import session_create
+
+    session = session_create(
+        prompt=request.prompt,
+        steps=request.steps,
+        width=request.width,
+        height=request.height,
+        seed=request.seed,
+        backend=name,
+    )
+    job = claim_next("bench")
+    assert job.session.pk == session.pk
+    first_step_at = []
+    in_writes = 0.0
+
+    def on_step(step, total):
+        nonlocal in_writes
+        entered = time.perf_counter()
+        if not first_step_at:
+            first_step_at.append(entered)
+        keep_going = job.record_step(step, total)
+        in_writes += time.perf_counter() - entered
+        return keep_going
+
+    started = time.perf_counter()
+    backend.generate(request, on_step, job.record_phase)
+    seconds = time.perf_counter() - started
+    job.fail("benchmark run")  # finish the row; the image is not needed
+    return seconds, first_step_at[0] - started, in_writes
+
+
+def print_table(rows, sizes):
+    header = (
+        "| backend | size | s/step | first job: load+export | compile | warm job | "
+        "time to 1st step / step | tracking overhead (A/B) | time in progress writes |"
+    )
+    print(header)
+    print("|---" * 9 + "|")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['size']}x{r['size']} | {r['step']:.4f} | {r['load']:.2f} s | "
+            f"{r['compile']:.2f} s | {r['warm_job']:.2f} s | {r['first_step_ratio']:.2f}x | "
+            f"{r['overhead'] * 100:+.2f} % | {r['in_writes'] * 100:.2f} % |"
+        )
+    print()
+    by = {(r["backend"], r["size"]): r for r in rows}
+    for size in sizes:
+        ratio = by[("pytorch", size)]["step"] / by[("openvino", size)]["step"]
+        print(f"{size}x{size}: OpenVINO is {ratio:.2f}x faster per step than PyTorch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+from collections import OrderedDict
+
+from django.conf import settings
+
+from .base import GenerationRequest, PhaseHook, PipelineBackend
+from .openvino_ir import export_to_ir, holds_openvino_ir, ir_cache_dir, is_cached
+from .sources import resolve_model
+
+# SD_DEVICE names the PyTorch way; OpenVINO wants its own device names.
+DEVICE_ALIASES = {"cpu": "CPU", "gpu": "GPU", "igpu": "GPU", "npu": "NPU", "auto": "AUTO"}
+
+
+def openvino_device(name: str) -> str:
+    """The OpenVINO device for SD_DEVICE, or a ValueError that lists the ones available."""
+    import openvino as ov
+
+    device = DEVICE_ALIASES.get(name.lower(), name.upper())
+    available = ov.Core().available_devices
+    plugin = device.split(":")[0]
+    if plugin in {"AUTO", "MULTI", "HETERO"} or device in available or plugin in available:
+        return device
+    raise ValueError(
+        f"OpenVINO device {name!r} is not available on this machine "
+        f"(available: {', '.join(available)}, AUTO). Set SD_DEVICE to one of them."
+    )
+
+
+class OpenVINOBackend(PipelineBackend):
+    """optimum-intel's OpenVINO pipelines, compiled for static shapes and kept per size."""
+
+    name = "openvino"
+
+    def __init__(self, model: str, device: str):
+        super().__init__(model, device)
+        self.precision = settings.SD_OPENVINO_PRECISION
+        self.ir_dir: str | None = None
+        self.ov_device: str | None = None
+        # Static shapes run much faster on CPU than dynamic ones, so each size
+        # gets its own compiled pipeline; the least recently used is dropped.
+        self.compiled: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.max_compiled = settings.SD_OPENVINO_COMPILED_SIZES
+
+    def load(self, on_phase: PhaseHook) -> None:
+        self.ov_device = openvino_device(self.device)
+        on_phase("loading model")
+        source = resolve_model(self.model)
+        if holds_openvino_ir(source):
+            self.ir_dir = source
+            return
+        cache_dir = ir_cache_dir(self.model, self.precision)
+        if not is_cached(cache_dir):
+            on_phase("preparing OpenVINO model (first use)")
+            export_to_ir(source, cache_dir, self.precision)
+        self.ir_dir = str(cache_dir)
+
+    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
+        size = (request.width, request.height)
+        if size in self.compiled:
+            self.compiled.move_to_end(size)
+            return self.compiled[size]
+        from optimum.intel import OVPipelineForText2Image
+
+        on_phase("compiling OpenVINO model")
+        pipe = OVPipelineForText2Image.from_pretrained(
+            self.ir_dir,
+            export=False,
+            device=self.ov_device,
+            compile=False,
+            # OpenVINO's model cache makes the next worker start compile faster.
+            ov_config={"CACHE_DIR": str(settings.MODELS_DIR / "openvino" / "compiled")},
+        )
+        pipe.reshape(
+            batch_size=1, height=request.height, width=request.width, num_images_per_prompt=1
+        )
+        pipe.compile()
+        pipe.set_progress_bar_config(disable=True)
+        self.compiled[size] = pipe
+        while len(self.compiled) > self.max_compiled:
+            self.compiled.popitem(last=False)
+        return pipe
+
+    def random_generator(self, seed: int):
+        import torch
+
+        # The same torch generator as the PyTorch backend: the same seed gives
+        # the same initial latents, so both backends draw the same picture.
+        return torch.Generator(device="cpu").manual_seed(seed)

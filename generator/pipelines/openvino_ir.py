@@ -1,0 +1,60 @@
+"""OpenVINO IR on disk: where an exported model is cached, and exporting it once."""
+
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def holds_openvino_ir(source: str) -> bool:
+    """Whether `source` (a folder or hub id) is already OpenVINO IR, so needs no export."""
+    path = Path(source)
+    if path.is_dir():
+        return any(path.glob("*/openvino_model.xml"))
+    # Hub ids cannot be inspected offline; OpenVINO's own repos follow this naming.
+    name = source.lower()
+    return name.startswith("openvino/") or name.endswith(("-ov", "-openvino"))
+
+
+def ir_cache_dir(model: str, precision: str) -> Path:
+    """The cache folder of one model at one precision, e.g. models/openvino/demo-3f2a-fp32."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")[-60:] or "model"
+    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+    return settings.MODELS_DIR / "openvino" / f"{slug}-{digest}-{precision}"
+
+
+def is_cached(cache_dir: Path) -> bool:
+    return (cache_dir / "model_index.json").exists()
+
+
+def export_to_ir(source: str, cache_dir: Path, precision: str) -> Path:
+    """Export a diffusers model to OpenVINO IR in `cache_dir` (atomically) and return it."""
+    from optimum.intel import OVPipelineForText2Image
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown OpenVINO precision {precision!r}: use one of {PRECISIONS}.")
+    logger.info("Exporting %s to OpenVINO IR (%s) in %s", source, precision, cache_dir)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir.parent))
+    try:
+        pipe = OVPipelineForText2Image.from_pretrained(source, export=True, compile=False)
+        if precision == "fp16":
+            pipe.half()
+        pipe.save_pretrained(staging)
+        del pipe
+        try:
+            staging.rename(cache_dir)
+        except OSError:  # another worker finished the same export first
+            if not is_cached(cache_dir):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache_dir

@@ -1,0 +1,152 @@
+"""The OpenVINO backend against the PyTorch one, on the demo model (real pipelines)."""
+
+import re
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from PIL import Image
+
+from generator.models import GenerationSession, Status
+from generator.pipelines import GenerationRequest, create_backend
+from generator.pipelines.openvino_ir import ir_cache_dir
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Measured on the demo model (256x256, 20 steps, seed 123): the two backends'
+# PNGs differ by 0.74 on average (0..255 scale), 6 at most. The bound leaves
+# room for other CPUs' kernels while still catching a wrong seed or scheduler,
+# which gives a mean difference of about 60.
+MAX_MEAN_ABS_PIXEL_DIFFERENCE = 3.0
+
+
+def run_and_record(session):
+    """Run `session` in this process; return its (step, total) writes and phases."""
+    with CaptureQueriesContext(connection) as queries:
+        call_command("runworker", once=True, verbosity=0)
+    steps, phases = [], []
+    for query in queries:
+        sql = query["sql"]
+        if not sql.startswith("UPDATE"):
+            continue
+        if match := re.search(r'"current_step" = (\d+), "total_steps" = (\d+)', sql):
+            steps.append((int(match.group(1)), int(match.group(2))))
+        match = re.search(r"\"phase\" = '([^']*)'", sql)
+        if match and (not phases or phases[-1] != match.group(1)):
+            phases.append(match.group(1))
+    session.refresh_from_db()
+    return steps, phases
+
+
+def test_both_backends_report_the_same_steps_and_agree_on_the_image(make_session):
+    images, step_writes = {}, {}
+    for backend in ("pytorch", "openvino"):
+        session = make_session(backend=backend, steps=12, width=256, height=192, seed=123)
+        step_writes[backend], phases = run_and_record(session)
+        assert session.status == Status.COMPLETED, session.error
+        assert [p for p in phases if p][-3:] == ["generating", "decoding", "saving"]
+        with Image.open(session.image.path) as image:
+            assert image.size == (256, 192)
+            images[backend] = np.asarray(image.convert("RGB"), dtype=np.float64)
+
+    assert step_writes["pytorch"] == step_writes["openvino"] == [(i, 12) for i in range(1, 13)]
+    difference = np.abs(images["pytorch"] - images["openvino"]).mean()
+    print(f"mean absolute pixel difference, PyTorch vs OpenVINO: {difference:.3f}")  # noqa: T201
+    assert difference < MAX_MEAN_ABS_PIXEL_DIFFERENCE
+
+
+def test_export_happens_once_and_later_loads_use_the_cache(settings):
+    phases = []
+    first = create_backend("openvino", "demo", "cpu")
+    first.load(phases.append)
+    cache = ir_cache_dir("demo", settings.SD_OPENVINO_PRECISION)
+    unet_ir = cache / "unet" / "openvino_model.xml"
+    assert first.ir_dir == str(cache) and unet_ir.exists()
+    before = unet_ir.stat()
+    (cache / "marker").write_text("kept")  # an export would replace the whole folder
+
+    phases.clear()
+    second = create_backend("openvino", "demo", "cpu")
+    second.load(phases.append)
+
+    assert "preparing OpenVINO model (first use)" not in phases
+    assert second.ir_dir == str(cache)
+    assert (cache / "marker").exists()
+    assert unet_ir.stat().st_ino == before.st_ino and unet_ir.stat().st_mtime == before.st_mtime
+    assert not list(cache.parent.glob(".export-*"))
+
+
+def test_a_warm_backend_reuses_the_compiled_pipeline_per_size():
+    backend = create_backend("openvino", "demo", "cpu")
+    backend.load(lambda phase: None)
+    request = GenerationRequest("x", "", 1, 7.5, 128, 128, 1)
+    phases = []
+    first = backend.pipeline_for(request, phases.append)
+    assert phases == ["compiling OpenVINO model"]
+
+    phases.clear()
+    assert backend.pipeline_for(request, phases.append) is first
+    assert phases == []
+    bigger = GenerationRequest("x", "", 1, 7.5, 192, 128, 1)
+    assert backend.pipeline_for(bigger, phases.append) is not first
+
+
+def test_an_unknown_openvino_device_fails_the_session_and_the_worker_lives(
+    make_session, start_worker
+):
+    first = make_session(backend="openvino", steps=2)
+    second = make_session(backend="openvino", steps=2)
+    worker = start_worker(SD_DEVICE="warp-drive")
+
+    wait_for(
+        lambda: GenerationSession.objects.filter(status=Status.FAILED).count() == 2,
+        timeout=120,
+        message="both sessions to fail",
+    )
+    for session in (first, second):
+        session.refresh_from_db()
+        assert "OpenVINO device 'warp-drive' is not available" in session.error
+        assert "CPU" in session.error  # it says what is available
+    assert worker.popen.poll() is None
+
+
+def test_a_broken_ir_folder_fails_the_session_and_the_next_job_runs(
+    make_session, start_worker, tmp_path
+):
+    broken = tmp_path / "broken-ov"
+    (broken / "unet").mkdir(parents=True)
+    (broken / "model_index.json").write_text('{"_class_name": "OVStableDiffusionPipeline"}')
+    (broken / "unet" / "openvino_model.xml").write_text("<net>not a model</net>")
+    bad = make_session(backend="openvino", model=str(broken), steps=2)
+    good = make_session(backend="openvino", steps=2)
+
+    worker = start_worker()
+    wait_for(
+        lambda: not GenerationSession.objects.filter(status__in=["pending", "running"]).exists(),
+        timeout=180,
+        message="both sessions to finish",
+    )
+    bad.refresh_from_db()
+    good.refresh_from_db()
+    assert bad.status == Status.FAILED and bad.error
+    assert good.status == Status.COMPLETED, good.error
+    assert worker.popen.poll() is None
+
+
+def test_export_command_reports_an_existing_cache_and_rejects_unknown_models(tmp_path):
+    from io import StringIO
+
+    from django.core.management.base import CommandError
+
+    out = StringIO()
+    call_command("export_openvino", "demo", stdout=out, stderr=StringIO())
+    assert "demo" in out.getvalue()
+    assert (ir_cache_dir("demo", "fp32") / "unet" / "openvino_model.xml").exists()
+
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(CommandError, match="failed"):
+        call_command("export_openvino", str(empty), stdout=StringIO(), stderr=StringIO())
