@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format install install-dev
+.PHONY: run test test-postgres lint format install install-dev
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -12,6 +12,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The same suite on a throwaway PostgreSQL 15 cluster (server binaries required).
+test-postgres: $(VENV)/.installed-dev
+	bin/with-postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

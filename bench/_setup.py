@@ -10,11 +10,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def django_on_scratch_data(models_dir: str | None = None) -> Path:
-    """Set up Django with a fresh DATA_DIR and migrated SQLite database; return DATA_DIR."""
+    """Set up Django with a fresh DATA_DIR, migrate, and return DATA_DIR.
+
+    The database is DATABASE_URL when set (bin/with-postgres gives a fresh
+    cluster), else a new SQLite file in DATA_DIR.
+    """
     sys.path.insert(0, str(ROOT))
     data_dir = Path(tempfile.mkdtemp(prefix="sdsite-bench-"))
     os.environ["DATA_DIR"] = str(data_dir)
-    os.environ.pop("DATABASE_URL", None)
     if models_dir:
         os.environ["SD_MODELS_DIR"] = models_dir
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")

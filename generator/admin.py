@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import GenerationSession
+from .models import GenerationSession, WorkerRecord
 
 
 @admin.register(GenerationSession)
@@ -31,7 +31,18 @@ class GenerationSessionAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Worker", {"fields": ("worker_id", "claim_token", "attempts", "step_recorded_at")}),
+        (
+            "Worker",
+            {
+                "fields": (
+                    "worker_id",
+                    "claim_token",
+                    "attempts",
+                    "cancel_requested",
+                    "step_recorded_at",
+                )
+            },
+        ),
     )
 
     # The admin is the job history: rows come from the page, the API or the
@@ -63,3 +74,20 @@ class GenerationSessionAdmin(admin.ModelAdmin):
             '<a href="{0}"><img src="{0}" alt="generated image" style="max-width:512px"></a>',
             obj.image.url,
         )
+
+
+@admin.register(WorkerRecord)
+class WorkerRecordAdmin(admin.ModelAdmin):
+    list_display = ("id", "host", "pid", "backend", "started_at", "last_seen_at", "alive")
+    list_filter = ("host", "backend")
+
+    # Rows belong to running workers: they add, refresh and remove them.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(boolean=True, description="alive")
+    def alive(self, obj):
+        return obj.is_alive()

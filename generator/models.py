@@ -61,6 +61,7 @@ class GenerationSession(models.Model):
     worker_id = models.CharField(max_length=200, blank=True)
     claim_token = models.UUIDField(null=True, blank=True, editable=False)
     attempts = models.PositiveSmallIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -89,6 +90,31 @@ class GenerationSession(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class WorkerRecord(models.Model):
+    """A running `runworker` process, kept alive by its heartbeat."""
+
+    id = models.CharField(max_length=200, primary_key=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    backend = models.CharField(max_length=100, blank=True, help_text="What it serves.")
+    started_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = _("worker")
+        ordering = ["-last_seen_at"]
+
+    def __str__(self):
+        return self.id
+
+    def is_alive(self, lease_seconds: float | None = None) -> bool:
+        from django.conf import settings
+        from django.utils import timezone
+
+        lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds
+        return (timezone.now() - self.last_seen_at).total_seconds() <= lease
 
 
 def percentage(current_step: int, total_steps: int) -> int:

@@ -1,9 +1,11 @@
-"""The database is the queue: claiming sessions and writing a claimed job's state.
+"""The database is the queue: claims, a claimed job's writes, cancel and recovery.
 
 Every write of a running job is conditional on the claim token, so a worker that
-lost its claim (cancelled, recovered by another worker) changes nothing.
+lost its claim (recovered by another worker, released at shutdown) changes
+nothing. No transaction is held across a denoising step: each write stands alone.
 """
 
+import functools
 import io
 import logging
 import time
@@ -11,13 +13,31 @@ import uuid
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .models import GenerationSession, Status
+from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 
 logger = logging.getLogger(__name__)
+
+
+def retry_on_locked(func, attempts: int = 8):
+    """Retry a write that SQLite refused with "database is locked" past its busy timeout."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        for attempt in range(attempts):
+            try:
+                return func(*args, **kwargs)
+            except OperationalError as exc:
+                if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                    raise
+                logger.warning("Database locked in %s; retrying", func.__name__)
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 class ClaimedJob:
@@ -27,18 +47,21 @@ class ClaimedJob:
         self.session = session
         self.token = session.claim_token
 
-    def _update(self, **fields) -> bool:
-        """Write `fields` if the claim still holds; False when it was lost."""
-        return bool(
-            GenerationSession.objects.filter(
-                pk=self.session.pk, claim_token=self.token, status=Status.RUNNING
-            ).update(**fields)
+    def _mine(self):
+        return GenerationSession.objects.filter(
+            pk=self.session.pk, claim_token=self.token, status=Status.RUNNING
         )
+
+    @retry_on_locked
+    def _update(self, **fields) -> bool:
+        """Write `fields` while the claim holds and nobody asked to cancel."""
+        return bool(self._mine().filter(cancel_requested=False).update(**fields))
 
     def record_phase(self, phase: str) -> bool:
         return self._update(phase=phase)
 
     def record_step(self, step: int, total: int) -> bool:
+        """Write the step; False tells the pipeline to stop (cancelled or claim lost)."""
         # After the last step the pipeline decodes the latents: say so, so the
         # page does not sit at a silent 100 %.
         phase = "decoding" if step >= total else "generating"
@@ -53,19 +76,47 @@ class ClaimedJob:
             GenerationSession.image.field.generate_filename(None, f"{self.session.pk}.png"),
             ContentFile(buffer.getvalue()),
         )
-        done = self._update(
+        # A cancel that arrives after the last step loses to the finished image.
+        done = retry_on_locked(self._mine().update)(
             status=Status.COMPLETED, phase="", image=name, finished_at=timezone.now()
         )
-        if not done:  # nobody will ever link to it
+        if not done:  # the claim was lost: nobody will ever link to the file
             default_storage.delete(name)
-        return done
+        return bool(done)
 
+    @retry_on_locked
     def fail(self, message: str) -> bool:
-        return self._update(
-            status=Status.FAILED, phase="", error=message[:5000], finished_at=timezone.now()
+        return bool(
+            self._mine().update(
+                status=Status.FAILED, phase="", error=message[:5000], finished_at=timezone.now()
+            )
+        )
+
+    @retry_on_locked
+    def finish_cancelled(self) -> bool:
+        """Mark the job cancelled if someone asked for it."""
+        return bool(
+            self._mine()
+            .filter(cancel_requested=True)
+            .update(status=Status.CANCELLED, phase="", finished_at=timezone.now())
+        )
+
+    @retry_on_locked
+    def release(self) -> bool:
+        """Give the job back to the queue (shutdown); the attempt does not count."""
+        return bool(
+            self._mine().update(
+                status=Status.PENDING,
+                claim_token=None,
+                worker_id="",
+                phase="",
+                started_at=None,
+                attempts=F("attempts") - 1,
+            )
         )
 
 
+@retry_on_locked
 def claim_next(worker_id: str) -> ClaimedJob | None:
     """Claim the oldest pending session, or return None when there is none."""
     with transaction.atomic():
@@ -78,11 +129,10 @@ def claim_next(worker_id: str) -> ClaimedJob | None:
         pk = candidates.values_list("pk", flat=True).first()
         if pk is None:
             return None
-        token = uuid.uuid4()
         # The compare-and-set: only a row that is still pending changes hands.
         claimed = GenerationSession.objects.filter(pk=pk, status=Status.PENDING).update(
             status=Status.RUNNING,
-            claim_token=token,
+            claim_token=uuid.uuid4(),
             worker_id=worker_id,
             started_at=timezone.now(),
             attempts=F("attempts") + 1,
@@ -91,3 +141,67 @@ def claim_next(worker_id: str) -> ClaimedJob | None:
     if claimed != 1:
         return None
     return ClaimedJob(GenerationSession.objects.get(pk=pk))
+
+
+class CancelOutcome:
+    CANCELLED = "cancelled"
+    """It was pending and is cancelled now."""
+    CANCELLING = "cancelling"
+    """It is running; its worker stops it at the next step."""
+    FINISHED = "finished"
+    """It had already ended; nothing changed."""
+    NOT_FOUND = "not found"
+
+
+@retry_on_locked
+def request_cancel(session_id) -> CancelOutcome:
+    sessions = GenerationSession.objects.filter(pk=session_id)
+    # Each branch is a compare-and-set, so a worker claiming the session at the
+    # same moment turns "pending" into "running" and the second branch applies.
+    for _ in range(3):
+        if sessions.filter(status=Status.PENDING).update(
+            status=Status.CANCELLED, finished_at=timezone.now(), cancel_requested=True
+        ):
+            return CancelOutcome.CANCELLED
+        if sessions.filter(status=Status.RUNNING).update(cancel_requested=True):
+            return CancelOutcome.CANCELLING
+        status = sessions.values_list("status", flat=True).first()
+        if status is None:
+            return CancelOutcome.NOT_FOUND
+        if status in FINISHED_STATUSES:
+            return CancelOutcome.FINISHED
+    return CancelOutcome.CANCELLING
+
+
+@retry_on_locked
+def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
+    """Re-queue (or fail, after `max_attempts`) running sessions whose worker stopped beating.
+
+    Returns {session id: new status}.
+    """
+    cutoff = timezone.now() - timezone.timedelta(seconds=lease_seconds)
+    live_workers = WorkerRecord.objects.filter(last_seen_at__gte=cutoff).values("id")
+    lost = GenerationSession.objects.filter(status=Status.RUNNING).exclude(
+        worker_id__in=live_workers
+    )
+    outcomes = {}
+    for pk, token, attempts, cancel_requested, worker in lost.values_list(
+        "pk", "claim_token", "attempts", "cancel_requested", "worker_id"
+    ):
+        same_claim = GenerationSession.objects.filter(
+            pk=pk, claim_token=token, status=Status.RUNNING
+        )
+        now = timezone.now()
+        if cancel_requested:
+            changes = {"status": Status.CANCELLED, "finished_at": now}
+        elif attempts >= max_attempts:
+            reason = f"worker lost (attempt {attempts} of {max_attempts})"
+            changes = {"status": Status.FAILED, "error": reason, "finished_at": now}
+        else:
+            changes = {"status": Status.PENDING, "claim_token": None, "worker_id": "",
+                       "started_at": None}  # fmt: skip
+        if same_claim.update(phase="", **changes):
+            logger.warning("Session %s lost by worker %s: now %s", pk, worker, changes["status"])
+            outcomes[pk] = changes["status"]
+    WorkerRecord.objects.filter(last_seen_at__lt=cutoff).delete()
+    return outcomes

@@ -24,15 +24,26 @@ async def session_events(
     """`connected`, then a message per change until the session finishes."""
     keepalive = settings.SD_KEEPALIVE_SECONDS if keepalive is None else keepalive
     event_id = 0
+    highest_step = -1
 
-    def message(data: dict) -> str:
-        nonlocal event_id
-        event_id += 1
-        return format_message(event_id, data)
+    def messages(previous: Snapshot | None, current: Snapshot):
+        nonlocal event_id, highest_step
+        for data in messages_between(previous, current):
+            if data["type"] == "progress":
+                # A session re-queued after a lost worker restarts at step 0;
+                # the client's bar stays where it was until the rerun passes it.
+                if data["current_step"] < highest_step:
+                    continue
+                highest_step = data["current_step"]
+            event_id += 1
+            yield format_message(event_id, data)
 
-    yield f"retry: {RETRY_MS}\n" + message({"type": "connected", "session_id": str(session_id)})
-    for data in messages_between(None, first):
-        yield message(data)
+    event_id += 1
+    yield f"retry: {RETRY_MS}\n" + format_message(
+        event_id, {"type": "connected", "session_id": str(session_id)}
+    )
+    for text in messages(None, first):
+        yield text
     if first.is_finished:
         return
     previous = first
@@ -42,8 +53,8 @@ async def session_events(
             if snapshot is None:
                 yield KEEPALIVE
                 continue
-            for data in messages_between(previous, snapshot):
-                yield message(data)
+            for text in messages(previous, snapshot):
+                yield text
             previous = snapshot
             if snapshot.is_finished:
                 return

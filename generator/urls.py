@@ -9,6 +9,7 @@ urlpatterns = [
     path("s/<uuid:session_id>", views.session_detail, name="session-detail"),
     path("api/generate", views.api_generate, name="generate"),
     path("api/sessions/<uuid:session_id>", views.api_session, name="session"),
+    path("api/sessions/<uuid:session_id>/cancel", views.api_cancel, name="session-cancel"),
     path("api/progress/<uuid:session_id>", views.api_progress, name="session-progress"),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .forms import GenerateForm
 from .hub import get_hub
 from .models import GenerationSession
+from .queue import CancelOutcome, request_cancel
 from .services import default_size, session_as_dict, session_create
 from .sse import session_events
 
@@ -73,6 +74,22 @@ def api_generate(request):
 @require_GET
 def api_session(request, session_id):
     return JsonResponse(session_as_dict(get_object_or_404(GenerationSession, pk=session_id)))
+
+
+@require_POST
+def api_cancel(request, session_id):
+    outcome = request_cancel(session_id)
+    if outcome == CancelOutcome.NOT_FOUND:
+        raise Http404("No such session.")
+    session = GenerationSession.objects.get(pk=session_id)
+    body = {"session_id": str(session.pk), "status": session.status}
+    if outcome == CancelOutcome.FINISHED:
+        body["errors"] = {"__all__": [f"The session has already ended ({session.status})."]}
+        return JsonResponse(body, status=409)
+    if outcome == CancelOutcome.CANCELLING:
+        body["cancel_requested"] = True
+        return JsonResponse(body, status=202)  # the worker stops it at its next step
+    return JsonResponse(body)
 
 
 @require_GET

@@ -5,71 +5,117 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 
 from django.conf import settings
 from django.db import close_old_connections
 
+from .heartbeat import Heartbeat, register_worker, unregister_worker
 from .pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
-from .queue import ClaimedJob, claim_next
+from .queue import ClaimedJob, claim_next, recover_lost_sessions
 
 logger = logging.getLogger(__name__)
 
 
 class Worker:
     def __init__(
-        self, *, poll_interval: float = 0.2, once: bool = False, device: str | None = None
+        self,
+        *,
+        poll_interval: float = 0.2,
+        once: bool = False,
+        device: str | None = None,
+        grace: float = 30.0,
     ):
         self.poll_interval = poll_interval
         self.once = once
         self.device = device or settings.SD_DEVICE
+        self.grace = grace
+        self.lease = settings.SD_WORKER_LEASE
+        self.max_attempts = settings.SD_MAX_ATTEMPTS
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.serves = "any"
         self.backends: dict[tuple[str, str], PipelineBackend] = {}
         self.stopping = threading.Event()
+        self.stop_deadline: float | None = None
 
     def run(self) -> None:
         self._install_signal_handlers()
+        # Register before claiming anything, so no other worker takes our
+        # first job for a lost one.
+        register_worker(self.worker_id, self.serves)
+        recover_lost_sessions(lease_seconds=self.lease, max_attempts=self.max_attempts)
+        heartbeat = Heartbeat(self.worker_id, self.serves, self.lease, self.max_attempts)
+        heartbeat.start()
         logger.info("Worker %s ready (device %s)", self.worker_id, self.device)
+        try:
+            self._loop()
+        finally:
+            heartbeat.stop()
+            unregister_worker(self.worker_id)
+            close_old_connections()
+            logger.info("Worker %s stopped", self.worker_id)
+
+    def _loop(self) -> None:
         while not self.stopping.is_set():
             close_old_connections()
             job = claim_next(self.worker_id)
             if job is None:
                 if self.once:
-                    break
+                    return
                 self.stopping.wait(self.poll_interval)
                 continue
             self.process(job)
             if self.once:
-                break
-        close_old_connections()
-        logger.info("Worker %s stopped", self.worker_id)
+                return
 
-    def stop(self) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; interrupt the current job once `grace` seconds have passed."""
+        grace = self.grace if grace is None else grace
+        self.stop_deadline = time.monotonic() + grace
         self.stopping.set()
+
+    def past_grace(self) -> bool:
+        return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
 
     def process(self, job: ClaimedJob) -> None:
         session = job.session
-        logger.info("Running session %s (%s, %s)", session.pk, session.backend, session.model)
+        logger.info(
+            "Running session %s (%s, %s, attempt %s)",
+            session.pk,
+            session.backend,
+            session.model,
+            session.attempts,
+        )
+
+        def on_step(step: int, total: int) -> bool:
+            return not self.past_grace() and job.record_step(step, total)
+
+        def on_phase(phase: str) -> None:
+            if self.past_grace() or not job.record_phase(phase):
+                raise GenerationInterrupted
+
         try:
-            backend = self.backend_for(session.backend, session.model, job.record_phase)
-            request = GenerationRequest(
-                prompt=session.prompt,
-                negative_prompt=session.negative_prompt,
-                steps=session.steps,
-                guidance_scale=session.guidance_scale,
-                width=session.width,
-                height=session.height,
-                seed=session.seed,
-            )
-            image = backend.generate(request, on_step=job.record_step, on_phase=job.record_phase)
-            job.record_phase("saving")
-            job.complete(image)
-            logger.info("Completed session %s", session.pk)
+            backend = self.backend_for(session.backend, session.model, on_phase)
+            image = backend.generate(request_of(session), on_step=on_step, on_phase=on_phase)
+            on_phase("saving")
+            if job.complete(image):
+                logger.info("Completed session %s", session.pk)
         except GenerationInterrupted:
-            logger.info("Session %s stopped before its end", session.pk)
+            self.settle_interrupted(job)
         except Exception as exc:  # the worker outlives any job
             logger.exception("Session %s failed", session.pk)
+            if is_out_of_memory(exc):
+                free_accelerator_memory()
             job.fail(describe_error(exc))
+
+    def settle_interrupted(self, job: ClaimedJob) -> None:
+        if job.finish_cancelled():
+            logger.info("Cancelled session %s", job.session.pk)
+        elif self.stopping.is_set() and job.release():
+            logger.info("Released session %s to the queue (shutdown)", job.session.pk)
+        else:
+            logger.warning("Lost the claim on session %s; dropped it", job.session.pk)
 
     def backend_for(self, name: str, model: str, on_phase) -> PipelineBackend:
         """The warm backend for this model, loading it on first use."""
@@ -85,15 +131,47 @@ class Worker:
             return
 
         def handle(signum, frame):
-            logger.info("Signal %s: stopping after the current job", signum)
+            if self.stopping.is_set():
+                logger.warning("Second signal: exiting now")
+                os._exit(128 + signum)
+            logger.info(
+                "Signal %s: no new jobs; the current one has %s s to finish", signum, self.grace
+            )
             self.stop()
-            # A second signal ends the process at once.
-            signal.signal(signum, signal.SIG_DFL)
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
 
 
+def request_of(session) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=session.prompt,
+        negative_prompt=session.negative_prompt,
+        steps=session.steps,
+        guidance_scale=session.guidance_scale,
+        width=session.width,
+        height=session.height,
+        seed=session.seed,
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_accelerator_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def describe_error(exc: BaseException) -> str:
     message = str(exc).strip()
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if is_out_of_memory(exc):
+        text = f"Out of memory: try a smaller image or fewer steps. ({text})"
+    return text

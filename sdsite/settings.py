@@ -139,6 +139,10 @@ LOGGING = {
 SD_MODEL = os.environ.get("SD_MODEL", "demo")
 SD_BACKEND = os.environ.get("SD_BACKEND", "pytorch")
 SD_DEVICE = os.environ.get("SD_DEVICE", "cpu")
+# A worker whose heartbeat is older than the lease has lost its jobs; each
+# session gets at most SD_MAX_ATTEMPTS workers before it is failed.
+SD_WORKER_LEASE = env_float("SD_WORKER_LEASE", 30.0)
+SD_MAX_ATTEMPTS = int(os.environ.get("SD_MAX_ATTEMPTS", "2"))
 SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")
 SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3"))
 # How often a progress stream reads the database, and how often it sends a

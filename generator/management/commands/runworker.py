@@ -19,10 +19,19 @@ class Command(BaseCommand):
             help="Seconds between queue polls while idle (default 0.2).",
         )
         parser.add_argument("--device", help="Override SD_DEVICE for this worker.")
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=30.0,
+            help="Seconds the current job may run on after SIGTERM/Ctrl-C before it is "
+            "interrupted and given back to the queue (default 30).",
+        )
 
-    def handle(self, *args, once, poll_interval, device, verbosity, **options):
+    def handle(self, *args, once, poll_interval, device, grace, verbosity, **options):
         if poll_interval <= 0:
             raise CommandError("--poll-interval must be positive.")
+        if grace < 0:
+            raise CommandError("--grace must not be negative.")
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
         logging.getLogger("generator").setLevel(level)
-        Worker(poll_interval=poll_interval, once=once, device=device).run()
+        Worker(poll_interval=poll_interval, once=once, device=device, grace=grace).run()

@@ -1,0 +1,150 @@
+"""Claims, conditional writes, cancel and recovery, in process on the real database."""
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from generator.models import GenerationSession, Status, WorkerRecord
+from generator.queue import claim_next, recover_lost_sessions, request_cancel
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def live_worker(worker_id: str) -> WorkerRecord:
+    return WorkerRecord.objects.create(
+        id=worker_id, host="test", pid=1, last_seen_at=timezone.now()
+    )
+
+
+def test_a_claim_writes_a_fresh_token_and_counts_the_attempt(make_session):
+    session = make_session()
+    job = claim_next("worker-a")
+    session.refresh_from_db()
+    assert job.session.pk == session.pk
+    assert session.status == Status.RUNNING
+    assert session.worker_id == "worker-a"
+    assert session.claim_token == job.token is not None
+    assert session.attempts == 1
+    assert claim_next("worker-b") is None  # nothing else is pending
+
+
+def test_a_zombie_cannot_write_after_its_session_was_reclaimed(make_session):
+    from PIL import Image
+
+    session = make_session(steps=4)
+    zombie = claim_next("zombie")
+    zombie.record_step(1, 4)
+    # The zombie stops beating (no worker row): another worker recovers the session.
+    assert recover_lost_sessions(lease_seconds=30, max_attempts=3) == {session.pk: "pending"}
+    live_worker("heir")
+    heir = claim_next("heir")
+    assert heir.token != zombie.token
+
+    assert zombie.record_step(3, 4) is False
+    assert zombie.fail("zombie says no") is False
+    assert zombie.complete(Image.new("RGB", (8, 8))) is False
+    session.refresh_from_db()
+    assert (session.status, session.worker_id, session.error) == (Status.RUNNING, "heir", "")
+    assert session.current_step == 1 and not session.image
+    assert heir.record_step(2, 4) is True
+
+
+def test_recovery_leaves_sessions_of_live_workers_alone(make_session):
+    session = make_session()
+    live_worker("alive")
+    claim_next("alive")
+    assert recover_lost_sessions(lease_seconds=30, max_attempts=2) == {}
+    session.refresh_from_db()
+    assert session.status == Status.RUNNING
+
+
+def test_recovery_fails_a_session_that_used_all_its_attempts(make_session):
+    session = make_session()
+    claim_next("first")
+    recover_lost_sessions(lease_seconds=30, max_attempts=2)
+    claim_next("second")
+    assert recover_lost_sessions(lease_seconds=30, max_attempts=2) == {session.pk: "failed"}
+    session.refresh_from_db()
+    assert session.status == Status.FAILED
+    assert session.error == "worker lost (attempt 2 of 2)"
+
+
+def test_recovery_removes_stale_worker_rows():
+    stale = live_worker("stale")
+    WorkerRecord.objects.filter(pk=stale.pk).update(
+        last_seen_at=timezone.now() - timezone.timedelta(seconds=60)
+    )
+    live_worker("fresh")
+    recover_lost_sessions(lease_seconds=30, max_attempts=2)
+    assert list(WorkerRecord.objects.values_list("id", flat=True)) == ["fresh"]
+
+
+def csrf_client() -> tuple[Client, str]:
+    client = Client(enforce_csrf_checks=True)
+    token = client.get("/").cookies["csrftoken"].value
+    return client, token
+
+
+def test_cancel_of_a_pending_session_is_immediate(make_session):
+    session = make_session()
+    client, token = csrf_client()
+    assert client.post(f"/api/sessions/{session.pk}/cancel").status_code == 403  # no token
+
+    response = client.post(f"/api/sessions/{session.pk}/cancel", headers={"X-CSRFToken": token})
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    session.refresh_from_db()
+    assert session.status == Status.CANCELLED and session.finished_at
+    assert claim_next("worker") is None  # never runs
+
+
+def test_cancel_of_a_running_session_asks_its_worker(make_session):
+    session = make_session(steps=4)
+    job = claim_next("worker")
+    client, token = csrf_client()
+
+    response = client.post(f"/api/sessions/{session.pk}/cancel", headers={"X-CSRFToken": token})
+
+    assert response.status_code == 202
+    assert response.json() == {
+        "session_id": str(session.pk),
+        "status": "running",
+        "cancel_requested": True,
+    }
+    assert job.record_step(1, 4) is False  # the step hook stops the pipeline
+    assert job.finish_cancelled() is True
+    session.refresh_from_db()
+    assert session.status == Status.CANCELLED
+
+
+@pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED, Status.CANCELLED])
+def test_cancel_of_a_finished_session_answers_409_and_changes_nothing(make_session, status):
+    session = make_session()
+    GenerationSession.objects.filter(pk=session.pk).update(status=status, error="kept")
+    before = GenerationSession.objects.values().get(pk=session.pk)
+    client, token = csrf_client()
+
+    response = client.post(f"/api/sessions/{session.pk}/cancel", headers={"X-CSRFToken": token})
+
+    assert response.status_code == 409
+    assert response.json()["errors"]["__all__"]
+    assert GenerationSession.objects.values().get(pk=session.pk) == before
+
+
+def test_cancel_of_an_unknown_session_is_404():
+    import uuid
+
+    assert request_cancel(uuid.uuid4()) == "not found"
+    client, token = csrf_client()
+    response = client.post(f"/api/sessions/{uuid.uuid4()}/cancel", headers={"X-CSRFToken": token})
+    assert response.status_code == 404
+
+
+def test_a_shutdown_release_puts_the_session_back_without_using_an_attempt(make_session):
+    session = make_session()
+    job = claim_next("leaving")
+    assert job.release() is True
+    session.refresh_from_db()
+    assert (session.status, session.attempts, session.worker_id) == (Status.PENDING, 0, "")
+    assert job.record_step(1, 4) is False

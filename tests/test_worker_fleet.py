@@ -1,0 +1,186 @@
+"""Workers as real processes against the real database: crashes, fleets, signals, cancel."""
+
+import signal
+import threading
+
+import httpx
+import pytest
+from django.test import Client
+
+from generator.models import GenerationSession, Status
+from generator.worker import Worker
+from tests.processes import wait_for
+from tests.sse_client import iter_events
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LEASE = "1.5"  # seconds: short, so recovery happens within the test
+
+
+def reload(session) -> GenerationSession:
+    return GenerationSession.objects.get(pk=session.pk)
+
+
+def wait_until_step(session, step: int, timeout: float = 120):
+    wait_for(
+        lambda: reload(session).current_step >= step,
+        timeout=timeout,
+        message=f"session to reach step {step}",
+    )
+
+
+def wait_until_status(session, *statuses, timeout: float = 120) -> GenerationSession:
+    return wait_for(
+        lambda: (s := reload(session)).status in statuses and s,
+        timeout=timeout,
+        message=f"session to become {statuses}",
+    )
+
+
+def kill_hard(worker):
+    worker.popen.kill()  # SIGKILL: no clean-up runs
+    worker.popen.wait()
+
+
+def test_a_killed_worker_s_session_is_recovered_and_completed_once(make_session, start_worker):
+    session = make_session(steps=40, width=128, height=128)
+    first = start_worker(SD_WORKER_LEASE=LEASE)
+    wait_until_step(session, 2)
+    kill_hard(first)
+    assert reload(session).status == Status.RUNNING  # left behind by the dead worker
+
+    second = start_worker(SD_WORKER_LEASE=LEASE)
+    done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
+
+    assert done.status == Status.COMPLETED, done.error
+    assert done.attempts == 2
+    completions = (first.log() + second.log()).count(f"Completed session {session.pk}")
+    assert completions == 1
+    assert f"Completed session {session.pk}" in second.log()
+
+
+def test_three_workers_run_thirty_sessions_each_exactly_once(make_session, start_worker):
+    sessions = [make_session(prompt=f"job {i}", steps=2, width=64, height=64) for i in range(30)]
+    workers = [start_worker(OMP_NUM_THREADS="1") for _ in range(3)]
+
+    wait_for(
+        lambda: GenerationSession.objects.filter(status=Status.COMPLETED).count() == 30,
+        timeout=240,
+        message="all thirty sessions to complete",
+    )
+
+    logs = "".join(worker.log() for worker in workers)
+    for session in sessions:
+        assert reload(session).attempts == 1
+        assert logs.count(f"Running session {session.pk}") == 1
+    assert "database is locked" not in logs.lower()
+    assert "Traceback" not in logs
+    assert not GenerationSession.objects.exclude(status=Status.COMPLETED).exists()
+
+
+def test_a_poison_job_ends_failed_after_the_last_attempt(make_session, start_worker, settings):
+    session = make_session(steps=150, width=128, height=128)
+    for attempt in (1, 2):
+        worker = start_worker(SD_WORKER_LEASE=LEASE, SD_MAX_ATTEMPTS="2")
+        wait_for(
+            lambda a=attempt: (s := reload(session)).attempts == a and s.current_step >= 1,
+            timeout=120,
+            message=f"attempt {attempt} to start",
+        )
+        kill_hard(worker)  # the job "kills" every worker that runs it
+
+    start_worker(SD_WORKER_LEASE=LEASE, SD_MAX_ATTEMPTS="2")
+    failed = wait_until_status(session, Status.FAILED, Status.PENDING, Status.COMPLETED)
+
+    assert failed.status == Status.FAILED
+    assert failed.error == "worker lost (attempt 2 of 2)"
+
+
+def test_sigterm_lets_the_current_job_finish_within_the_grace_period(make_session, start_worker):
+    session = make_session(steps=15, width=128, height=128)
+    worker = start_worker("--grace", "120")
+    wait_until_step(session, 2)
+
+    worker.popen.send_signal(signal.SIGTERM)
+
+    assert worker.popen.wait(timeout=120) == 0
+    assert reload(session).status == Status.COMPLETED
+
+
+def test_sigterm_past_the_grace_period_releases_the_job_to_another_worker(
+    make_session, start_worker
+):
+    session = make_session(steps=150, width=128, height=128)
+    leaving = start_worker("--grace", "0.2")
+    wait_until_step(session, 2)
+
+    leaving.popen.send_signal(signal.SIGTERM)
+
+    assert leaving.popen.wait(timeout=60) == 0
+    released = reload(session)
+    assert released.status == Status.PENDING
+    assert released.attempts == 0  # a release is not a failed attempt
+    assert f"Released session {session.pk}" in leaving.log()
+
+    start_worker()
+    done = wait_until_status(session, Status.COMPLETED, Status.FAILED, timeout=180)
+    assert done.status == Status.COMPLETED, done.error
+
+
+def test_a_running_session_is_cancelled_at_its_next_step(make_session, start_worker, web_server):
+    session = make_session(steps=150, width=128, height=128)
+    worker = start_worker()
+    with (
+        httpx.Client(base_url=web_server.url, timeout=60) as http,
+        http.stream("GET", f"/api/progress/{session.pk}") as stream,
+    ):
+        events = iter_events(stream.iter_lines())
+        wait_until_step(session, 2)
+        client = Client(enforce_csrf_checks=True)
+        token = client.get("/").cookies["csrftoken"].value
+        response = client.post(f"/api/sessions/{session.pk}/cancel", headers={"X-CSRFToken": token})
+        assert response.status_code == 202
+        messages = [e.data for e in events if e.data]
+
+    assert messages[-1] == {"type": "cancelled"}
+    cancelled = reload(session)
+    assert cancelled.status == Status.CANCELLED
+    assert cancelled.current_step < 150 and not cancelled.image
+    follow_up = make_session(steps=2, width=64, height=64)
+    assert wait_until_status(follow_up, Status.COMPLETED).status == Status.COMPLETED
+    assert worker.popen.poll() is None
+
+
+def test_out_of_memory_fails_the_session_and_the_worker_takes_the_next(make_session, monkeypatch):
+    # There is no GPU here to run out of: the first pipeline call raises the
+    # error PyTorch raises on CUDA OOM; everything else is real.
+    import torch
+
+    from generator.pipelines.torch_backend import TorchBackend
+
+    real_generate = TorchBackend.generate
+    calls = []
+
+    def generate_once_out_of_memory(self, request, on_step, on_phase):
+        calls.append(request)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_generate(self, request, on_step, on_phase)
+
+    monkeypatch.setattr(TorchBackend, "generate", generate_once_out_of_memory)
+    doomed = make_session(steps=2, width=64, height=64)
+    next_one = make_session(steps=2, width=64, height=64)
+    worker = Worker(poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until_status(next_one, Status.COMPLETED, Status.FAILED)
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+
+    failed = reload(doomed)
+    assert failed.status == Status.FAILED
+    assert failed.error.startswith("Out of memory")
+    assert "Tried to allocate 20.00 GiB" in failed.error
+    assert reload(next_one).status == Status.COMPLETED
