@@ -2,20 +2,25 @@
 
 Each open stream subscribes to its session id. While any stream is open, the
 hub reads all watched sessions in one query per tick and hands each stream the
-snapshots that changed. Database load therefore does not grow with the number
-of open streams, and no stream holds a thread or a connection of its own.
+snapshots that changed. A tick comes every SD_PROGRESS_INTERVAL seconds, or at
+once when PostgreSQL notifies that a watched session changed. Database load
+therefore does not grow with the number of open streams, and no stream holds a
+thread or a connection of its own.
 """
 
 import asyncio
 import logging
+import signal
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from django.conf import settings
 from django.db import connections
 
 from .models import Status
+from .notify import listen_for_changes, listener_conninfo
 from .progress import Snapshot, read_snapshots
 
 logger = logging.getLogger(__name__)
@@ -29,13 +34,15 @@ DELETED = Snapshot(
     image_url=None,
     error="The session was deleted.",
 )
+SHUTDOWN = None
+"""Put in a subscription's queue when the server stops: the stream ends cleanly."""
 
 # All database reads of the hubs go through this one thread, so a web process
 # holds at most one connection for its progress streams.
 _db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-db")
 
 
-def _read_and_release(session_ids, release: bool) -> dict:
+def _read(session_ids, release: bool) -> dict:
     try:
         return read_snapshots(session_ids)
     except Exception:
@@ -50,13 +57,17 @@ class Subscription:
     def __init__(self, session_id):
         self.session_id = session_id
         self.queue: asyncio.Queue[Snapshot | None] = asyncio.Queue()
+        self.closed = False
 
     async def next_snapshot(self, timeout: float) -> Snapshot | None:
         """The next changed snapshot; None when `timeout` passes with no change."""
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            snapshot = await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
             return None
+        if snapshot is SHUTDOWN:
+            self.closed = True
+        return snapshot
 
 
 class ProgressHub:
@@ -64,22 +75,45 @@ class ProgressHub:
         self.interval = interval
         self.subscribers: dict[object, set[Subscription]] = {}
         self.latest: dict[object, Snapshot] = {}
-        self.ticks = 0
+        self.reads = 0
+        self.notifications = 0
+        self.stopped = False
+        self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._listener: asyncio.Task | None = None
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(subs) for subs in self.subscribers.values())
+
+    def stats(self) -> dict:
+        return {
+            "streams": self.stream_count,
+            "sessions": len(self.subscribers),
+            "reads": self.reads,
+            "notifications": self.notifications,
+            "listening": bool(self._listener and not self._listener.done()),
+        }
 
     async def read_one(self, session_id) -> Snapshot | None:
         """The session's current snapshot, read through the hub's thread (None if absent)."""
         loop = asyncio.get_running_loop()
-        release = not self.subscribers
-        snapshots = await loop.run_in_executor(_db_thread, _read_and_release, [session_id], release)
+        snapshots = await loop.run_in_executor(
+            _db_thread, _read, [session_id], not self.subscribers
+        )
         return snapshots.get(session_id)
 
     @asynccontextmanager
     async def subscribe(self, session_id):
         subscription = Subscription(session_id)
         self.subscribers.setdefault(session_id, set()).add(subscription)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.stopped:
+            subscription.queue.put_nowait(SHUTDOWN)
+        elif session_id in self.latest:
+            # Another stream watches it already: start from the newest state
+            # rather than wait for the next change.
+            subscription.queue.put_nowait(self.latest[session_id])
+        self._ensure_running()
         try:
             yield subscription
         finally:
@@ -90,24 +124,51 @@ class ProgressHub:
                     del self.subscribers[session_id]
                     self.latest.pop(session_id, None)
 
+    def wake(self, session_id) -> None:
+        """A watched session changed (PostgreSQL NOTIFY): read now, not at the next tick."""
+        self.notifications += 1
+        if session_id in self.subscribers:
+            self._wakeup.set()
+
+    def shutdown(self) -> None:
+        """End every open stream cleanly; the clients reconnect to a running server."""
+        self.stopped = True
+        for subscriptions in self.subscribers.values():
+            for subscription in subscriptions:
+                subscription.queue.put_nowait(SHUTDOWN)
+
+    def _ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        if self._listener is None or self._listener.done():
+            conninfo = listener_conninfo()
+            if conninfo:
+                self._listener = loop.create_task(listen_for_changes(conninfo, self.wake))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.subscribers:
-            watched = list(self.subscribers)
-            try:
-                snapshots = await loop.run_in_executor(
-                    _db_thread, _read_and_release, watched, False
-                )
-                # A watched row that is gone was deleted: end its streams.
-                snapshots.update({sid: DELETED for sid in watched if sid not in snapshots})
-            except Exception:
-                logger.exception("Progress hub read failed; retrying")
-                snapshots = {}
-            self.ticks += 1
-            self._publish(snapshots)
-            await asyncio.sleep(self.interval)
-        # Idle: give the connection back until the next stream opens.
-        await loop.run_in_executor(_db_thread, connections.close_all)
+        try:
+            while self.subscribers:
+                watched = list(self.subscribers)
+                self._wakeup.clear()
+                try:
+                    snapshots = await loop.run_in_executor(_db_thread, _read, watched, False)
+                    self.reads += 1
+                    # A watched row that is gone was deleted: end its streams.
+                    snapshots.update({sid: DELETED for sid in watched if sid not in snapshots})
+                except Exception:
+                    logger.exception("Progress hub read failed; retrying")
+                    snapshots = {}
+                self._publish(snapshots)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.interval)
+        finally:
+            if self._listener is not None:
+                self._listener.cancel()
+                self._listener = None
+            # Idle: give the connection back until the next stream opens.
+            await loop.run_in_executor(_db_thread, connections.close_all)
 
     def _publish(self, snapshots: dict) -> None:
         for session_id, snapshot in snapshots.items():
@@ -129,4 +190,38 @@ def get_hub() -> ProgressHub:
     hub = _hubs.get(loop)
     if hub is None:
         hub = _hubs[loop] = ProgressHub(interval=settings.SD_PROGRESS_INTERVAL)
+        end_streams_on_exit_signals()
     return hub
+
+
+def shutdown_hubs() -> None:
+    """End the streams of every hub in this process."""
+    for loop, hub in list(_hubs.items()):
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(hub.shutdown)
+
+
+_chained_signals: set[int] = set()
+
+
+def end_streams_on_exit_signals() -> None:
+    """On SIGTERM/SIGINT, end every progress stream before the server's own handler runs.
+
+    Progress streams never end on their own while a job runs, and uvicorn waits
+    for open responses before it stops: without this, a server with open
+    streams would wait out its whole graceful-shutdown timeout, then cut them.
+    This runs on the first stream, once the server has installed its handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if signum in _chained_signals or not callable(previous):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            shutdown_hubs()
+            previous(signum, frame)
+
+        signal.signal(signum, handler)
+        _chained_signals.add(signum)

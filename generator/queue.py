@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
+from .notify import notify_session_changed
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,15 @@ class ClaimedJob:
             pk=self.session.pk, claim_token=self.token, status=Status.RUNNING
         )
 
+    def _changed(self, rows: int) -> bool:
+        if rows:
+            notify_session_changed(self.session.pk)
+        return bool(rows)
+
     @retry_on_locked
     def _update(self, **fields) -> bool:
         """Write `fields` while the claim holds and nobody asked to cancel."""
-        return bool(self._mine().filter(cancel_requested=False).update(**fields))
+        return self._changed(self._mine().filter(cancel_requested=False).update(**fields))
 
     def record_phase(self, phase: str) -> bool:
         return self._update(phase=phase)
@@ -82,11 +88,11 @@ class ClaimedJob:
         )
         if not done:  # the claim was lost: nobody will ever link to the file
             default_storage.delete(name)
-        return bool(done)
+        return self._changed(done)
 
     @retry_on_locked
     def fail(self, message: str) -> bool:
-        return bool(
+        return self._changed(
             self._mine().update(
                 status=Status.FAILED, phase="", error=message[:5000], finished_at=timezone.now()
             )
@@ -95,7 +101,7 @@ class ClaimedJob:
     @retry_on_locked
     def finish_cancelled(self) -> bool:
         """Mark the job cancelled if someone asked for it."""
-        return bool(
+        return self._changed(
             self._mine()
             .filter(cancel_requested=True)
             .update(status=Status.CANCELLED, phase="", finished_at=timezone.now())
@@ -104,7 +110,7 @@ class ClaimedJob:
     @retry_on_locked
     def release(self) -> bool:
         """Give the job back to the queue (shutdown); the attempt does not count."""
-        return bool(
+        return self._changed(
             self._mine().update(
                 status=Status.PENDING,
                 claim_token=None,
@@ -162,6 +168,7 @@ def request_cancel(session_id) -> CancelOutcome:
         if sessions.filter(status=Status.PENDING).update(
             status=Status.CANCELLED, finished_at=timezone.now(), cancel_requested=True
         ):
+            notify_session_changed(session_id)
             return CancelOutcome.CANCELLED
         if sessions.filter(status=Status.RUNNING).update(cancel_requested=True):
             return CancelOutcome.CANCELLING
@@ -201,6 +208,7 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
             changes = {"status": Status.PENDING, "claim_token": None, "worker_id": "",
                        "started_at": None}  # fmt: skip
         if same_claim.update(phase="", **changes):
+            notify_session_changed(pk)
             logger.warning("Session %s lost by worker %s: now %s", pk, worker, changes["status"])
             outcomes[pk] = changes["status"]
     WorkerRecord.objects.filter(last_seen_at__lt=cutoff).delete()

@@ -1,7 +1,14 @@
-"""The Server-Sent Events stream of one session, built from the hub's snapshots."""
+"""The Server-Sent Events stream of one session, built from the hub's snapshots.
+
+Event ids carry the client's position: `step * 1000 + n`, where `step` is the
+highest step the client has been sent and `n` counts messages since that step
+(999 marks the final message). Ids therefore only grow, and a reconnect with
+Last-Event-ID resumes without repeating anything, or gets 204 after the end.
+"""
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from django.conf import settings
 
@@ -9,39 +16,82 @@ from .hub import ProgressHub
 from .progress import Snapshot, messages_between
 
 RETRY_MS = 2000
+KEEPALIVE = ": keepalive\n\n"
+STEP_FACTOR = 1000
+FINAL = 999
+TERMINAL_TYPES = {"complete", "error", "cancelled"}
 
 
 def format_message(event_id: int, data: dict) -> str:
     return f"id: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-KEEPALIVE = ": keepalive\n\n"
+@dataclass(frozen=True)
+class Position:
+    """Where a client stands in a stream, read from an event id."""
+
+    step: int = -1
+    count: int = 0
+
+    @classmethod
+    def from_event_id(cls, value: str | None) -> "Position | None":
+        try:
+            event_id = int(value)
+        except (TypeError, ValueError):
+            return None
+        if event_id < 0:
+            return None
+        return cls(step=event_id // STEP_FACTOR, count=event_id % STEP_FACTOR)
+
+    @property
+    def finished(self) -> bool:
+        return self.count == FINAL
+
+    def after(self, data: dict) -> "Position":
+        """The position once `data` is sent."""
+        if data["type"] in TERMINAL_TYPES:
+            return Position(max(self.step, 0), FINAL)
+        if data["type"] == "progress" and data["current_step"] > self.step:
+            return Position(data["current_step"], 0)
+        return Position(self.step, min(self.count + 1, FINAL - 1))
+
+    @property
+    def event_id(self) -> int:
+        return max(self.step, 0) * STEP_FACTOR + self.count
 
 
 async def session_events(
-    hub: ProgressHub, session_id, first: Snapshot, keepalive: float | None = None
+    hub: ProgressHub,
+    session_id,
+    first: Snapshot,
+    resume: Position | None = None,
+    keepalive: float | None = None,
 ) -> AsyncIterator[str]:
-    """`connected`, then a message per change until the session finishes."""
+    """`connected`, then a message per change until the session finishes.
+
+    With `resume` (a reconnect) the client already has `connected` and every
+    step up to `resume.step`, so neither is sent again.
+    """
     keepalive = settings.SD_KEEPALIVE_SECONDS if keepalive is None else keepalive
-    event_id = 0
-    highest_step = -1
+    position = resume or Position()
 
     def messages(previous: Snapshot | None, current: Snapshot):
-        nonlocal event_id, highest_step
+        nonlocal position
         for data in messages_between(previous, current):
-            if data["type"] == "progress":
-                # A session re-queued after a lost worker restarts at step 0;
-                # the client's bar stays where it was until the rerun passes it.
-                if data["current_step"] < highest_step:
-                    continue
-                highest_step = data["current_step"]
-            event_id += 1
-            yield format_message(event_id, data)
+            # Steps never go backwards for a client, not even when a session
+            # is re-run after a lost worker or the client reconnects.
+            if data["type"] == "progress" and data["current_step"] <= position.step:
+                continue
+            position = position.after(data)
+            yield format_message(position.event_id, data)
 
-    event_id += 1
-    yield f"retry: {RETRY_MS}\n" + format_message(
-        event_id, {"type": "connected", "session_id": str(session_id)}
-    )
+    opening = f"retry: {RETRY_MS}\n"
+    if resume is None:
+        position = position.after({"type": "connected"})
+        opening += format_message(
+            position.event_id, {"type": "connected", "session_id": str(session_id)}
+        )
+    yield opening
     for text in messages(None, first):
         yield text
     if first.is_finished:
@@ -50,6 +100,8 @@ async def session_events(
     async with hub.subscribe(session_id) as subscription:
         while True:
             snapshot = await subscription.next_snapshot(timeout=keepalive)
+            if subscription.closed:  # the server is shutting down
+                return
             if snapshot is None:
                 yield KEEPALIVE
                 continue

@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/sessions/<uuid:session_id>", views.api_session, name="session"),
     path("api/sessions/<uuid:session_id>/cancel", views.api_cancel, name="session-cancel"),
     path("api/progress/<uuid:session_id>", views.api_progress, name="session-progress"),
+    path("api/stats/progress", views.api_progress_stats, name="progress-stats"),
     path("healthz", views.healthz, name="healthz"),
 ]

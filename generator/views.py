@@ -10,7 +10,7 @@ from .hub import get_hub
 from .models import GenerationSession
 from .queue import CancelOutcome, request_cancel
 from .services import default_size, session_as_dict, session_create
-from .sse import session_events
+from .sse import Position, session_events
 
 
 def index(request):
@@ -98,12 +98,24 @@ async def api_progress(request, session_id):
     first = await hub.read_one(session_id)
     if first is None:
         raise Http404("No such session.")
+    resume = Position.from_event_id(request.headers.get("Last-Event-ID"))
+    if resume is not None and resume.finished:
+        # The client has the final message: 204 tells EventSource to stop reconnecting.
+        return HttpResponse(status=204)
     response = StreamingHttpResponse(
-        session_events(hub, session_id, first), content_type="text/event-stream"
+        session_events(hub, session_id, first, resume), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each message on at once
+    # Compression buffers: an encoding already set keeps GZipMiddleware (and
+    # most proxies) away from the stream.
+    response["Content-Encoding"] = "identity"
     return response
+
+
+async def api_progress_stats(request):
+    """The progress hub of this web process: open streams and reads, for monitoring."""
+    return JsonResponse(get_hub().stats())
 
 
 def healthz(request):

@@ -111,6 +111,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI, sync code runs on changing threads where persistent
+    # connections (CONN_MAX_AGE) are seldom reused: a per-process psycopg pool
+    # is. Size it for the web process's threads; the progress streams share a
+    # single connection whatever their number.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": int(os.environ.get("SD_DB_POOL_SIZE", "8")),
+        "timeout": 30,
+    }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

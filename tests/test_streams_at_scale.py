@@ -1,0 +1,242 @@
+"""Progress streams at scale: one shared reader, resume, shutdown, LISTEN/NOTIFY."""
+
+import asyncio
+import itertools
+import signal
+
+import httpx
+import pytest
+from django.db import connection
+from django.test import AsyncClient, override_settings
+
+from generator.hub import ProgressHub, _db_thread
+from generator.models import GenerationSession, Status
+from tests.processes import WebServer, wait_for
+from tests.sse_client import iter_events
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def advance(session, **fields):
+    GenerationSession.objects.filter(pk=session.pk).update(**fields)
+
+
+async def read_stream(client, url, connected, headers=None):
+    messages = []
+    async with client.stream("GET", url, headers=headers or {}) as response:
+        lines = response.aiter_lines()
+        buffer = []
+        async for line in lines:
+            buffer.append(line)
+            if line == "":
+                for event in iter_events(buffer):
+                    if event.data:
+                        messages.append(event.data)
+                        if event.data["type"] == "connected":
+                            connected()
+                buffer = []
+    return messages
+
+
+def test_fifty_streams_on_one_session_get_the_same_messages(web_server, start_worker, make_session):
+    session = make_session(steps=12, width=128, height=128)
+    url = f"{web_server.url}/api/progress/{session.pk}"
+    count = 50
+    ready = []
+
+    async def watch_all():
+        limits = httpx.Limits(max_connections=count + 5)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            tasks = [
+                asyncio.create_task(read_stream(client, url, lambda: ready.append(1)))
+                for _ in range(count)
+            ]
+            while len(ready) < count:  # every stream is open before the job starts
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(start_worker)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 180)
+
+    results = asyncio.run(watch_all())
+
+    assert len(results) == count
+    assert all(messages == results[0] for messages in results)
+    messages = results[0]
+    assert messages[-1]["type"] == "complete"
+    steps = [m["current_step"] for m in messages if m["type"] == "progress"]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def count_hub_queries(hub_work):
+    """Run `hub_work(hub)` on an event loop; return (reads, SQL queries) of the hub thread."""
+    queries = []
+
+    def install():
+        from django.db import connections
+
+        def count(execute, sql, params, many, context):
+            queries.append(sql)
+            return execute(sql, params, many, context)
+
+        connections["default"].execute_wrappers.append(count)
+        return connections["default"]
+
+    wrapped = _db_thread.submit(install).result()
+
+    async def main():
+        hub = ProgressHub(interval=0.02)
+        await hub_work(hub)
+        return hub
+
+    try:
+        hub = asyncio.run(main())
+    finally:
+        _db_thread.submit(wrapped.execute_wrappers.clear).result()
+    return hub.reads, len(queries)
+
+
+@pytest.mark.parametrize("streams", [1, 10, 200])
+def test_the_hub_makes_one_query_per_tick_whatever_the_number_of_streams(make_session, streams):
+    sessions = [make_session(prompt=f"s{i}") for i in range(5)]
+
+    async def watch(hub):
+        async def one(n):
+            async with hub.subscribe(sessions[n % len(sessions)].pk) as subscription:
+                await subscription.next_snapshot(timeout=5)  # the first tick's snapshot
+                await asyncio.sleep(0.2)  # several more ticks
+
+        await asyncio.gather(*(one(n) for n in range(streams)))
+
+    reads, queries = count_hub_queries(watch)
+
+    assert reads >= 5
+    assert queries == reads
+
+
+def stats(server):
+    return httpx.get(f"{server.url}/api/stats/progress").json()
+
+
+def test_client_disconnects_release_their_subscriptions(web_server, make_session):
+    session = make_session()
+    url = f"{web_server.url}/api/progress/{session.pk}"
+    clients = [httpx.Client(timeout=10) for _ in range(20)]
+    streams = [client.stream("GET", url) for client in clients]
+    # Keep each line iterator alive: dropping one closes its response.
+    readers = [stream.__enter__().iter_lines() for stream in streams]
+    for reader in readers:
+        next(reader)  # the stream is open
+    wait_for(lambda: stats(web_server)["streams"] == 20, timeout=20, message="20 open streams")
+
+    for stream, client in zip(streams, clients, strict=True):
+        stream.__exit__(None, None, None)
+        client.close()
+
+    wait_for(
+        lambda: (
+            stats(web_server) | {"reads": 0, "notifications": 0, "listening": False}
+            == {"streams": 0, "sessions": 0, "reads": 0, "notifications": 0, "listening": False}
+        ),
+        timeout=20,
+        message="the hub to forget every stream",
+    )
+
+
+def test_a_reconnect_with_last_event_id_resumes_without_repeats(web_server, make_session):
+    session = make_session(steps=10)
+    advance(session, status=Status.RUNNING, phase="generating", current_step=4, total_steps=10)
+    url = f"{web_server.url}/api/progress/{session.pk}"
+    with httpx.Client(timeout=20) as client:
+        with client.stream("GET", url) as response:
+            events = (e for e in iter_events(response.iter_lines()) if e.data)
+            first_stream = list(itertools.islice(events, 3))
+        assert [e.data["type"] for e in first_stream] == ["connected", "phase", "progress"]
+        last_id = first_stream[-1].id
+
+        advance(session, current_step=6)
+        with client.stream("GET", url, headers={"Last-Event-ID": last_id}) as response:
+            resumed = iter_events(response.iter_lines())
+            first = next(e for e in resumed if e.data)
+            assert first.data["type"] == "phase"  # the current activity, then news only
+            second = next(e for e in resumed if e.data)
+            assert second.data["current_step"] == 6
+            advance(session, status=Status.COMPLETED, current_step=10, image="images/r.png")
+            rest = [e for e in resumed if e.data]
+
+    assert [e.data["type"] for e in rest] == ["progress", "complete"]
+    ids = [int(e.id) for e in [*first_stream, first, second, *rest]]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+    with httpx.Client(timeout=20) as client:
+        after_end = client.get(url, headers={"Last-Event-ID": rest[-1].id})
+    assert after_end.status_code == 204
+
+
+def test_a_reconnect_after_the_end_without_the_final_message_gets_it(web_server, make_session):
+    session = make_session(steps=10)
+    advance(session, status=Status.FAILED, current_step=3, error="boom")
+    url = f"{web_server.url}/api/progress/{session.pk}"
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream("GET", url, headers={"Last-Event-ID": "3000"}) as response,
+    ):
+        assert response.status_code == 200
+        messages = [e.data for e in iter_events(response.iter_lines()) if e.data]
+    assert messages == [{"type": "error", "message": "boom"}]
+
+
+def test_server_shutdown_ends_open_streams_cleanly(tmp_path, make_session):
+    server = WebServer(tmp_path, graceful_shutdown=60)  # so a hang would show
+    session = make_session()
+    url = f"{server.url}/api/progress/{session.pk}"
+    try:
+        with httpx.Client(timeout=30) as client, client.stream("GET", url) as response:
+            lines = response.iter_lines()
+            assert "connected" in next(line for line in lines if line.startswith("data:"))
+            server.popen.send_signal(signal.SIGTERM)
+            rest = list(lines)  # ends without a protocol error: the stream was closed cleanly
+        assert not any(line.startswith("data:") for line in rest)
+        # uvicorn re-raises the signal once it has shut down
+        assert server.popen.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+def test_notify_delivers_steps_without_waiting_for_the_poll(tmp_path, start_worker, make_session):
+    server = WebServer(tmp_path, SD_PROGRESS_INTERVAL="60")  # the poll would see one tick
+    try:
+        session = make_session(steps=10, width=128, height=128)
+        url = f"{server.url}/api/progress/{session.pk}"
+        with httpx.Client(timeout=120) as client, client.stream("GET", url) as response:
+            events = iter_events(response.iter_lines())
+            assert next(events).data["type"] == "connected"
+            wait_for(lambda: stats(server)["listening"], timeout=20, message="the listener")
+            start_worker()
+            messages = [e.data for e in events if e.data]
+        steps = [m["current_step"] for m in messages if m["type"] == "progress"]
+        assert messages[-1]["type"] == "complete"
+        assert len(steps) >= 5  # many steps arrived long before the next 60 s poll
+        assert stats(server)["notifications"] >= 10
+    finally:
+        server.stop()
+
+
+@override_settings(
+    MIDDLEWARE=[
+        "django.middleware.gzip.GZipMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ]
+)
+def test_the_stream_stays_out_of_gzip(make_session):
+    session = make_session(steps=2)
+    advance(session, status=Status.CANCELLED)
+
+    async def fetch():
+        response = await AsyncClient().get(
+            f"/api/progress/{session.pk}", headers={"Accept-Encoding": "gzip"}
+        )
+        return response, b"".join([chunk async for chunk in response.streaming_content])
+
+    response, body = asyncio.run(fetch())
+    assert response["Content-Encoding"] == "identity"
+    assert b'"type":"cancelled"' in body
