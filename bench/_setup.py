@@ -1,4 +1,8 @@
-"""Shared start-up of the benchmarks: Django on a throwaway data folder, and the machine."""
+"""Shared start-up of the benchmarks: Django on a throwaway data folder, and the machine.
+
+Run the benchmarks as modules from the repository root (`python -m bench.queue`):
+run as scripts, bench/queue.py would shadow the standard library's `queue`.
+"""
 
 import os
 import platform

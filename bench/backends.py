@@ -1,6 +1,6 @@
 """PyTorch against OpenVINO on the demo model, and the cost of sdsite's progress tracking.
 
-    .venv/bin/python bench/backends.py [--runs 5] [--sizes 256 512] [--steps 20]
+    .venv/bin/python -m bench.backends [--runs 5] [--sizes 256 512] [--steps 20]
 
 Prints, per backend and size: seconds per step (median over runs), first-job cost
 (building or exporting, compiling), a warm job's time to its first step, and the
@@ -13,7 +13,7 @@ import statistics
 import tempfile
 import time
 
-from _setup import django_on_scratch_data, machine_line
+from bench._setup import django_on_scratch_data, machine_line
 
 
 def main():

@@ -1,7 +1,7 @@
 """How fast the database queue hands out work.
 
-    .venv/bin/python bench/queue.py [--sessions 600] [--jobs 40]
-    bin/with-postgres .venv/bin/python bench/queue.py      # the same on PostgreSQL
+    .venv/bin/python -m bench.queue [--sessions 600] [--jobs 40]
+    bin/with-postgres .venv/bin/python -m bench.queue      # the same on PostgreSQL
 
 Prints claim throughput (sessions claimed per second by 1 and by 3 concurrent
 claimer processes, each session claimed exactly once) and the pickup delay of
@@ -9,21 +9,15 @@ an idle `runworker` (its default 0.2 s poll): the time from the row's creation
 by POST /api/generate to its claim, median and p95.
 """
 
+import argparse
+import multiprocessing
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# This file's name shadows the standard library's `queue` while bench/ leads
-# sys.path: move bench/ to the end.
-_BENCH = str(Path(__file__).resolve().parent)
-sys.path = [p for p in sys.path if str(Path(p or ".").resolve()) != _BENCH] + [_BENCH]
-
-import argparse  # noqa: E402
-import multiprocessing  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from _setup import ROOT, django_on_scratch_data, machine_line  # noqa: E402
+from bench._setup import ROOT, django_on_scratch_data, machine_line
 
 
 def claimer(worker_id, data_dir, database_url, claimed_queue):

@@ -6,6 +6,7 @@ highest step the client has been sent and `n` counts messages since that step
 Last-Event-ID resumes without repeating anything, or gets 204 after the end.
 """
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -60,6 +61,26 @@ class Position:
         return max(self.step, 0) * STEP_FACTOR + self.count
 
 
+@functools.lru_cache(maxsize=4096)
+def render(
+    previous: Snapshot | None, current: Snapshot, position: Position
+) -> tuple[str, Position]:
+    """The text a client at `position` is sent for a change, and its new position.
+
+    Streams that watch the same session from the same point get the same
+    text: cached, it is built once per change, not once per stream.
+    """
+    text = []
+    for data in messages_between(previous, current):
+        # Steps never go backwards for a client, not even when a session is
+        # re-run after a lost worker or the client reconnects.
+        if data["type"] == "progress" and data["current_step"] <= position.step:
+            continue
+        position = position.after(data)
+        text.append(format_message(position.event_id, data))
+    return "".join(text), position
+
+
 async def session_events(
     hub: ProgressHub,
     session_id,
@@ -75,25 +96,14 @@ async def session_events(
     keepalive = settings.SD_KEEPALIVE_SECONDS if keepalive is None else keepalive
     position = resume or Position()
 
-    def messages(previous: Snapshot | None, current: Snapshot):
-        nonlocal position
-        for data in messages_between(previous, current):
-            # Steps never go backwards for a client, not even when a session
-            # is re-run after a lost worker or the client reconnects.
-            if data["type"] == "progress" and data["current_step"] <= position.step:
-                continue
-            position = position.after(data)
-            yield format_message(position.event_id, data)
-
     opening = f"retry: {RETRY_MS}\n"
     if resume is None:
         position = position.after({"type": "connected"})
         opening += format_message(
             position.event_id, {"type": "connected", "session_id": str(session_id)}
         )
-    yield opening
-    for text in messages(None, first):
-        yield text
+    text, position = render(None, first, position)
+    yield opening + text
     if first.is_finished:
         return
     previous = first
@@ -105,7 +115,8 @@ async def session_events(
             if snapshot is None:
                 yield KEEPALIVE
                 continue
-            for text in messages(previous, snapshot):
+            text, position = render(previous, snapshot, position)
+            if text:
                 yield text
             previous = snapshot
             if snapshot.is_finished:

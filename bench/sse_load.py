@@ -1,0 +1,237 @@
+"""Many browsers watching: N concurrent SSE clients on one uvicorn process.
+
+    .venv/bin/python -m bench.sse_load [--clients 1 100 500 1000] [--steps 30]
+    bin/with-postgres .venv/bin/python -m bench.sse_load      # with LISTEN/NOTIFY
+
+For each N it pauses the worker, queues a demo-model job, opens N streams on
+it, lets the worker run, and reports: delivery latency from the worker's step
+time ("at") to receipt (median, p95, p99), lost and out-of-order messages,
+missing final messages, the web process's database reads per second, CPU and
+memory, and client errors. Writes a Markdown table and an SVG chart to docs/
+with --write.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in requirements.txt
+    uvloop = None
+
+from bench._setup import ROOT, django_on_scratch_data, machine_line
+
+
+class StreamResult:
+    def __init__(self):
+        self.steps: list[int] = []
+        self.latencies: list[float] = []
+        self.final: str | None = None
+        self.error: str | None = None
+
+
+async def sse_client(port: int, path: str, result: StreamResult, connected: asyncio.Event,
+                     counter: list) -> None:  # fmt: skip
+    """A minimal HTTP/1.1 SSE reader on a raw socket: cheap enough to run a thousand."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+                     .encode())  # fmt: skip
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(status.decode().strip())
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # headers
+        buffer = b""
+        while True:
+            size_line = await reader.readline()
+            if not size_line:
+                break
+            size = int(size_line.strip() or b"0", 16)
+            if size == 0:
+                break
+            buffer += await reader.readexactly(size + 2)
+            buffer = buffer[:-2] if buffer.endswith(b"\r\n") else buffer
+            *events, buffer = buffer.split(b"\n\n")
+            received = time.time()
+            for event in events:
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = json.loads(line[5:])
+                    if data["type"] == "connected":
+                        counter[0] += 1
+                        if counter[0] >= counter[1]:
+                            connected.set()
+                    elif data["type"] == "progress":
+                        result.steps.append(data["current_step"])
+                        if "at" in data:
+                            result.latencies.append(received - data["at"])
+                    elif data["type"] in ("complete", "error", "cancelled"):
+                        result.final = data["type"]
+        writer.close()
+    except Exception as exc:  # counted, reported
+        result.error = f"{type(exc).__name__}: {exc}"
+        connected.set() if counter[0] >= counter[1] else None
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+async def one_round(server, worker, clients: int, steps: int):
+    import httpx
+    import psutil
+
+    from generator.services import session_create
+
+    os.kill(worker.popen.pid, signal.SIGSTOP)  # hold the job until every client is connected
+    session = await asyncio.to_thread(
+        session_create, prompt="load test", steps=steps, width=256, height=256
+    )
+    path = f"/api/progress/{session.pk}"
+    results = [StreamResult() for _ in range(clients)]
+    connected = asyncio.Event()
+    counter = [0, clients]
+    tasks = [
+        asyncio.create_task(sse_client(server.port, path, r, connected, counter)) for r in results
+    ]
+    await asyncio.wait_for(connected.wait(), 120)
+    web = psutil.Process(server.popen.pid)
+    async with httpx.AsyncClient() as http:
+        before = (await http.get(f"{server.url}/api/stats/progress")).json()
+        cpu_before, started = sum(web.cpu_times()[:2]), time.monotonic()
+        os.kill(worker.popen.pid, signal.SIGCONT)
+        await asyncio.wait_for(asyncio.gather(*tasks), 600)
+        elapsed = time.monotonic() - started
+        cpu = (sum(web.cpu_times()[:2]) - cpu_before) / elapsed
+        after = (await http.get(f"{server.url}/api/stats/progress")).json()
+    every_step = sorted(set().union(*(set(r.steps) for r in results)))
+    latencies = [x for r in results for x in r.latencies]
+    return {
+        "clients": clients,
+        "median_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "messages": sum(len(r.steps) for r in results),
+        "lost": sum(len(set(every_step) - set(r.steps)) for r in results if not r.error),
+        "out_of_order": sum(r.steps != sorted(r.steps) for r in results),
+        "missing_final": sum(r.final != "complete" for r in results),
+        "reads_per_s": (after["reads"] - before["reads"]) / elapsed,
+        "cpu_percent": cpu * 100,
+        "rss_mb": web.memory_info().rss / 2**20,
+        "errors": sum(bool(r.error) for r in results),
+        "first_error": next((r.error for r in results if r.error), ""),
+    }
+
+
+def svg_chart(rows, title: str) -> str:
+    width, height, pad = 560, 300, 50
+    top = max(max(r["p99_ms"] for r in rows) * 1.1, 1)
+    xs = list(range(len(rows)))
+
+    def point(i, value):
+        x = pad + i * (width - 2 * pad) / max(1, len(rows) - 1)
+        return x, height - pad - value / top * (height - 2 * pad)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">',  # fmt: skip
+        f'<text x="{pad}" y="20">{title}</text>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+        'stroke="#333"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#333"/>',
+        f'<text x="5" y="{pad}">{top:.0f} ms</text>',
+        f'<text x="5" y="{height - pad}">0</text>',
+    ]
+    for key, colour in (("median_ms", "#7c5cff"), ("p95_ms", "#21c4c4"), ("p99_ms", "#ff6b6b")):
+        points = " ".join(f"{x:.0f},{y:.0f}" for x, y in (point(i, rows[i][key]) for i in xs))
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
+        )
+        lx, ly = point(xs[-1], rows[-1][key])
+        parts.append(f'<text x="{lx + 4:.0f}" y="{ly:.0f}" fill="{colour}">{key[:-3]}</text>')
+    for i in xs:
+        x, _ = point(i, 0)
+        parts.append(f'<text x="{x - 10:.0f}" y="{height - pad + 18}">{rows[i]["clients"]}</text>')
+    parts.append(f'<text x="{width / 2 - 40}" y="{height - 8}">open streams (N)</text></svg>')
+    return "\n".join(parts)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 100, 500, 1000])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=1,
+        help="CPU threads for the worker's PyTorch (default 1: on this 2-core machine the "
+        "worker stands in for a GPU box and leaves a core to the web process and clients)",
+    )
+    parser.add_argument("--write", action="store_true", help="write docs/sse-load-<db>.md/.svg")
+    args = parser.parse_args()
+    django_on_scratch_data(str(ROOT / "var" / "test-models"))
+    from django.db import connection
+
+    from tests.processes import WebServer, WorkerProcess, wait_for
+
+    logs = Path(tempfile.mkdtemp(prefix="sdsite-sse-load-"))
+    server = WebServer(logs)
+    worker = WorkerProcess(logs, OMP_NUM_THREADS=args.worker_threads)
+    rows = []
+    try:
+        wait_for(lambda: "ready" in worker.log(), timeout=120)
+        # The clients get the same fast event loop as the server, so the
+        # measurement is not the client's own lag.
+        run = uvloop.run if uvloop else asyncio.run
+        for n in args.clients:
+            rows.append(run(one_round(server, worker, n, args.steps)))
+            print(f"N={n}: done", flush=True)
+    finally:
+        worker.stop()
+        server.stop()
+
+    database = connection.vendor
+    notify = " with LISTEN/NOTIFY" if database == "postgresql" else " (100 ms poll)"
+    lines = [
+        f"{machine_line()}; one uvicorn process, one worker ({args.worker_threads} CPU "
+        f"thread); {database}{notify}; "
+        f"demo model, {args.steps} steps at 256x256 per round",
+        "",
+        "| N | latency median | p95 | p99 | progress msgs | lost | out of order | "
+        "missing final | DB reads/s | web CPU | web RSS | errors |",
+        "|---" * 12 + "|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['clients']} | {r['median_ms']:.1f} ms | {r['p95_ms']:.1f} ms | "
+            f"{r['p99_ms']:.1f} ms | {r['messages']} | {r['lost']} | {r['out_of_order']} | "
+            f"{r['missing_final']} | {r['reads_per_s']:.1f} | {r['cpu_percent']:.0f} % | "
+            f"{r['rss_mb']:.0f} MB | {r['errors']} |"
+        )
+        if r["first_error"]:
+            lines.append(f"|  | first error: {r['first_error']} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        docs = ROOT / "docs"
+        (docs / f"sse-load-{database}.md").write_text(
+            f"# SSE load on {database}\n\n`{' '.join(['python', *os.sys.argv])}`\n\n{table}\n\n"
+            f"![latency against N](sse-load-{database}.svg)\n"
+        )
+        (docs / f"sse-load-{database}.svg").write_text(
+            svg_chart(rows, f"Delivery latency against open streams ({database}{notify})")
+        )
+
+
+if __name__ == "__main__":
+    main()
