@@ -36,3 +36,24 @@ def make_session(db):
         return session_create(**params)
 
     return make
+
+
+@pytest.fixture
+def bad_then_good(make_session, start_worker):
+    """Queue a session that must fail and one that must succeed; run a worker process on both.
+
+    Returns (bad, good, worker) once neither is pending or running.
+    """
+    from generator.models import GenerationSession
+    from tests.processes import wait_for
+
+    def run(*, bad: dict, good: dict, timeout: float = 180):
+        sessions = make_session(**bad), make_session(**good)
+        worker = start_worker()
+        unfinished = GenerationSession.objects.filter(status__in=["pending", "running"])
+        wait_for(lambda: not unfinished.exists(), timeout=timeout, message="both to finish")
+        for session in sessions:
+            session.refresh_from_db()
+        return (*sessions, worker)
+
+    return run

@@ -113,24 +113,15 @@ def test_an_unknown_openvino_device_fails_the_session_and_the_worker_lives(
     assert worker.popen.poll() is None
 
 
-def test_a_broken_ir_folder_fails_the_session_and_the_next_job_runs(
-    make_session, start_worker, tmp_path
-):
+def test_a_broken_ir_folder_fails_the_session_and_the_next_job_runs(bad_then_good, tmp_path):
     broken = tmp_path / "broken-ov"
     (broken / "unet").mkdir(parents=True)
     (broken / "model_index.json").write_text('{"_class_name": "OVStableDiffusionPipeline"}')
     (broken / "unet" / "openvino_model.xml").write_text("<net>not a model</net>")
-    bad = make_session(backend="openvino", model=str(broken), steps=2)
-    good = make_session(backend="openvino", steps=2)
-
-    worker = start_worker()
-    wait_for(
-        lambda: not GenerationSession.objects.filter(status__in=["pending", "running"]).exists(),
-        timeout=180,
-        message="both sessions to finish",
+    bad, good, worker = bad_then_good(
+        bad={"backend": "openvino", "model": str(broken), "steps": 2},
+        good={"backend": "openvino", "steps": 2},
     )
-    bad.refresh_from_db()
-    good.refresh_from_db()
     assert bad.status == Status.FAILED and bad.error
     assert good.status == Status.COMPLETED, good.error
     assert worker.popen.poll() is None

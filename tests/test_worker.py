@@ -67,23 +67,13 @@ def test_a_pipeline_error_fails_the_session_with_its_message(make_session):
 
 
 def test_the_worker_process_survives_a_broken_model_and_serves_the_next_job(
-    make_session, start_worker, tmp_path
+    bad_then_good, tmp_path
 ):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
-    bad = make_session(model=str(broken), steps=2)
-    good = make_session(steps=2)
+    bad, good, worker = bad_then_good(bad={"model": str(broken), "steps": 2}, good={"steps": 2})
 
-    worker = start_worker()
-    wait_for(
-        lambda: not GenerationSession.objects.filter(status__in=["pending", "running"]).exists(),
-        timeout=120,
-        message="both sessions to finish",
-    )
-
-    bad.refresh_from_db()
-    good.refresh_from_db()
     assert bad.status == Status.FAILED and bad.error
     assert good.status == Status.COMPLETED, good.error
     assert worker.popen.poll() is None  # still serving
