@@ -37,49 +37,65 @@ class StreamResult:
         self.error: str | None = None
 
 
-async def sse_client(port: int, path: str, result: StreamResult, connected: asyncio.Event,
-                     counter: list) -> None:  # fmt: skip
-    """A minimal HTTP/1.1 SSE reader on a raw socket: cheap enough to run a thousand."""
+class SSEClient(asyncio.Protocol):
+    """A bare SSE reader: it only timestamps what arrives, and parses lines as they complete.
+
+    The clients share this machine's two cores with the server and the worker;
+    a heavier client (httpx, StreamReader) would measure its own lag.
+    """
+
+    def __init__(self, path: str, result: StreamResult, on_connected):
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        self.result = result
+        self.on_connected = on_connected
+        self.buffer = b""
+        self.status_seen = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        transport.write(self.request)
+
+    def data_received(self, data):
+        received = time.time()
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if not self.status_seen:
+                self.status_seen = True
+                if b" 200 " not in line:
+                    self.result.error = line.decode().strip()
+            if line.startswith(b"data:"):
+                self.message(json.loads(line[5:]), received)
+
+    def message(self, data, received):
+        if data["type"] == "connected":
+            self.on_connected()
+        elif data["type"] == "progress":
+            self.result.steps.append(data["current_step"])
+            if "at" in data:
+                self.result.latencies.append(received - data["at"])
+        elif data["type"] in ("complete", "error", "cancelled"):
+            self.result.final = data["type"]
+
+    def connection_lost(self, exc):
+        if exc is not None:
+            self.result.error = f"{type(exc).__name__}: {exc}"
+        self.closed.set_result(None)
+
+
+async def sse_client(port: int, path: str, result: StreamResult, on_connected) -> None:
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-                     .encode())  # fmt: skip
-        status = await reader.readline()
-        if b" 200 " not in status:
-            raise RuntimeError(status.decode().strip())
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass  # headers
-        buffer = b""
-        while True:
-            size_line = await reader.readline()
-            if not size_line:
-                break
-            size = int(size_line.strip() or b"0", 16)
-            if size == 0:
-                break
-            buffer += await reader.readexactly(size + 2)
-            buffer = buffer[:-2] if buffer.endswith(b"\r\n") else buffer
-            *events, buffer = buffer.split(b"\n\n")
-            received = time.time()
-            for event in events:
-                for line in event.split(b"\n"):
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = json.loads(line[5:])
-                    if data["type"] == "connected":
-                        counter[0] += 1
-                        if counter[0] >= counter[1]:
-                            connected.set()
-                    elif data["type"] == "progress":
-                        result.steps.append(data["current_step"])
-                        if "at" in data:
-                            result.latencies.append(received - data["at"])
-                    elif data["type"] in ("complete", "error", "cancelled"):
-                        result.final = data["type"]
-        writer.close()
+        transport, protocol = await loop.create_connection(
+            lambda: SSEClient(path, result, on_connected), "127.0.0.1", port
+        )
+        await protocol.closed
+        transport.close()
     except Exception as exc:  # counted, reported
         result.error = f"{type(exc).__name__}: {exc}"
-        connected.set() if counter[0] >= counter[1] else None
+        on_connected()
 
 
 def percentile(values, fraction):
@@ -100,10 +116,14 @@ async def one_round(server, worker, clients: int, steps: int):
     path = f"/api/progress/{session.pk}"
     results = [StreamResult() for _ in range(clients)]
     connected = asyncio.Event()
-    counter = [0, clients]
-    tasks = [
-        asyncio.create_task(sse_client(server.port, path, r, connected, counter)) for r in results
-    ]
+    count = [0]
+
+    def on_connected():
+        count[0] += 1
+        if count[0] >= clients:
+            connected.set()
+
+    tasks = [asyncio.create_task(sse_client(server.port, path, r, on_connected)) for r in results]
     await asyncio.wait_for(connected.wait(), 120)
     web = psutil.Process(server.popen.pid)
     async with httpx.AsyncClient() as http:

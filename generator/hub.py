@@ -61,10 +61,16 @@ class Subscription:
 
     async def next_snapshot(self, timeout: float) -> Snapshot | None:
         """The next changed snapshot; None when `timeout` passes with no change."""
-        try:
-            snapshot = await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if self.queue.empty():
+            try:
+                # asyncio.timeout, not wait_for: no extra task per message,
+                # which counts when a change fans out to a thousand streams.
+                async with asyncio.timeout(timeout):
+                    snapshot = await self.queue.get()
+            except TimeoutError:
+                return None
+        else:
+            snapshot = self.queue.get_nowait()
         if snapshot is SHUTDOWN:
             self.closed = True
         return snapshot

@@ -17,10 +17,18 @@ from .hub import ProgressHub
 from .progress import Snapshot, messages_between
 
 RETRY_MS = 2000
-KEEPALIVE = ": keepalive\n\n"
+KEEPALIVE = b": keepalive\n\n"
 STEP_FACTOR = 1000
 FINAL = 999
 TERMINAL_TYPES = {"complete", "error", "cancelled"}
+STREAM_HEADERS = (
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),  # nginx: pass each message on at once
+    # Compression buffers: an encoding already set keeps GZipMiddleware (and
+    # most proxies) away from the stream.
+    ("Content-Encoding", "identity"),
+)
 
 
 def format_message(event_id: int, data: dict) -> str:
@@ -64,11 +72,11 @@ class Position:
 @functools.lru_cache(maxsize=4096)
 def render(
     previous: Snapshot | None, current: Snapshot, position: Position
-) -> tuple[str, Position]:
-    """The text a client at `position` is sent for a change, and its new position.
+) -> tuple[bytes, Position]:
+    """The bytes a client at `position` is sent for a change, and its new position.
 
     Streams that watch the same session from the same point get the same
-    text: cached, it is built once per change, not once per stream.
+    bytes: cached, they are built once per change, not once per stream.
     """
     text = []
     for data in messages_between(previous, current):
@@ -78,7 +86,7 @@ def render(
             continue
         position = position.after(data)
         text.append(format_message(position.event_id, data))
-    return "".join(text), position
+    return "".join(text).encode(), position
 
 
 async def session_events(
@@ -87,7 +95,7 @@ async def session_events(
     first: Snapshot,
     resume: Position | None = None,
     keepalive: float | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     """`connected`, then a message per change until the session finishes.
 
     With `resume` (a reconnect) the client already has `connected` and every
@@ -103,7 +111,7 @@ async def session_events(
             position.event_id, {"type": "connected", "session_id": str(session_id)}
         )
     text, position = render(None, first, position)
-    yield opening + text
+    yield opening.encode() + text
     if first.is_finished:
         return
     previous = first

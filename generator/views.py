@@ -10,7 +10,7 @@ from .hub import get_hub
 from .models import GenerationSession
 from .queue import CancelOutcome, request_cancel
 from .services import default_size, session_as_dict, session_create
-from .sse import Position, session_events
+from .sse import STREAM_HEADERS, Position, session_events
 
 
 def index(request):
@@ -102,14 +102,12 @@ async def api_progress(request, session_id):
     if resume is not None and resume.finished:
         # The client has the final message: 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
-    response = StreamingHttpResponse(
-        session_events(hub, session_id, first, resume), content_type="text/event-stream"
-    )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx: pass each message on at once
-    # Compression buffers: an encoding already set keeps GZipMiddleware (and
-    # most proxies) away from the stream.
-    response["Content-Encoding"] = "identity"
+    # Under uvicorn, sdsite.asgi serves this URL from generator.progress_asgi
+    # (the same stream without a thread per request); this view serves it
+    # under any other server.
+    response = StreamingHttpResponse(session_events(hub, session_id, first, resume))
+    for header, value in STREAM_HEADERS:
+        response[header] = value
     return response
 
 

@@ -4,4 +4,14 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from generator.progress_asgi import is_progress_request, progress_app  # noqa: E402
+
+
+async def application(scope, receive, send):
+    # Long-lived progress streams skip Django's request handling, which holds a
+    # thread per open request; everything else is plain Django.
+    if is_progress_request(scope):
+        return await progress_app(scope, receive, send)
+    return await django_application(scope, receive, send)

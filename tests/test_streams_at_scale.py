@@ -117,8 +117,12 @@ def stats(server):
 
 
 def test_client_disconnects_release_their_subscriptions(web_server, make_session):
+    import psutil
+
     session = make_session()
     url = f"{web_server.url}/api/progress/{session.pk}"
+    httpx.get(f"{web_server.url}/api/stats/progress")  # warm the server up
+    threads_before = psutil.Process(web_server.popen.pid).num_threads()
     clients = [httpx.Client(timeout=10) for _ in range(20)]
     streams = [client.stream("GET", url) for client in clients]
     # Keep each line iterator alive: dropping one closes its response.
@@ -126,6 +130,8 @@ def test_client_disconnects_release_their_subscriptions(web_server, make_session
     for reader in readers:
         next(reader)  # the stream is open
     wait_for(lambda: stats(web_server)["streams"] == 20, timeout=20, message="20 open streams")
+    # No thread per stream: at most the hub's database thread is new.
+    assert psutil.Process(web_server.popen.pid).num_threads() <= threads_before + 2
 
     for stream, client in zip(streams, clients, strict=True):
         stream.__exit__(None, None, None)

@@ -1,0 +1,68 @@
+"""The progress stream as a lean ASGI route: no middleware, no thread per open stream.
+
+Django's ASGI handler runs each request inside a thread-sensitive context whose
+thread (created for the sync `request_started` receivers and middleware) lives
+as long as the response. For progress streams that stay open for minutes, a
+thousand watchers would mean a thousand idle threads. sdsite.asgi sends
+GET /api/progress/<id> here instead; the Django view serves the same stream
+under any other server (runserver, the test client).
+"""
+
+import asyncio
+import contextlib
+import uuid
+
+from .hub import get_hub
+from .sse import STREAM_HEADERS, Position, session_events
+
+PREFIX = "/api/progress/"
+
+
+def is_progress_request(scope) -> bool:
+    return scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX)
+
+
+async def respond(send, status: int, body: bytes = b"") -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")] if body else []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def progress_app(scope, receive, send) -> None:
+    try:
+        session_id = uuid.UUID(scope["path"][len(PREFIX) :])
+    except ValueError:
+        return await respond(send, 404, b"No such session.")
+    hub = get_hub()
+    first = await hub.read_one(session_id)
+    if first is None:
+        return await respond(send, 404, b"No such session.")
+    headers = dict(scope["headers"])
+    resume = Position.from_event_id(headers.get(b"last-event-id", b"").decode("latin-1"))
+    if resume is not None and resume.finished:
+        return await respond(send, 204)
+
+    async def stream() -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS],
+            }
+        )
+        async for text in session_events(hub, session_id, first, resume):
+            await send({"type": "http.response.body", "body": text, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    streaming = asyncio.ensure_future(stream())
+    watching = asyncio.ensure_future(client_gone())
+    await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (streaming, watching):
+        if not task.done():
+            task.cancel()  # the stream's subscription is released on cancel
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await task
