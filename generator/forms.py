@@ -3,6 +3,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .models import Backend
+from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULER_CHOICES
 
 MAX_SEED = 2**32 - 1
 
@@ -34,11 +35,13 @@ class GenerateForm(forms.Form):
         min_value=64, max_value=2048, required=False, validators=[multiple_of_8]
     )
     seed = forms.IntegerField(min_value=0, max_value=MAX_SEED, required=False)
+    scheduler = forms.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     backend = forms.ChoiceField(choices=Backend.choices, required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["backend"].initial = settings.SD_BACKEND
+        self.fields["scheduler"].initial = DEFAULT_SCHEDULER
 
     def parameters(self) -> dict:
         """The cleaned values, without the ones left blank (so defaults apply)."""

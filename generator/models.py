@@ -39,6 +39,7 @@ class GenerationSession(models.Model):
     width = models.PositiveSmallIntegerField(default=256)
     height = models.PositiveSmallIntegerField(default=256)
     seed = models.BigIntegerField()
+    scheduler = models.CharField(max_length=32, default="Euler", help_text="A1111 sampler name.")
     backend = models.CharField(max_length=16, choices=Backend.choices)
     model = models.CharField(max_length=500)
 

@@ -17,6 +17,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from .metadata import png_info
 from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 from .notify import notify_session_changed
 
@@ -77,7 +78,7 @@ class ClaimedJob:
 
     def complete(self, image) -> bool:
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        image.save(buffer, format="PNG", pnginfo=png_info(self.session))
         name = default_storage.save(
             GenerationSession.image.field.generate_filename(None, f"{self.session.pk}.png"),
             ContentFile(buffer.getvalue()),

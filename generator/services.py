@@ -23,6 +23,7 @@ def session_create(
     width: int | None = None,
     height: int | None = None,
     seed: int | None = None,
+    scheduler: str = "Euler",
     backend: str | None = None,
     model: str | None = None,
 ) -> GenerationSession:
@@ -35,6 +36,7 @@ def session_create(
         width=width or default_size(model),
         height=height or default_size(model),
         seed=secrets.randbelow(2**32) if seed is None else seed,
+        scheduler=scheduler,
         backend=backend or settings.SD_BACKEND,
         model=model,
         total_steps=steps,
@@ -65,6 +67,7 @@ def session_as_dict(session: GenerationSession) -> dict:
             "width": session.width,
             "height": session.height,
             "seed": session.seed,
+            "scheduler": session.scheduler,
             "backend": session.backend,
             "model": session.model,
         },

@@ -152,6 +152,7 @@ def request_of(session) -> GenerationRequest:
         width=session.width,
         height=session.height,
         seed=session.seed,
+        scheduler=session.scheduler,
     )
 
 

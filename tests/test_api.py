@@ -30,23 +30,31 @@ def test_valid_request_queues_a_session_with_defaults(client):
     assert session.status == Status.PENDING
     assert (session.steps, session.guidance_scale) == (20, 7.5)
     assert (session.width, session.height) == (256, 256)  # the demo model's size
-    assert (session.backend, session.model) == ("pytorch", "demo")
+    assert (session.backend, session.model, session.scheduler) == ("pytorch", "demo", "Euler")
     assert 0 <= session.seed < 2**32
 
 
 def test_form_fields_work_like_json(client):
     response = client.post(
         "/api/generate",
-        {"prompt": "a boat", "steps": "7", "seed": "42", "width": "128", "backend": "openvino"},
+        {
+            "prompt": "a boat",
+            "steps": "7",
+            "seed": "42",
+            "width": "128",
+            "backend": "openvino",
+            "scheduler": "DPM++ 2M Karras",
+        },
     )
 
     assert response.status_code == 202
     session = GenerationSession.objects.get(pk=response.json()["session_id"])
-    assert (session.steps, session.seed, session.width, session.backend) == (
+    assert (session.steps, session.seed, session.width, session.backend, session.scheduler) == (
         7,
         42,
         128,
         "openvino",
+        "DPM++ 2M Karras",
     )
 
 
@@ -78,6 +86,7 @@ def test_given_seed_is_stored(client):
         ("seed", -1),
         ("seed", 2**32),
         ("backend", "tensorflow"),
+        ("scheduler", "Heun++ 9000"),
     ],
 )
 def test_each_invalid_field_is_named_and_nothing_is_created(client, field, value):

@@ -2,6 +2,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .schedulers import make_scheduler
+
 StepHook = Callable[[int, int], bool]
 """on_step(step, total_steps) -> whether to go on."""
 PhaseHook = Callable[[str], None]
@@ -21,6 +23,7 @@ class GenerationRequest:
     width: int
     height: int
     seed: int
+    scheduler: str = "Euler"
 
 
 def step_callback(on_step: StepHook):
@@ -43,6 +46,8 @@ class PipelineBackend(ABC):
     """One model on one device, loaded once and kept warm between jobs."""
 
     name: str
+    scheduler_config: dict
+    """The model's own scheduler config, which every job's scheduler starts from."""
 
     def __init__(self, model: str, device: str):
         self.model = model
@@ -63,6 +68,7 @@ class PipelineBackend(ABC):
     def generate(self, request: GenerationRequest, on_step: StepHook, on_phase: PhaseHook):
         """Run the pipeline and return the PIL image."""
         pipe = self.pipeline_for(request, on_phase)
+        pipe.scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         # No "generating" phase write here: the first step's write says it, and
         # a warm job's time to its first step stays close to one step.
         result = pipe(

@@ -74,6 +74,7 @@ class OpenVINOBackend(PipelineBackend):
         )
         pipe.compile()
         pipe.set_progress_bar_config(disable=True)
+        self.scheduler_config = dict(pipe.scheduler.config)
         self.compiled[size] = pipe
         while len(self.compiled) > self.max_compiled:
             self.compiled.popitem(last=False)

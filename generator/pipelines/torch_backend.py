@@ -28,6 +28,7 @@ class TorchBackend(PipelineBackend):
             resolve_model(self.model), torch_dtype=dtype
         )
         pipe.set_progress_bar_config(disable=True)
+        self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
