@@ -39,6 +39,13 @@ def beat(worker_id: str, serves: str) -> None:
         register_worker(worker_id, serves)
 
 
+def live_workers():
+    from django.conf import settings
+
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.SD_WORKER_LEASE)
+    return WorkerRecord.objects.filter(last_seen_at__gte=cutoff)
+
+
 @retry_on_locked
 def unregister_worker(worker_id: str) -> None:
     WorkerRecord.objects.filter(id=worker_id).delete()

@@ -124,10 +124,12 @@ class ClaimedJob:
 
 
 @retry_on_locked
-def claim_next(worker_id: str) -> ClaimedJob | None:
-    """Claim the oldest pending session, or return None when there is none."""
+def claim_next(worker_id: str, session_ids=None) -> ClaimedJob | None:
+    """Claim the oldest pending session (of `session_ids`, if given), or return None."""
     with transaction.atomic():
         candidates = GenerationSession.objects.filter(status=Status.PENDING).order_by("created_at")
+        if session_ids is not None:
+            candidates = candidates.filter(pk__in=session_ids)
         if connection.features.has_select_for_update_skip_locked:
             # PostgreSQL: concurrent workers skip each other's candidate rows
             # instead of queueing on them. (SQLite's IMMEDIATE transaction

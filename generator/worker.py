@@ -26,11 +26,13 @@ class Worker:
         once: bool = False,
         device: str | None = None,
         grace: float = 30.0,
+        session_ids=None,
     ):
         self.poll_interval = poll_interval
         self.once = once
         self.device = device or settings.SD_DEVICE
         self.grace = grace
+        self.session_ids = session_ids  # only these (the CLI's --inline), else any
         self.lease = settings.SD_WORKER_LEASE
         self.max_attempts = settings.SD_MAX_ATTEMPTS
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -59,7 +61,7 @@ class Worker:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             close_old_connections()
-            job = claim_next(self.worker_id)
+            job = claim_next(self.worker_id, self.session_ids)
             if job is None:
                 if self.once:
                     return

@@ -1,0 +1,152 @@
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from generator.forms import GenerateForm
+from generator.heartbeat import live_workers
+from generator.models import GenerationSession, Status
+from generator.pipelines.schedulers import SCHEDULERS
+from generator.queue import request_cancel
+from generator.services import session_create
+from generator.worker import Worker
+
+
+class Command(BaseCommand):
+    help = (
+        "Queue images exactly as the web page does and follow each with a progress bar; "
+        "prints where each image is."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("prompt", help="What to draw.")
+        parser.add_argument("--negative", default="", help="Negative prompt.")
+        parser.add_argument("--steps", type=int, help="Denoising steps (1..150, default 20).")
+        parser.add_argument("--cfg", type=float, help="Guidance scale (0..30, default 7.5).")
+        parser.add_argument("--seed", type=int, help="Seed; with --count, image i uses seed+i.")
+        parser.add_argument("--width", type=int, help="Width, a multiple of 8.")
+        parser.add_argument("--height", type=int, help="Height, a multiple of 8.")
+        parser.add_argument("--backend", help="pytorch or openvino (default SD_BACKEND).")
+        parser.add_argument(
+            "--scheduler", help=f"Sampler by its A1111 name: {', '.join(SCHEDULERS)}."
+        )
+        parser.add_argument("--model", help="Model (default SD_MODEL).")
+        parser.add_argument("--count", type=int, default=1, help="How many images (default 1).")
+        parser.add_argument(
+            "--output", help="Copy the image here (with --count, NAME-1.png, NAME-2.png, ...)."
+        )
+        parser.add_argument(
+            "--inline",
+            action="store_true",
+            help="Run the jobs in this process instead of waiting for a runworker.",
+        )
+        parser.add_argument(
+            "--poll-interval", type=float, default=0.1, help="Seconds between progress reads."
+        )
+
+    def handle(self, *args, **options):
+        if options["count"] < 1:
+            raise CommandError("--count must be at least 1.")
+        parameters = self.validated(options)
+        if not options["inline"] and not live_workers().exists():
+            raise CommandError(
+                "No worker is running: start one with `python manage.py runworker`, "
+                "or pass --inline to generate in this process."
+            )
+        sessions = []
+        for index in range(options["count"]):
+            seed = parameters.get("seed")
+            extra = {"seed": seed + index} if seed is not None else {}
+            sessions.append(session_create(**(parameters | extra)))
+        worker_thread = self.start_inline_worker(sessions) if options["inline"] else None
+        try:
+            failures = sum(
+                not self.follow(session, index, options)
+                for index, session in enumerate(sessions, start=1)
+            )
+        except KeyboardInterrupt:
+            self.offer_to_cancel(sessions)
+            sys.exit(130)
+        finally:
+            if worker_thread is not None:
+                worker_thread.worker.stop()
+                worker_thread.join()
+        if failures:
+            raise CommandError(f"{failures} of {len(sessions)} image(s) failed.")
+
+    def validated(self, options) -> dict:
+        form = GenerateForm(
+            {
+                "prompt": options["prompt"],
+                "negative_prompt": options["negative"],
+                "steps": options["steps"],
+                "guidance_scale": options["cfg"],
+                "width": options["width"],
+                "height": options["height"],
+                "seed": options["seed"],
+                "backend": options["backend"],
+                "scheduler": options["scheduler"],
+            }
+        )
+        if not form.is_valid():
+            problems = "; ".join(f"{field}: {' '.join(m)}" for field, m in form.errors.items())
+            raise CommandError(f"Invalid parameters: {problems}")
+        return form.parameters() | ({"model": options["model"]} if options["model"] else {})
+
+    def start_inline_worker(self, sessions) -> threading.Thread:
+        worker = Worker(poll_interval=0.05, session_ids=[s.pk for s in sessions])
+        thread = threading.Thread(target=worker.run, name="inline-worker", daemon=True)
+        thread.worker = worker
+        thread.start()
+        return thread
+
+    def follow(self, session, index: int, options) -> bool:
+        """Show one session's progress until it ends; True when it completed."""
+        label = f"image {index}/{options['count']}"
+        # The raw stream under Django's OutputWrapper, which would add a newline
+        # to each of tqdm's carriage-return updates.
+        stream = self.stderr._out
+        with tqdm(total=session.total_steps, desc=label, unit="step", file=stream) as bar:
+            while True:
+                session.refresh_from_db()
+                bar.total = max(session.total_steps, 1)
+                bar.n = session.current_step
+                bar.set_postfix_str(session.phase or session.status, refresh=False)
+                bar.refresh()
+                if session.is_finished:
+                    break
+                time.sleep(options["poll_interval"])
+        if session.status != Status.COMPLETED:
+            self.stderr.write(f"{label} {session.status}: {session.error or 'cancelled'}")
+            return False
+        self.stdout.write(self.deliver(session, index, options))
+        return True
+
+    def deliver(self, session: GenerationSession, index: int, options) -> str:
+        source = Path(session.image.path)
+        if not options["output"]:
+            return str(source)
+        target = Path(options["output"])
+        if options["count"] > 1:
+            target = target.with_name(f"{target.stem}-{index}{target.suffix or '.png'}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return str(target)
+
+    def offer_to_cancel(self, sessions) -> None:
+        unfinished = [s for s in sessions if not s.is_finished]
+        if not unfinished:
+            return
+        answer = "y"
+        if sys.stdin.isatty():
+            answer = input(f"\nCancel the {len(unfinished)} unfinished image(s)? [Y/n] ") or "y"
+        if answer.strip().lower().startswith("y"):
+            for session in unfinished:
+                request_cancel(session.pk)
+            self.stderr.write("Cancelled.")
+        else:
+            self.stderr.write("Left in the queue; follow them on the web page.")
