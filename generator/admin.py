@@ -78,8 +78,17 @@ class GenerationSessionAdmin(admin.ModelAdmin):
 
 @admin.register(WorkerRecord)
 class WorkerRecordAdmin(admin.ModelAdmin):
-    list_display = ("id", "host", "pid", "backend", "started_at", "last_seen_at", "alive")
-    list_filter = ("host", "backend")
+    list_display = (
+        "id",
+        "host",
+        "pid",
+        "served_models",
+        "served_backends",
+        "started_at",
+        "last_seen_at",
+        "alive",
+    )
+    list_filter = ("host", "served_backends")
 
     # Rows belong to running workers: they add, refresh and remove them.
     def has_add_permission(self, request):

@@ -36,12 +36,15 @@ class GenerateForm(forms.Form):
     )
     seed = forms.IntegerField(min_value=0, max_value=MAX_SEED, required=False)
     scheduler = forms.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
+    model = forms.ChoiceField(required=False)
     backend = forms.ChoiceField(choices=Backend.choices, required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["backend"].initial = settings.SD_BACKEND
         self.fields["scheduler"].initial = DEFAULT_SCHEDULER
+        self.fields["model"].choices = [(m, m) for m in settings.SD_MODELS]
+        self.fields["model"].initial = settings.SD_MODEL
 
     def parameters(self) -> dict:
         """The cleaned values, without the ones left blank (so defaults apply)."""

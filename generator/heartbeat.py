@@ -19,20 +19,22 @@ logger = logging.getLogger(__name__)
 
 
 @retry_on_locked
-def register_worker(worker_id: str, serves: str) -> None:
+def register_worker(worker_id: str, serves: dict) -> None:
+    """`serves`: {"models": [...], "backends": [...]}, empty lists meaning any."""
     WorkerRecord.objects.update_or_create(
         id=worker_id,
         defaults={
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "backend": serves,
+            "served_models": "\n".join(serves.get("models") or []),
+            "served_backends": ",".join(serves.get("backends") or []),
             "last_seen_at": timezone.now(),
         },
     )
 
 
 @retry_on_locked
-def beat(worker_id: str, serves: str) -> None:
+def beat(worker_id: str, serves: dict) -> None:
     if not WorkerRecord.objects.filter(id=worker_id).update(last_seen_at=timezone.now()):
         # Another worker took this one for dead (a pause longer than the lease)
         # and removed the row: come back.
@@ -46,13 +48,25 @@ def live_workers():
     return WorkerRecord.objects.filter(last_seen_at__gte=cutoff)
 
 
+def why_waiting(session) -> str | None:
+    """For a queued session, a sentence when no live worker can take it; else None."""
+    workers = list(live_workers())
+    if not workers:
+        return "No worker is running: start one with `python manage.py runworker`."
+    if not any(worker.serves(session.model, session.backend) for worker in workers):
+        return (
+            f"No running worker serves model {session.model!r} with the {session.backend} backend."
+        )
+    return None
+
+
 @retry_on_locked
 def unregister_worker(worker_id: str) -> None:
     WorkerRecord.objects.filter(id=worker_id).delete()
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, worker_id: str, serves: str, lease_seconds: float, max_attempts: int):
+    def __init__(self, worker_id: str, serves: dict, lease_seconds: float, max_attempts: int):
         super().__init__(name="heartbeat", daemon=True)
         self.worker_id = worker_id
         self.serves = serves

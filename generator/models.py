@@ -99,7 +99,12 @@ class WorkerRecord(models.Model):
     id = models.CharField(max_length=200, primary_key=True)
     host = models.CharField(max_length=255)
     pid = models.PositiveIntegerField()
-    backend = models.CharField(max_length=100, blank=True, help_text="What it serves.")
+    served_models = models.TextField(
+        blank=True, help_text="Models it serves, one a line; blank: any."
+    )
+    served_backends = models.CharField(
+        max_length=100, blank=True, help_text="Backends it serves, comma-separated; blank: any."
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(db_index=True)
 
@@ -109,6 +114,11 @@ class WorkerRecord(models.Model):
 
     def __str__(self):
         return self.id
+
+    def serves(self, model: str, backend: str) -> bool:
+        models = [m for m in self.served_models.splitlines() if m]
+        backends = [b for b in self.served_backends.split(",") if b]
+        return (not models or model in models) and (not backends or backend in backends)
 
     def is_alive(self, lease_seconds: float | None = None) -> bool:
         from django.conf import settings

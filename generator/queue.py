@@ -124,12 +124,19 @@ class ClaimedJob:
 
 
 @retry_on_locked
-def claim_next(worker_id: str, session_ids=None) -> ClaimedJob | None:
-    """Claim the oldest pending session (of `session_ids`, if given), or return None."""
+def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> ClaimedJob | None:
+    """Claim the oldest pending session this worker serves, or return None.
+
+    `session_ids`, `models` and `backends` restrict what it may take (None: any).
+    """
     with transaction.atomic():
         candidates = GenerationSession.objects.filter(status=Status.PENDING).order_by("created_at")
         if session_ids is not None:
             candidates = candidates.filter(pk__in=session_ids)
+        if models:
+            candidates = candidates.filter(model__in=models)
+        if backends:
+            candidates = candidates.filter(backend__in=backends)
         if connection.features.has_select_for_update_skip_locked:
             # PostgreSQL: concurrent workers skip each other's candidate rows
             # instead of queueing on them. (SQLite's IMMEDIATE transaction

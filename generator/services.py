@@ -47,7 +47,10 @@ def session_create(
 
 
 def session_as_dict(session: GenerationSession) -> dict:
+    from .heartbeat import why_waiting
+
     return {
+        "waiting_for": why_waiting(session) if session.status == "pending" else None,
         "session_id": str(session.pk),
         "status": session.status,
         "phase": session.phase,

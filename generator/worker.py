@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -27,6 +28,8 @@ class Worker:
         device: str | None = None,
         grace: float = 30.0,
         session_ids=None,
+        models: list[str] | None = None,
+        backends: list[str] | None = None,
     ):
         self.poll_interval = poll_interval
         self.once = once
@@ -36,8 +39,11 @@ class Worker:
         self.lease = settings.SD_WORKER_LEASE
         self.max_attempts = settings.SD_MAX_ATTEMPTS
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.serves = "any"
-        self.backends: dict[tuple[str, str], PipelineBackend] = {}
+        self.serves = {"models": models or [], "backends": backends or []}
+        # Loaded pipelines, least recently used first: a worker serving several
+        # models keeps the few it used last warm.
+        self.pipelines: OrderedDict[tuple[str, str], PipelineBackend] = OrderedDict()
+        self.max_pipelines = settings.SD_WORKER_PIPELINES
         self.stopping = threading.Event()
         self.stop_deadline: float | None = None
 
@@ -49,7 +55,9 @@ class Worker:
         recover_lost_sessions(lease_seconds=self.lease, max_attempts=self.max_attempts)
         heartbeat = Heartbeat(self.worker_id, self.serves, self.lease, self.max_attempts)
         heartbeat.start()
-        logger.info("Worker %s ready (device %s)", self.worker_id, self.device)
+        logger.info(
+            "Worker %s ready (device %s, serves %s)", self.worker_id, self.device, self.serves
+        )
         try:
             self._loop()
         finally:
@@ -61,7 +69,12 @@ class Worker:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             close_old_connections()
-            job = claim_next(self.worker_id, self.session_ids)
+            job = claim_next(
+                self.worker_id,
+                self.session_ids,
+                models=self.serves["models"],
+                backends=self.serves["backends"],
+            )
             if job is None:
                 if self.once:
                     return
@@ -122,11 +135,17 @@ class Worker:
     def backend_for(self, name: str, model: str, on_phase) -> PipelineBackend:
         """The warm backend for this model, loading it on first use."""
         key = (name, model)
-        if key not in self.backends:
-            backend = create_backend(name, model, self.device)
-            backend.load(on_phase)
-            self.backends[key] = backend
-        return self.backends[key]
+        if key in self.pipelines:
+            self.pipelines.move_to_end(key)
+            return self.pipelines[key]
+        while len(self.pipelines) >= self.max_pipelines:
+            evicted, _ = self.pipelines.popitem(last=False)
+            logger.info("Unloading %s to make room", evicted)
+            free_accelerator_memory()
+        backend = create_backend(name, model, self.device)
+        backend.load(on_phase)
+        self.pipelines[key] = backend
+        return backend
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

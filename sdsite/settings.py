@@ -147,7 +147,12 @@ LOGGING = {
 }
 
 # --- Generation ---------------------------------------------------------------
-SD_MODEL = os.environ.get("SD_MODEL", "demo")
+# SD_MODELS offers several models (hub ids or folders), the first being the
+# default; without it, SD_MODEL alone.
+SD_MODELS = [m.strip() for m in os.environ.get("SD_MODELS", "").split(",") if m.strip()]
+SD_MODEL = SD_MODELS[0] if SD_MODELS else os.environ.get("SD_MODEL", "demo")
+SD_MODELS = SD_MODELS or [SD_MODEL]
+SD_WORKER_PIPELINES = int(os.environ.get("SD_WORKER_PIPELINES", "2"))
 SD_BACKEND = os.environ.get("SD_BACKEND", "pytorch")
 SD_DEVICE = os.environ.get("SD_DEVICE", "cpu")
 # A worker whose heartbeat is older than the lease has lost its jobs; each

@@ -56,12 +56,19 @@ def test_inline_runs_the_job_in_process():
     assert out.strip() == session.image.path
 
 
-def test_a_failed_image_makes_the_command_fail(tmp_path):
+def test_a_failed_image_makes_the_command_fail(tmp_path, settings):
     broken = tmp_path / "broken"
     broken.mkdir()
+    settings.SD_MODELS = ["demo", str(broken)]
     with pytest.raises(CommandError, match="1 of 1 image"):
         generate("a fox", steps=2, model=str(broken), inline=True)
     assert GenerationSession.objects.get().status == Status.FAILED
+
+
+def test_a_model_the_site_does_not_offer_is_refused():
+    with pytest.raises(CommandError, match="model"):
+        generate("a fox", model="someone/else", inline=True)
+    assert not GenerationSession.objects.exists()
 
 
 def test_invalid_parameters_exit_non_zero_with_the_field_named():

@@ -132,8 +132,9 @@ def test_client_disconnects_release_their_subscriptions(web_server, make_session
         wait_for(lambda n=opened: stats(web_server)["streams"] == n, timeout=20)
         if opened == 1:
             threads_with_one_stream = web.num_threads()
-    # No thread per stream: nineteen more streams, no more threads.
-    assert web.num_threads() <= threads_with_one_stream
+    # No thread per stream: nineteen more streams, and at most a pool or executor
+    # thread that happened to start meanwhile (Django's handler would add 19).
+    assert web.num_threads() <= threads_with_one_stream + 2
 
     for stream, client in zip(streams, clients, strict=True):
         stream.__exit__(None, None, None)

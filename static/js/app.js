@@ -26,6 +26,7 @@
   };
 
   let source = null;
+  let waitingCheck = null;
 
   function csrfToken() {
     return form.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -65,7 +66,25 @@
   function finish() {
     if (source) source.close();
     source = null;
+    stopWaitingCheck();
     button.disabled = false;
+  }
+
+  function stopWaitingCheck() {
+    clearInterval(waitingCheck);
+    waitingCheck = null;
+  }
+
+  // While a job is queued, ask the server now and then whether any worker can
+  // take it, so nobody waits forever on a job no worker serves.
+  function checkWaiting(sessionId) {
+    waitingCheck = setInterval(async () => {
+      const response = await fetch(`/api/sessions/${sessionId}`).catch(() => null);
+      if (!response || !response.ok) return;
+      const session = await response.json();
+      if (session.status !== "pending") return stopWaitingCheck();
+      setStatus(session.waiting_for || "Queued: waiting for a worker…", Boolean(session.waiting_for));
+    }, 2000);
   }
 
   function follow(sessionId, total) {
@@ -73,9 +92,11 @@
     result.hidden = true;
     setProgress(0, total);
     setStatus("Queued: waiting for a worker…");
+    checkWaiting(sessionId);
     source = new EventSource(`/api/progress/${sessionId}`);
     source.onmessage = (event) => {
       const message = JSON.parse(event.data);
+      if (message.type !== "connected") stopWaitingCheck();
       switch (message.type) {
         case "progress":
           setProgress(message.current_step, message.total_steps);

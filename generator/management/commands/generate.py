@@ -90,12 +90,13 @@ class Command(BaseCommand):
                 "seed": options["seed"],
                 "backend": options["backend"],
                 "scheduler": options["scheduler"],
+                "model": options["model"],
             }
         )
         if not form.is_valid():
             problems = "; ".join(f"{field}: {' '.join(m)}" for field, m in form.errors.items())
             raise CommandError(f"Invalid parameters: {problems}")
-        return form.parameters() | ({"model": options["model"]} if options["model"] else {})
+        return form.parameters()
 
     def start_inline_worker(self, sessions) -> threading.Thread:
         worker = Worker(poll_interval=0.05, session_ids=[s.pk for s in sessions])

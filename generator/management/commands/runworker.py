@@ -27,11 +27,34 @@ class Command(BaseCommand):
             "interrupted and given back to the queue (default 30).",
         )
 
-    def handle(self, *args, once, poll_interval, device, grace, verbosity, **options):
+        parser.add_argument(
+            "--model",
+            action="append",
+            dest="models",
+            help="Claim only sessions of this model (repeat for several; default: any).",
+        )
+        parser.add_argument(
+            "--backend",
+            action="append",
+            dest="backends",
+            choices=["pytorch", "openvino"],
+            help="Claim only sessions of this backend (repeatable; default: any).",
+        )
+
+    def handle(
+        self, *args, once, poll_interval, device, grace, models, backends, verbosity, **options
+    ):
         if poll_interval <= 0:
             raise CommandError("--poll-interval must be positive.")
         if grace < 0:
             raise CommandError("--grace must not be negative.")
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
         logging.getLogger("generator").setLevel(level)
-        Worker(poll_interval=poll_interval, once=once, device=device, grace=grace).run()
+        Worker(
+            poll_interval=poll_interval,
+            once=once,
+            device=device,
+            grace=grace,
+            models=models,
+            backends=backends,
+        ).run()
