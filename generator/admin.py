@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
+from .metadata import a1111_parameters
 from .models import GenerationSession, WorkerRecord
 
 
@@ -10,10 +11,23 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     list_filter = ("status", "backend")
     search_fields = ("prompt",)
     date_hierarchy = "created_at"
-    readonly_fields = ("image_preview",)
+    readonly_fields = ("image_preview", "a1111_parameters")
     fieldsets = (
         (None, {"fields": ("id", "prompt", "negative_prompt", "image_preview")}),
-        ("Parameters", {"fields": ("steps", "guidance_scale", "width", "height", "seed")}),
+        (
+            "Parameters",
+            {
+                "fields": (
+                    "steps",
+                    "guidance_scale",
+                    "width",
+                    "height",
+                    "seed",
+                    "scheduler",
+                    "a1111_parameters",
+                )
+            },
+        ),
         ("Model", {"fields": ("backend", "model")}),
         (
             "Progress",
@@ -65,6 +79,10 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     def duration(self, obj):
         seconds = obj.duration_seconds
         return "" if seconds is None else f"{seconds:.1f} s"
+
+    @admin.display(description="PNG metadata (A1111)")
+    def a1111_parameters(self, obj):
+        return format_html("<pre>{}</pre>", a1111_parameters(obj))
 
     @admin.display(description="image")
     def image_preview(self, obj):

@@ -165,3 +165,4 @@ def test_admin_lists_and_shows_sessions(admin_client, make_session):
     detail = admin_client.get(f"/admin/generator/generationsession/{session.pk}/change/")
     assert detail.status_code == 200
     assert "history entry" in detail.content.decode()
+    assert "Sampler: Euler, CFG scale: 7.5" in detail.content.decode()  # the PNG metadata
