@@ -4,6 +4,7 @@
 (() => {
   const form = document.getElementById("generate-form");
   const button = document.getElementById("generate-button");
+  const cancelButton = document.getElementById("cancel-button");
   const bar = document.getElementById("progress");
   const fill = document.getElementById("progress-fill");
   const barText = document.getElementById("progress-text");
@@ -27,6 +28,7 @@
 
   let source = null;
   let waitingCheck = null;
+  let currentSession = null;
 
   function csrfToken() {
     return form.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -68,6 +70,7 @@
     source = null;
     stopWaitingCheck();
     button.disabled = false;
+    cancelButton.hidden = true;
   }
 
   function stopWaitingCheck() {
@@ -88,6 +91,9 @@
   }
 
   function follow(sessionId, total) {
+    currentSession = sessionId;
+    cancelButton.hidden = false;
+    cancelButton.disabled = false;
     bar.classList.remove("done", "failed");
     result.hidden = true;
     setProgress(0, total);
@@ -159,12 +165,32 @@
     }
     const data = await response.json().catch(() => ({}));
     if (response.status === 202) {
+      // The address bar names the generation, so it can be reloaded or shared.
+      history.pushState({ sessionId: data.session_id }, "", `/s/${data.session_id}`);
       follow(data.session_id, data.total_steps);
     } else {
       showErrors(data.errors || { __all__: [`The server answered ${response.status}.`] });
       button.disabled = false;
     }
   });
+
+  cancelButton.addEventListener("click", async () => {
+    if (!currentSession) return;
+    cancelButton.disabled = true;
+    setStatus("Cancelling…");
+    const response = await fetch(`/api/sessions/${currentSession}/cancel`, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken() },
+      credentials: "same-origin",
+    }).catch(() => null);
+    if (!response || response.status >= 400) {
+      setStatus("Could not cancel: the generation may have ended already.", true);
+    }
+    // The progress stream reports the cancellation itself.
+  });
+
+  // Back and forward move between generations: the server renders each one.
+  window.addEventListener("popstate", () => window.location.reload());
 
   // A page opened at /s/<id> picks up that session where it stands.
   const initial = JSON.parse(document.getElementById("initial-session").textContent);
