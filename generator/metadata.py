@@ -27,26 +27,10 @@ def a1111_parameters(session) -> str:
     return "\n".join(lines)
 
 
-def session_parameters(session) -> dict:
-    return {
-        "session_id": str(session.pk),
-        "prompt": session.prompt,
-        "negative_prompt": session.negative_prompt,
-        "steps": session.steps,
-        "guidance_scale": session.guidance_scale,
-        "width": session.width,
-        "height": session.height,
-        "seed": session.seed,
-        "scheduler": session.scheduler,
-        "backend": session.backend,
-        "model": session.model,
-    }
-
-
 def png_info(session) -> PngInfo:
     info = PngInfo()
     info.add_text(A1111_KEY, a1111_parameters(session))
-    info.add_text(SDSITE_KEY, json.dumps(session_parameters(session)))
+    info.add_text(SDSITE_KEY, json.dumps({"session_id": str(session.pk), **session.parameters()}))
     return info
 
 

@@ -74,6 +74,21 @@ class GenerationSession(models.Model):
     def get_absolute_url(self):
         return reverse("generator:session-detail", args=[self.pk])
 
+    def parameters(self) -> dict:
+        """What was asked for: the API, the PNG metadata and the CLI describe it alike."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "width": self.width,
+            "height": self.height,
+            "seed": self.seed,
+            "scheduler": self.scheduler,
+            "backend": self.backend,
+            "model": self.model,
+        }
+
     @property
     def percentage(self) -> int:
         return percentage(self.current_step, self.total_steps)

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import uuid
 
-from .hub import get_hub
-from .sse import STREAM_HEADERS, Position, session_events
+from .sse import STREAM_HEADERS, open_stream
 
 PREFIX = "/api/progress/"
 
@@ -33,14 +32,10 @@ async def progress_app(scope, receive, send) -> None:
         session_id = uuid.UUID(scope["path"][len(PREFIX) :])
     except ValueError:
         return await respond(send, 404, b"No such session.")
-    hub = get_hub()
-    first = await hub.read_one(session_id)
-    if first is None:
-        return await respond(send, 404, b"No such session.")
-    headers = dict(scope["headers"])
-    resume = Position.from_event_id(headers.get(b"last-event-id", b"").decode("latin-1"))
-    if resume is not None and resume.finished:
-        return await respond(send, 204)
+    last_event_id = dict(scope["headers"]).get(b"last-event-id", b"").decode("latin-1")
+    status, events = await open_stream(session_id, last_event_id)
+    if events is None:
+        return await respond(send, status, b"No such session." if status == 404 else b"")
 
     async def stream() -> None:
         await send(
@@ -50,7 +45,7 @@ async def progress_app(scope, receive, send) -> None:
                 "headers": [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS],
             }
         )
-        async for text in session_events(hub, session_id, first, resume):
+        async for text in events:
             await send({"type": "http.response.body", "body": text, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 

@@ -4,7 +4,7 @@ import secrets
 
 from django.conf import settings
 
-from .models import GenerationSession
+from .models import GenerationSession, Status
 
 DEMO_MODEL = "demo"
 
@@ -50,7 +50,7 @@ def session_as_dict(session: GenerationSession) -> dict:
     from .heartbeat import why_waiting
 
     return {
-        "waiting_for": why_waiting(session) if session.status == "pending" else None,
+        "waiting_for": why_waiting(session) if session.status == Status.PENDING else None,
         "session_id": str(session.pk),
         "status": session.status,
         "phase": session.phase,
@@ -62,17 +62,6 @@ def session_as_dict(session: GenerationSession) -> dict:
         "created_at": session.created_at.isoformat(),
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,
-        "parameters": {
-            "prompt": session.prompt,
-            "negative_prompt": session.negative_prompt,
-            "steps": session.steps,
-            "guidance_scale": session.guidance_scale,
-            "width": session.width,
-            "height": session.height,
-            "seed": session.seed,
-            "scheduler": session.scheduler,
-            "backend": session.backend,
-            "model": session.model,
-        },
+        "parameters": session.parameters(),
         "progress_url": f"/api/progress/{session.pk}",
     }

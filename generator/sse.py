@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .hub import ProgressHub
+from .hub import ProgressHub, get_hub
 from .progress import Snapshot, messages_between
 
 RETRY_MS = 2000
@@ -129,3 +129,20 @@ async def session_events(
             previous = snapshot
             if snapshot.is_finished:
                 return
+
+
+async def open_stream(session_id, last_event_id: str | None):
+    """What GET /api/progress/<id> answers: (404, None), (204, None) or (200, the stream).
+
+    One decision for both servers of the URL, the Django view and the lean
+    ASGI route.
+    """
+    hub = get_hub()
+    first = await hub.read_one(session_id)
+    if first is None:
+        return 404, None
+    resume = Position.from_event_id(last_event_id)
+    if resume is not None and resume.finished:
+        # The client has the final message: 204 tells EventSource to stop reconnecting.
+        return 204, None
+    return 200, session_events(hub, session_id, first, resume)

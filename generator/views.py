@@ -10,7 +10,7 @@ from .hub import get_hub
 from .models import GenerationSession
 from .queue import CancelOutcome, request_cancel
 from .services import default_size, session_as_dict, session_create
-from .sse import STREAM_HEADERS, Position, session_events
+from .sse import STREAM_HEADERS, open_stream
 
 
 def index(request):
@@ -94,18 +94,15 @@ def api_cancel(request, session_id):
 
 @require_GET
 async def api_progress(request, session_id):
-    hub = get_hub()
-    first = await hub.read_one(session_id)
-    if first is None:
-        raise Http404("No such session.")
-    resume = Position.from_event_id(request.headers.get("Last-Event-ID"))
-    if resume is not None and resume.finished:
-        # The client has the final message: 204 tells EventSource to stop reconnecting.
-        return HttpResponse(status=204)
     # Under uvicorn, sdsite.asgi serves this URL from generator.progress_asgi
     # (the same stream without a thread per request); this view serves it
     # under any other server.
-    response = StreamingHttpResponse(session_events(hub, session_id, first, resume))
+    status, events = await open_stream(session_id, request.headers.get("Last-Event-ID"))
+    if status == 404:
+        raise Http404("No such session.")
+    if events is None:
+        return HttpResponse(status=status)
+    response = StreamingHttpResponse(events)
     for header, value in STREAM_HEADERS:
         response[header] = value
     return response
