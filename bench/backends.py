@@ -56,7 +56,7 @@ def measure(backend, name, size, args, load_seconds):
     started = time.perf_counter()
     backend.pipeline_for(request, lambda phase: None)
     compile_seconds = time.perf_counter() - started
-    backend.generate(request, lambda step, total: True, lambda phase: None)  # warm-up
+    backend.generate(request, lambda step, total, latents: True, lambda phase: None)  # warm-up
 
     step_seconds, bare, tracked, first_step, writing = [], [], [], [], []
     for run in range(args.runs):
@@ -110,9 +110,15 @@ def timed_bare_call(backend, request, step_seconds):
 
 
 def timed_tracked_job(backend, name, request):
-    """The same call as the worker makes it: a claimed session, a database write per step."""
+    """The same call as the worker makes it: a claimed session, a database write per step.
+
+    The writes include step times, the ETA and the live previews (SD_PREVIEWS).
+    """
+    from django.conf import settings
+
     from generator.queue import claim_next
     from generator.services import session_create
+    from generator.step_reporter import StepReporter
 
     session = session_create(
         prompt=request.prompt,
@@ -126,18 +132,21 @@ def timed_tracked_job(backend, name, request):
     assert job.session.pk == session.pk
     first_step_at = []
     in_writes = 0.0
+    report = StepReporter(
+        job, previews=settings.SD_PREVIEWS, preview_interval=settings.SD_PREVIEW_INTERVAL
+    )
 
-    def on_step(step, total):
+    def on_step(step, total, latents=None):
         nonlocal in_writes
         entered = time.perf_counter()
         if not first_step_at:
             first_step_at.append(entered)
-        keep_going = job.record_step(step, total)
+        keep_going = report(step, total, latents)
         in_writes += time.perf_counter() - entered
         return keep_going
 
     started = time.perf_counter()
-    backend.generate(request, on_step, job.record_phase)
+    backend.generate(request, on_step, job.record_phase, on_start=report.start)
     seconds = time.perf_counter() - started
     job.fail("benchmark run")  # finish the row; the image is not needed
     return seconds, first_step_at[0] - started, in_writes

@@ -1,5 +1,6 @@
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
@@ -31,6 +32,13 @@ class GenerationSession(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
 
+    # Who asked: a logged-in user, or the anonymous browser whose Django session
+    # holds `owner_key`. Neither (the CLI, scripts): anyone with the id may look.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+    )
+    owner_key = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
+
     # What was asked for.
     prompt = models.TextField(max_length=1000)
     negative_prompt = models.TextField(max_length=1000, blank=True)
@@ -51,6 +59,19 @@ class GenerationSession(models.Model):
     step_recorded_at = models.FloatField(
         null=True, blank=True, help_text="Unix time at which the worker recorded the last step."
     )
+    step_seconds = models.JSONField(
+        default=list, blank=True, help_text="How long each denoising step took, in seconds."
+    )
+    eta_seconds = models.FloatField(
+        null=True, blank=True, help_text="The worker's estimate of the time left, when running."
+    )
+    expected_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="How long the job should take, from earlier jobs like it (none without history).",
+    )
+    preview = models.ImageField(upload_to="previews/", blank=True)
+    preview_step = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -96,6 +117,13 @@ class GenerationSession(models.Model):
     @property
     def image_url(self) -> str | None:
         return self.image.url if self.image else None
+
+    @property
+    def thumbnail_url(self) -> str | None:
+        """The image, or for a job that never finished its last live preview."""
+        if self.image:
+            return self.image.url
+        return self.preview.url if self.preview else None
 
     @property
     def is_finished(self) -> bool:

@@ -48,6 +48,7 @@ class ClaimedJob:
     def __init__(self, session: GenerationSession):
         self.session = session
         self.token = session.claim_token
+        self.preview_name = session.preview.name or None
 
     def _mine(self):
         return GenerationSession.objects.filter(
@@ -67,14 +68,38 @@ class ClaimedJob:
     def record_phase(self, phase: str) -> bool:
         return self._update(phase=phase)
 
-    def record_step(self, step: int, total: int) -> bool:
-        """Write the step; False tells the pipeline to stop (cancelled or claim lost)."""
+    def record_step(
+        self,
+        step: int,
+        total: int,
+        *,
+        step_seconds: list[float] = (),
+        eta_seconds: float | None = None,
+        preview: bytes | None = None,
+    ) -> bool:
+        """Write the step (and a new live preview); False tells the pipeline to stop."""
         # After the last step the pipeline decodes the latents: say so, so the
         # page does not sit at a silent 100 %.
-        phase = "decoding" if step >= total else "generating"
-        return self._update(
-            current_step=step, total_steps=total, step_recorded_at=time.time(), phase=phase
+        fields = {
+            "current_step": step,
+            "total_steps": total,
+            "step_recorded_at": time.time(),
+            "phase": "decoding" if step >= total else "denoising",
+            "step_seconds": list(step_seconds),
+            "eta_seconds": eta_seconds,
+        }
+        if preview is None:
+            return self._update(**fields)
+        # Each preview gets a new file, so a reader never sees one half-written;
+        # the one it replaces goes once the row points at the new one.
+        name = default_storage.save(preview_name(self.session.pk, step), ContentFile(preview))
+        written = self._update(**fields, preview=name, preview_step=step)
+        stale, self.preview_name = (
+            (self.preview_name, name) if written else (name, self.preview_name)
         )
+        if stale:
+            default_storage.delete(stale)
+        return written
 
     def complete(self, image) -> bool:
         buffer = io.BytesIO()
@@ -121,6 +146,10 @@ class ClaimedJob:
                 attempts=F("attempts") - 1,
             )
         )
+
+
+def preview_name(session_id, step: int) -> str:
+    return GenerationSession.preview.field.generate_filename(None, f"{session_id}-{step}.jpg")
 
 
 @retry_on_locked
@@ -188,6 +217,40 @@ def request_cancel(session_id) -> CancelOutcome:
         if status in FINISHED_STATUSES:
             return CancelOutcome.FINISHED
     return CancelOutcome.CANCELLING
+
+
+REQUEUEABLE = (Status.FAILED, Status.CANCELLED)
+
+
+@retry_on_locked
+def requeue(session_ids) -> int:
+    """Put failed and cancelled sessions back in the queue, as if new; returns how many."""
+    from .files import delete_files
+
+    sessions = GenerationSession.objects.filter(pk__in=list(session_ids), status__in=REQUEUEABLE)
+    previews = [name for name in sessions.values_list("preview", flat=True) if name]
+    ids = list(sessions.values_list("pk", flat=True))
+    count = GenerationSession.objects.filter(pk__in=ids, status__in=REQUEUEABLE).update(
+        status=Status.PENDING,
+        phase="",
+        current_step=0,
+        error="",
+        attempts=0,
+        cancel_requested=False,
+        claim_token=None,
+        worker_id="",
+        started_at=None,
+        finished_at=None,
+        step_recorded_at=None,
+        step_seconds=[],
+        eta_seconds=None,
+        preview="",
+        preview_step=0,
+    )
+    delete_files(previews)
+    for pk in ids:
+        notify_session_changed(pk)
+    return count
 
 
 @retry_on_locked

@@ -12,9 +12,11 @@ from collections import OrderedDict
 from django.conf import settings
 from django.db import close_old_connections
 
+from .estimates import measured_timing
 from .heartbeat import Heartbeat, register_worker, unregister_worker
 from .pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from .queue import ClaimedJob, claim_next, recover_lost_sessions
+from .step_reporter import StepReporter
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,16 @@ class Worker:
             session.attempts,
         )
 
-        def on_step(step: int, total: int) -> bool:
-            return not self.past_grace() and job.record_step(step, total)
+        timing = measured_timing(session.model, session.backend, session.width, session.height)
+        report_step = StepReporter(
+            job,
+            seconds_after_steps=timing.seconds_after_steps if timing else 0.0,
+            previews=settings.SD_PREVIEWS,
+            preview_interval=settings.SD_PREVIEW_INTERVAL,
+        )
+
+        def on_step(step: int, total: int, latents=None) -> bool:
+            return not self.past_grace() and report_step(step, total, latents)
 
         def on_phase(phase: str) -> None:
             if self.past_grace() or not job.record_phase(phase):
@@ -112,7 +122,9 @@ class Worker:
 
         try:
             backend = self.backend_for(session.backend, session.model, on_phase)
-            image = backend.generate(request_of(session), on_step=on_step, on_phase=on_phase)
+            image = backend.generate(
+                request_of(session), on_step=on_step, on_phase=on_phase, on_start=report_step.start
+            )
             on_phase("saving")
             if job.complete(image):
                 logger.info("Completed session %s", session.pk)

@@ -165,3 +165,8 @@ SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3
 # keepalive comment while nothing changes.
 SD_PROGRESS_INTERVAL = env_float("SD_PROGRESS_INTERVAL", 0.1)
 SD_KEEPALIVE_SECONDS = env_float("SD_KEEPALIVE_SECONDS", 15.0)
+# Live previews: the worker turns the latents into a small JPEG at most every
+# SD_PREVIEW_INTERVAL seconds (no VAE decode). SD_PREVIEWS=0 turns them off.
+SD_PREVIEWS = env_bool("SD_PREVIEWS", True)
+SD_PREVIEW_INTERVAL = env_float("SD_PREVIEW_INTERVAL", 0.5)
+SD_HISTORY_PAGE_SIZE = int(os.environ.get("SD_HISTORY_PAGE_SIZE", "24"))

@@ -35,10 +35,12 @@ def generate(backend, **changes):
         "seed": 11,
     } | changes
     steps = []
-    image = backend.generate(
-        GenerationRequest(**params), lambda step, total: steps.append((step, total)) or True,
-        lambda phase: None,
-    )  # fmt: skip
+
+    def on_step(step, total, latents):
+        steps.append((step, total))
+        return True
+
+    image = backend.generate(GenerationRequest(**params), on_step, lambda phase: None)
     return np.asarray(image, dtype=np.int16), steps
 
 

@@ -47,7 +47,7 @@ def test_both_backends_report_the_same_steps_and_agree_on_the_image(make_session
         session = make_session(backend=backend, steps=12, width=256, height=192, seed=123)
         step_writes[backend], phases = run_and_record(session)
         assert session.status == Status.COMPLETED, session.error
-        assert [p for p in phases if p][-3:] == ["generating", "decoding", "saving"]
+        assert [p for p in phases if p][-3:] == ["denoising", "decoding", "saving"]
         with Image.open(session.image.path) as image:
             assert image.size == (256, 192)
             images[backend] = np.asarray(image.convert("RGB"), dtype=np.float64)

@@ -161,11 +161,11 @@ def test_out_of_memory_fails_the_session_and_the_worker_takes_the_next(make_sess
     real_generate = TorchBackend.generate
     calls = []
 
-    def generate_once_out_of_memory(self, request, on_step, on_phase):
+    def generate_once_out_of_memory(self, request, on_step, on_phase, on_start=None):
         calls.append(request)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_generate(self, request, on_step, on_phase)
+        return real_generate(self, request, on_step, on_phase, on_start)
 
     monkeypatch.setattr(TorchBackend, "generate", generate_once_out_of_memory)
     doomed = make_session(steps=2, width=64, height=64)

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from .schedulers import make_scheduler
 
-StepHook = Callable[[int, int], bool]
-"""on_step(step, total_steps) -> whether to go on."""
+StepHook = Callable[..., bool]
+"""on_step(step, total_steps, latents) -> whether to go on."""
 PhaseHook = Callable[[str], None]
 """on_phase(text): what the worker is doing now, for the page."""
 
@@ -34,7 +34,7 @@ def step_callback(on_step: StepHook):
     """
 
     def callback(pipe, step_index, timestep, callback_kwargs):
-        if not on_step(step_index + 1, pipe.num_timesteps):
+        if not on_step(step_index + 1, pipe.num_timesteps, callback_kwargs.get("latents")):
             pipe._interrupt = True
             raise GenerationInterrupted
         return callback_kwargs
@@ -65,11 +65,19 @@ class PipelineBackend(ABC):
     def random_generator(self, seed: int):
         """The random source that makes a seed reproducible on this backend."""
 
-    def generate(self, request: GenerationRequest, on_step: StepHook, on_phase: PhaseHook):
-        """Run the pipeline and return the PIL image."""
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepHook,
+        on_phase: PhaseHook,
+        on_start: Callable[[], None] | None = None,
+    ):
+        """Run the pipeline and return the PIL image; `on_start` marks the start of denoising."""
         pipe = self.pipeline_for(request, on_phase)
         pipe.scheduler = make_scheduler(request.scheduler, self.scheduler_config)
-        # No "generating" phase write here: the first step's write says it, and
+        if on_start is not None:
+            on_start()
+        # No "denoising" phase write here: the first step's write says it, and
         # a warm job's time to its first step stays close to one step.
         result = pipe(
             prompt=request.prompt,

@@ -1,0 +1,26 @@
+"""A session's files (the image, the last live preview) go with its row, whoever deletes it."""
+
+from django.db import transaction
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
+
+from .models import GenerationSession
+
+
+def file_names(session: GenerationSession) -> list[str]:
+    return [f.name for f in (session.image, session.preview) if f]
+
+
+def delete_files(names) -> None:
+    from django.core.files.storage import default_storage
+
+    for name in names:
+        default_storage.delete(name)
+
+
+@receiver(post_delete, sender=GenerationSession, dispatch_uid="sdsite-delete-session-files")
+def delete_session_files(sender, instance, **kwargs):
+    names = file_names(instance)
+    if names:
+        # Only once the delete is committed: a rolled-back delete keeps its files.
+        transaction.on_commit(lambda: delete_files(names))
