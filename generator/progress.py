@@ -1,7 +1,15 @@
 """What a progress stream says: snapshots of a session row and the messages between two."""
 
-from dataclasses import dataclass
+import base64
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
+from django.core.files.storage import default_storage
+from django.db.models import Case, F, FloatField, Func, IntegerField, OuterRef, Subquery, When
+from django.db.models.functions import Coalesce
+
+from .estimates import queue_eta
+from .heartbeat import live_workers
 from .models import FINISHED_STATUSES, GenerationSession, Status, percentage
 
 SNAPSHOT_FIELDS = (
@@ -11,8 +19,15 @@ SNAPSHOT_FIELDS = (
     "current_step",
     "total_steps",
     "step_recorded_at",
+    "eta_seconds",
+    "expected_seconds",
+    "created_at",
+    "preview",
+    "preview_step",
     "image",
     "error",
+    "owner_id",
+    "owner_key",
 )
 
 
@@ -25,6 +40,15 @@ class Snapshot:
     step_recorded_at: float | None
     image_url: str | None
     error: str
+    eta_seconds: float | None = None
+    queue_position: int | None = None
+    """1 means next; None unless pending."""
+    preview_step: int = 0
+    preview: str | None = None
+    """The newest live preview as a data: URL."""
+    # Who may watch; never changes, so it takes no part in comparisons.
+    owner_id: int | None = field(default=None, compare=False)
+    owner_key: str = field(default="", compare=False)
 
     @property
     def is_finished(self) -> bool:
@@ -32,12 +56,52 @@ class Snapshot:
 
 
 def read_snapshots(session_ids) -> dict:
-    """One query for every watched session: {session id: Snapshot}."""
-    rows = GenerationSession.objects.filter(pk__in=list(session_ids)).only(*SNAPSHOT_FIELDS)
+    """One query for every watched session, queue positions included: {session id: Snapshot}."""
+    rows = (
+        GenerationSession.objects.filter(pk__in=list(session_ids))
+        .only(*SNAPSHOT_FIELDS)
+        .annotate(**queue_annotations())
+    )
     return {row.pk: snapshot_of(row) for row in rows}
 
 
+def queue_annotations() -> dict:
+    """Where a pending row stands, as subqueries of the same query (null for other rows)."""
+    pending = GenerationSession.objects.filter(status=Status.PENDING).order_by()
+    ahead = pending.filter(created_at__lt=OuterRef("created_at"))
+    running = GenerationSession.objects.filter(status=Status.RUNNING).order_by()
+
+    def if_pending(queryset, aggregate, output_field):
+        value = Subquery(queryset.annotate(v=aggregate).values("v")[:1], output_field=output_field)
+        return Case(When(status=Status.PENDING, then=value), default=None)
+
+    def total(expression):
+        return Func(expression, function="SUM", output_field=FloatField())
+
+    count = Func(F("pk"), function="COUNT", output_field=IntegerField())
+    # A job ahead with no estimate of its own counts as long as this one.
+    ahead_seconds = total(Coalesce(F("expected_seconds"), OuterRef("expected_seconds")))
+    return {
+        "queue_ahead": if_pending(ahead, count, IntegerField()),
+        "queue_ahead_seconds": if_pending(ahead, ahead_seconds, FloatField()),
+        "queue_running_seconds": if_pending(running, total(F("eta_seconds")), FloatField()),
+        "queue_workers": if_pending(live_workers().order_by(), count, IntegerField()),
+    }
+
+
 def snapshot_of(session: GenerationSession) -> Snapshot:
+    position = eta = None
+    if session.status == Status.PENDING and hasattr(session, "queue_ahead"):
+        position = (session.queue_ahead or 0) + 1
+        if session.queue_workers:
+            eta = queue_eta(
+                session.expected_seconds,
+                session.queue_ahead_seconds or 0.0,
+                session.queue_running_seconds or 0.0,
+                session.queue_workers,
+            )
+    elif session.status == Status.RUNNING:
+        eta = session.eta_seconds
     return Snapshot(
         status=session.status,
         phase=session.phase,
@@ -46,7 +110,38 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
         step_recorded_at=session.step_recorded_at,
         image_url=session.image_url,
         error=session.error,
+        eta_seconds=eta,
+        queue_position=position,
+        preview_step=session.preview_step if session.preview else 0,
+        preview=preview_data_url(session.preview.name)
+        if session.status == Status.RUNNING
+        else None,
+        owner_id=session.owner_id,
+        owner_key=session.owner_key,
     )
+
+
+_preview_urls: OrderedDict[str, str] = OrderedDict()
+PREVIEW_CACHE_SIZE = 64
+
+
+def preview_data_url(name: str) -> str | None:
+    """The preview file as a data: URL, read once per process (each preview has its own name)."""
+    if not name:
+        return None
+    if name in _preview_urls:
+        _preview_urls.move_to_end(name)
+        return _preview_urls[name]
+    try:
+        with default_storage.open(name) as file:
+            data = file.read()
+    except OSError:  # replaced by a newer one meanwhile: that one comes next tick
+        return None
+    url = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    _preview_urls[name] = url
+    while len(_preview_urls) > PREVIEW_CACHE_SIZE:
+        _preview_urls.popitem(last=False)
+    return url
 
 
 def progress_message(snapshot: Snapshot, step: int | None = None) -> dict:
@@ -59,6 +154,8 @@ def progress_message(snapshot: Snapshot, step: int | None = None) -> dict:
     }
     if snapshot.step_recorded_at is not None:
         message["at"] = snapshot.step_recorded_at
+    if snapshot.eta_seconds is not None:
+        message["eta_seconds"] = snapshot.eta_seconds
     return message
 
 
@@ -71,11 +168,23 @@ def messages_between(previous: Snapshot | None, current: Snapshot) -> list[dict]
     messages = []
     shown_step = previous.current_step if previous else 0
     running = current.status == Status.RUNNING
+    if current.queue_position is not None and (
+        previous is None or previous.queue_position != current.queue_position
+    ):
+        messages.append(
+            {
+                "type": "queued",
+                "position": current.queue_position,
+                "eta_seconds": current.eta_seconds,
+            }
+        )
     if running and current.phase and (previous is None or previous.phase != current.phase):
         messages.append({"type": "phase", "phase": current.phase})
     just_started = previous is None or previous.status != Status.RUNNING
     if running and (just_started or current.current_step > shown_step):
         messages.append(progress_message(current))
+    if running and current.preview and (previous is None or previous.preview != current.preview):
+        messages.append({"type": "preview", "step": current.preview_step, "image": current.preview})
     if current.status == Status.COMPLETED:
         if shown_step < current.total_steps:  # fill the bar for clients that joined late
             messages.append(progress_message(current, step=current.total_steps))

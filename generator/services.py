@@ -4,6 +4,7 @@ import secrets
 
 from django.conf import settings
 
+from .estimates import expected_seconds
 from .models import GenerationSession, Status
 
 DEMO_MODEL = "demo"
@@ -26,20 +27,28 @@ def session_create(
     scheduler: str = "Euler",
     backend: str | None = None,
     model: str | None = None,
+    owner=None,
+    owner_key: str = "",
 ) -> GenerationSession:
     model = model or settings.SD_MODEL
+    backend = backend or settings.SD_BACKEND
+    width = width or default_size(model)
+    height = height or default_size(model)
     session = GenerationSession(
+        owner=owner,
+        owner_key=owner_key,
         prompt=prompt,
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance_scale,
-        width=width or default_size(model),
-        height=height or default_size(model),
+        width=width,
+        height=height,
         seed=secrets.randbelow(2**32) if seed is None else seed,
         scheduler=scheduler,
-        backend=backend or settings.SD_BACKEND,
+        backend=backend,
         model=model,
         total_steps=steps,
+        expected_seconds=expected_seconds(model, backend, width, height, steps),
     )
     session.full_clean()
     session.save()
@@ -59,6 +68,8 @@ def session_as_dict(session: GenerationSession) -> dict:
         "percentage": session.percentage,
         "image_url": session.image_url,
         "error": session.error or None,
+        "eta_seconds": session.eta_seconds if session.status == Status.RUNNING else None,
+        "preview_url": session.preview.url if session.preview else None,
         "created_at": session.created_at.isoformat(),
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,

@@ -33,9 +33,11 @@ def test_stream_sends_each_change_in_order_then_ends(web_server, make_session):
         first = next(events)
         assert first.data == {"type": "connected", "session_id": str(session.pk)}
         assert first.retry is not None
+        # No worker is running, so there is no estimate.
+        assert next(events).data == {"type": "queued", "position": 1, "eta_seconds": None}
 
-        advance(session, status=Status.RUNNING, phase="generating")
-        assert next(events).data == {"type": "phase", "phase": "generating"}
+        advance(session, status=Status.RUNNING, phase="denoising")
+        assert next(events).data == {"type": "phase", "phase": "denoising"}
         assert next(events).data == {
             "type": "progress",
             "current_step": 0,
@@ -81,6 +83,7 @@ def test_a_failure_is_sent_as_an_error_message(web_server, make_session):
     with httpx.Client() as client, open_stream(client, web_server, session) as response:
         events = iter_events(response.iter_lines())
         assert next(events).data["type"] == "connected"
+        assert next(events).data["type"] == "queued"
         advance(session, status=Status.FAILED, error="RuntimeError: out of memory")
         assert next(events).data == {"type": "error", "message": "RuntimeError: out of memory"}
         assert list(events) == []
@@ -90,7 +93,7 @@ def test_a_cancelled_session_ends_the_stream(web_server, make_session):
     session = make_session(steps=5)
     with httpx.Client() as client, open_stream(client, web_server, session) as response:
         events = iter_events(response.iter_lines())
-        next(events)
+        assert [next(events).data["type"] for _ in range(2)] == ["connected", "queued"]
         advance(session, status=Status.CANCELLED)
         assert next(events).data == {"type": "cancelled"}
         assert list(events) == []
@@ -103,6 +106,7 @@ def test_unchanged_rows_send_nothing_but_keepalives(tmp_path, make_session):
         with httpx.Client() as client, open_stream(client, server, session) as response:
             events = iter_events(response.iter_lines())
             assert next(events).data["type"] == "connected"
+            assert next(events).data["type"] == "queued"
             idle = [next(events) for _ in range(3)]
             assert [e.comment for e in idle] == ["keepalive"] * 3
             advance(session, status=Status.CANCELLED)

@@ -152,7 +152,7 @@ def test_client_disconnects_release_their_subscriptions(web_server, make_session
 
 def test_a_reconnect_with_last_event_id_resumes_without_repeats(web_server, make_session):
     session = make_session(steps=10)
-    advance(session, status=Status.RUNNING, phase="generating", current_step=4, total_steps=10)
+    advance(session, status=Status.RUNNING, phase="denoising", current_step=4, total_steps=10)
     url = f"{web_server.url}/api/progress/{session.pk}"
     with httpx.Client(timeout=20) as client:
         with client.stream("GET", url) as response:
@@ -201,6 +201,7 @@ def test_server_shutdown_ends_open_streams_cleanly(tmp_path, make_session):
         with httpx.Client(timeout=30) as client, client.stream("GET", url) as response:
             lines = response.iter_lines()
             assert "connected" in next(line for line in lines if line.startswith("data:"))
+            assert "queued" in next(line for line in lines if line.startswith("data:"))
             server.popen.send_signal(signal.SIGTERM)
             rest = list(lines)  # ends without a protocol error: the stream was closed cleanly
         assert not any(line.startswith("data:") for line in rest)
