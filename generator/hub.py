@@ -21,6 +21,7 @@ from django.db import connections
 
 from .models import Status
 from .notify import listen_for_changes, listener_conninfo
+from .ownership import Viewer, viewer_from_session_key
 from .progress import Snapshot, read_snapshots
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,12 @@ _db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-db")
 
 
 def _read(session_ids, release: bool) -> dict:
+    return _on_db_thread(read_snapshots, release, session_ids)
+
+
+def _on_db_thread(func, release: bool, *args):
     try:
-        return read_snapshots(session_ids)
+        return func(*args)
     except Exception:
         connections.close_all()  # a broken connection is replaced on the next tick
         raise
@@ -108,6 +113,15 @@ class ProgressHub:
             _db_thread, _read, [session_id], not self.subscribers
         )
         return snapshots.get(session_id)
+
+    async def read_viewer(self, session_key: str | None) -> Viewer:
+        """Who holds this session cookie, read through the hub's thread."""
+        if not session_key:
+            return Viewer()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _db_thread, _on_db_thread, viewer_from_session_key, not self.subscribers, session_key
+        )
 
     @asynccontextmanager
     async def subscribe(self, session_id):

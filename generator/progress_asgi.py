@@ -12,6 +12,10 @@ import asyncio
 import contextlib
 import uuid
 
+from django.conf import settings
+from django.http.cookie import parse_cookie
+
+from .hub import get_hub
 from .sse import STREAM_HEADERS, open_stream
 
 PREFIX = "/api/progress/"
@@ -32,8 +36,11 @@ async def progress_app(scope, receive, send) -> None:
         session_id = uuid.UUID(scope["path"][len(PREFIX) :])
     except ValueError:
         return await respond(send, 404, b"No such session.")
-    last_event_id = dict(scope["headers"]).get(b"last-event-id", b"").decode("latin-1")
-    status, events = await open_stream(session_id, last_event_id)
+    headers = dict(scope["headers"])
+    last_event_id = headers.get(b"last-event-id", b"").decode("latin-1")
+    cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
+    viewer = await get_hub().read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
+    status, events = await open_stream(session_id, last_event_id, viewer)
     if events is None:
         return await respond(send, status, b"No such session." if status == 404 else b"")
 

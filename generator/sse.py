@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from .hub import ProgressHub, get_hub
+from .ownership import Viewer
 from .progress import Snapshot, messages_between
 
 RETRY_MS = 2000
@@ -131,15 +132,15 @@ async def session_events(
                 return
 
 
-async def open_stream(session_id, last_event_id: str | None):
+async def open_stream(session_id, last_event_id: str | None, viewer: Viewer):
     """What GET /api/progress/<id> answers: (404, None), (204, None) or (200, the stream).
 
     One decision for both servers of the URL, the Django view and the lean
-    ASGI route.
+    ASGI route. Someone else's session is as absent as a missing one.
     """
     hub = get_hub()
     first = await hub.read_one(session_id)
-    if first is None:
+    if first is None or not viewer.can_see(first.owner_id, first.owner_key):
         return 404, None
     resume = Position.from_event_id(last_event_id)
     if resume is not None and resume.finished:

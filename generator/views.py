@@ -1,36 +1,91 @@
 import json
+import uuid
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET, require_POST
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .forms import GenerateForm
 from .hub import get_hub
 from .models import GenerationSession
+from .ownership import owner_fields, viewer_of
 from .queue import CancelOutcome, request_cancel
 from .services import default_size, session_as_dict, session_create
 from .sse import STREAM_HEADERS, open_stream
 
 
+def visible_session(request, session_id) -> GenerationSession | None:
+    """The session, if this browser may see it; someone else's is as absent as a missing one."""
+    return GenerationSession.objects.filter(
+        viewer_of(request).visible_sessions(), pk=session_id
+    ).first()
+
+
+def visible_session_or_404(request, session_id) -> GenerationSession:
+    session = visible_session(request, session_id)
+    if session is None:
+        raise Http404("No such session.")
+    return session
+
+
+def own_session_or_404(request, session_id) -> GenerationSession:
+    session = GenerationSession.objects.filter(
+        viewer_of(request).own_sessions(), pk=session_id
+    ).first()
+    if session is None:
+        raise Http404("No such session.")
+    return session
+
+
 def index(request):
-    return render(request, "generator/index.html", page_context(GenerateForm()))
+    # /?from=<id>: "use these settings again" fills the form from that generation.
+    try:
+        source = visible_session(request, uuid.UUID(request.GET.get("from", "")))
+    except ValueError:
+        source = None
+    return render(request, "generator/index.html", page_context(source))
 
 
 def session_detail(request, session_id):
-    session = get_object_or_404(GenerationSession, pk=session_id)
-    return render(request, "generator/index.html", page_context(GenerateForm(), session))
+    session = visible_session_or_404(request, session_id)
+    return render(request, "generator/index.html", page_context(session, follow=session))
 
 
-def page_context(form, session=None) -> dict:
+def page_context(settings_from=None, follow=None) -> dict:
     return {
-        "form": form,
-        "session": session,
-        "session_json": session_as_dict(session) if session else None,
+        "form": GenerateForm(initial=form_values(settings_from)),
+        "values": form_values(settings_from),
+        "session": follow,
+        "session_json": session_as_dict(follow) if follow else None,
         "model": settings.SD_MODEL,
         "is_demo_model": settings.SD_MODEL == "demo",
-        "default_size": default_size(settings.SD_MODEL),
     }
+
+
+def form_values(session=None) -> dict:
+    if session is None:
+        size = default_size(settings.SD_MODEL)
+        return {"steps": 20, "guidance_scale": 7.5, "width": size, "height": size, "seed": ""}
+    return session.parameters()
+
+
+def history(request):
+    sessions = GenerationSession.objects.filter(viewer_of(request).own_sessions())
+    page = Paginator(sessions, settings.SD_HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "generator/history.html", {"page": page})
+
+
+@require_POST
+def history_delete(request, session_id):
+    session = own_session_or_404(request, session_id)
+    session.delete()
+    messages.success(request, "Deleted the generation and its files.")
+    page = request.POST.get("page", "")
+    return redirect(f"/history?page={page}" if page.isdigit() else "/history")
 
 
 def errors_response(errors: dict) -> JsonResponse:
@@ -59,7 +114,7 @@ def api_generate(request):
     form = GenerateForm(data)
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
-    session = session_create(**form.parameters())
+    session = session_create(**form.parameters(), **owner_fields(request))
     return JsonResponse(
         {
             "session_id": str(session.pk),
@@ -71,17 +126,21 @@ def api_generate(request):
     )
 
 
-@require_GET
+@require_http_methods(["GET", "DELETE"])
 def api_session(request, session_id):
-    return JsonResponse(session_as_dict(get_object_or_404(GenerationSession, pk=session_id)))
+    if request.method == "DELETE":
+        own_session_or_404(request, session_id).delete()
+        return HttpResponse(status=204)
+    return JsonResponse(session_as_dict(visible_session_or_404(request, session_id)))
 
 
 @require_POST
 def api_cancel(request, session_id):
-    outcome = request_cancel(session_id)
+    session = visible_session_or_404(request, session_id)
+    outcome = request_cancel(session.pk)
     if outcome == CancelOutcome.NOT_FOUND:
         raise Http404("No such session.")
-    session = GenerationSession.objects.get(pk=session_id)
+    session.refresh_from_db(fields=["status"])
     body = {"session_id": str(session.pk), "status": session.status}
     if outcome == CancelOutcome.FINISHED:
         body["errors"] = {"__all__": [f"The session has already ended ({session.status})."]}
@@ -97,7 +156,8 @@ async def api_progress(request, session_id):
     # Under uvicorn, sdsite.asgi serves this URL from generator.progress_asgi
     # (the same stream without a thread per request); this view serves it
     # under any other server.
-    status, events = await open_stream(session_id, request.headers.get("Last-Event-ID"))
+    viewer = await sync_to_async(viewer_of)(request)
+    status, events = await open_stream(session_id, request.headers.get("Last-Event-ID"), viewer)
     if status == 404:
         raise Http404("No such session.")
     if events is None:

@@ -1,0 +1,89 @@
+"""Who owns a generation, and who may see it.
+
+The owner is the logged-in user, or else the anonymous browser: its Django
+session holds a random owner key. The key lives in the session's data, not in
+its id, so it survives the new session id Django issues at login, when the
+anonymous generations pass to the user. Sessions made outside the web (the
+CLI, scripts) have no owner: anyone who has the id may look, as with an
+unlisted link, but they show in nobody's history.
+"""
+
+import secrets
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user
+from django.contrib.auth.signals import user_logged_in
+from django.db.models import Q
+from django.dispatch import receiver
+from django.http import HttpRequest
+
+OWNER_KEY = "sdsite_owner"
+
+
+@dataclass(frozen=True)
+class Viewer:
+    user_id: int | None = None
+    owner_key: str | None = None
+
+    def owns(self, owner_id, owner_key) -> bool:
+        return (owner_id is not None and owner_id == self.user_id) or bool(
+            owner_key and owner_key == self.owner_key
+        )
+
+    def can_see(self, owner_id, owner_key) -> bool:
+        return (owner_id is None and not owner_key) or self.owns(owner_id, owner_key)
+
+    def own_sessions(self) -> Q:
+        """The filter for this viewer's own generations (matches nothing for a stranger)."""
+        mine = Q(pk__in=[])
+        if self.user_id is not None:
+            mine |= Q(owner_id=self.user_id)
+        if self.owner_key:
+            mine |= Q(owner_key=self.owner_key)
+        return mine
+
+    def visible_sessions(self) -> Q:
+        return self.own_sessions() | Q(owner__isnull=True, owner_key="")
+
+
+def viewer_of(request) -> Viewer:
+    user = getattr(request, "user", None)
+    session = getattr(request, "session", None)
+    return Viewer(
+        user.pk if user is not None and user.is_authenticated else None,
+        session.get(OWNER_KEY) if session is not None else None,
+    )
+
+
+def owner_fields(request) -> dict:
+    """The owner of a generation this request creates; gives the browser a key on first use."""
+    key = request.session.get(OWNER_KEY)
+    if not key:
+        key = request.session[OWNER_KEY] = secrets.token_urlsafe(24)
+    user = request.user
+    return {"owner": user if user.is_authenticated else None, "owner_key": key}
+
+
+def viewer_from_session_key(session_key: str | None) -> Viewer:
+    """The viewer behind a session cookie, for routes outside Django's middleware."""
+    if not session_key:
+        return Viewer()
+    from importlib import import_module
+
+    from django.conf import settings
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    request = HttpRequest()
+    request.session = store
+    # get_user checks the session's auth hash, as the middleware would.
+    user = get_user(request)
+    return Viewer(user.pk if user.is_authenticated else None, store.get(OWNER_KEY))
+
+
+@receiver(user_logged_in, dispatch_uid="sdsite-adopt-anonymous-generations")
+def adopt_anonymous_generations(sender, request, user, **kwargs):
+    from .models import GenerationSession
+
+    key = request.session.get(OWNER_KEY) if request is not None else None
+    if key:
+        GenerationSession.objects.filter(owner__isnull=True, owner_key=key).update(owner=user)
