@@ -1,0 +1,77 @@
+"""The admin as the job history: thumbnails, filters, the step chart and the actions."""
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from generator.models import GenerationSession, Status
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/generator/generationsession/"
+
+
+def finished(make_session, status=Status.COMPLETED, **fields):
+    session = make_session()
+    image = default_storage.save(f"images/{session.pk}.png", ContentFile(b"png"))
+    GenerationSession.objects.filter(pk=session.pk).update(
+        status=status, image=image, step_seconds=[0.12, 0.1, 0.11], **fields
+    )
+    session.refresh_from_db()
+    return session
+
+
+def test_the_list_shows_thumbnails_and_offers_the_filters(admin_client, make_session):
+    session = finished(make_session)
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert f'<img src="{session.image.url}"' in page
+    for parameter in ("status__exact", "backend__exact", "model", "created_at__gte"):
+        assert parameter in page
+    failed = admin_client.get(CHANGELIST, {"status__exact": "failed"}).content.decode()
+    assert session.image.url not in failed
+    found = admin_client.get(CHANGELIST, {"q": "lighthouse"}).content.decode()
+    assert session.image.url in found
+
+
+def test_the_detail_page_has_the_image_parameters_and_step_chart(admin_client, make_session):
+    session = finished(make_session)
+    page = admin_client.get(f"{CHANGELIST}{session.pk}/change/").content.decode()
+    assert page.count("<rect ") == 3  # one bar per step
+    assert "3 steps, median 110 ms" in page
+    assert "Steps: 4, Sampler: Euler" in page  # the A1111 parameters
+    # Worker-owned state is read-only: the page has no form to change it.
+    response = admin_client.post(f"{CHANGELIST}{session.pk}/change/", {"status": "pending"})
+    assert response.status_code == 403
+
+
+def test_cancel_and_requeue_actions(admin_client, make_session):
+    pending = make_session()
+    failed = finished(make_session, status=Status.FAILED, error="boom", attempts=2)
+
+    admin_client.post(CHANGELIST, {"action": "cancel_sessions", "_selected_action": [pending.pk]})
+    admin_client.post(CHANGELIST, {"action": "requeue_sessions", "_selected_action": [failed.pk]})
+
+    pending.refresh_from_db()
+    failed.refresh_from_db()
+    assert pending.status == Status.CANCELLED
+    assert (failed.status, failed.error, failed.attempts, failed.step_seconds) == (
+        Status.PENDING,
+        "",
+        0,
+        [],
+    )
+
+
+def test_deleting_in_the_admin_removes_the_files(
+    admin_client, make_session, django_capture_on_commit_callbacks
+):
+    session = finished(make_session)
+    name = session.image.name
+    with django_capture_on_commit_callbacks(execute=True):  # files go once the delete commits
+        response = admin_client.post(
+            CHANGELIST,
+            {"action": "delete_selected", "_selected_action": [session.pk], "post": "yes"},
+        )
+    assert response.status_code == 302
+    assert not GenerationSession.objects.filter(pk=session.pk).exists()
+    assert not default_storage.exists(name)
