@@ -1,0 +1,226 @@
+"""The page in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Real server (uvicorn), real worker process, real demo-model generations. Without
+Chromium or Playwright these tests skip, unless SDSITE_REQUIRE_BROWSER=1 (CI
+sets it) makes a missing browser a failure.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from generator.models import GenerationSession, Status
+from tests.processes import ROOT
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = os.environ.get("SDSITE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("SDSITE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+TIMEOUT_MS = 120_000
+
+# Records what the page shows, as it changes: each percentage the progress bar
+# takes and each source the result image gets, in order.
+RECORDER = """
+window.__seen = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress");
+  const image = document.getElementById("result-image");
+  if (!bar || !image) return;
+  new MutationObserver(() => {
+    window.__seen.push({kind: "percent", value: Number(bar.getAttribute("aria-valuenow"))});
+  }).observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]});
+  new MutationObserver(() => {
+    window.__seen.push({kind: "image", value: image.getAttribute("src").slice(0, 30)});
+  }).observe(image, {attributes: true, attributeFilter: ["src"]});
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    required = os.environ.get("SDSITE_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("Playwright is not installed")
+    if not shutil.which(CHROMIUM):
+        if required:
+            pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    # Playwright's sync API runs an event loop in this thread; the tests' own
+    # ORM calls are plain synchronous code all the same.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def new_page(chromium):
+    contexts = []
+
+    def make(**options):
+        context = chromium.new_context(**options)
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.add_init_script(RECORDER)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def generate(page, server, prompt: str, steps: int):
+    page.goto(server.url)
+    page.fill("#id_prompt", prompt)
+    page.click("summary")
+    page.fill("#id_steps", str(steps))
+    page.click("#generate-button")
+    page.wait_for_url(re.compile(r"/s/[0-9a-f-]{36}$"))
+    return page.url.rsplit("/", 1)[1]
+
+
+def running_generation(new_page, server, start_worker, prompt: str, steps: int, percent: int):
+    """A page whose generation (served by a new worker) has passed `percent`."""
+    start_worker()
+    page = new_page()
+    session_id = generate(page, server, prompt, steps)
+    page.wait_for_function(
+        "p => document.getElementById('progress').ariaValueNow >= p", arg=percent
+    )
+    return page, session_id
+
+
+def screenshot(page, name: str, **options) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), **options)
+
+
+def percentage(page) -> int:
+    return int(page.get_attribute("#progress", "aria-valuenow"))
+
+
+def wait_for_status(page, text: str):
+    page.wait_for_function(
+        "text => document.getElementById('status').textContent.startsWith(text)", arg=text
+    )
+
+
+def test_progress_and_previews_show_before_the_image(new_page, web_server, start_worker):
+    start_worker()
+    page = new_page()
+    session_id = generate(page, web_server, "a lighthouse at dawn", steps=20)
+    wait_for_status(page, "Done.")
+
+    seen = page.evaluate("window.__seen")
+    percentages = {s["value"] for s in seen if s["kind"] == "percent"}
+    images = [s["value"] for s in seen if s["kind"] == "image"]
+    assert len(percentages & set(range(1, 100))) >= 3, percentages
+    assert percentage(page) == 100
+    assert images[0].startswith("data:image/jpeg;base64,")  # a live preview came first
+    assert images[-1].startswith("/media/images/")  # then the image
+    assert page.get_attribute("#progress", "aria-valuetext") == "100 percent, step 20 of 20"
+
+    screenshot(page, "finished-page.png", full_page=True)
+    assert GenerationSession.objects.get(pk=session_id).status == Status.COMPLETED
+
+    # Back goes to the empty form, forward to the finished generation again.
+    # (History moves within one document fire popstate, on which the page
+    # reloads: Playwright's go_back/go_forward would see their navigation cut.)
+    page.evaluate("history.back()")
+    page.wait_for_url(f"{web_server.url}/")
+    page.wait_for_function("document.getElementById('result').hidden")
+    page.evaluate("history.forward()")
+    page.wait_for_url(f"{web_server.url}/s/{session_id}")
+    wait_for_status(page, "Done.")
+    assert page.get_attribute("#result-image", "src").startswith("/media/images/")
+
+
+def test_a_reload_mid_generation_resumes_the_progress(new_page, web_server, start_worker):
+    page, session_id = running_generation(
+        new_page, web_server, start_worker, "a slow one", steps=60, percent=10
+    )
+    page.wait_for_function("document.getElementById('result-image').src.startsWith('data:')")
+    screenshot(page, "generating-page.png")
+    before_reload = percentage(page)
+
+    page.reload()
+    wait_for_status(page, "Done.")
+
+    assert page.url == f"{web_server.url}/s/{session_id}"
+    shown = [s["value"] for s in page.evaluate("window.__seen") if s["kind"] == "percent"]
+    resumed = [p for p in shown if p > 0]
+    assert resumed[0] >= before_reload  # picked up where it stood, not from zero
+    assert resumed == sorted(resumed) and resumed[-1] == 100
+
+
+def test_cancel_a_running_job(new_page, web_server, start_worker):
+    page, session_id = running_generation(
+        new_page, web_server, start_worker, "never mind", steps=150, percent=2
+    )
+
+    page.click("#cancel-button")
+    wait_for_status(page, "Cancelled.")
+
+    assert page.is_hidden("#cancel-button")
+    assert GenerationSession.objects.get(pk=session_id).status == Status.CANCELLED
+
+
+def test_history_shows_only_ones_own_generations(new_page, web_server, start_worker):
+    alice, bob = new_page(), new_page()
+    session_id = generate(alice, web_server, "alice's private lighthouse", steps=4)
+    # No worker yet: the page says so instead of waiting forever.
+    wait_for_status(alice, "No worker is running")
+    start_worker()
+    wait_for_status(alice, "Done.")
+
+    bob.goto(f"{web_server.url}/history")
+    assert bob.is_visible("#history-empty")
+    assert "alice's private lighthouse" not in bob.content()
+    assert bob.goto(f"{web_server.url}/s/{session_id}").status == 404
+
+    alice.goto(f"{web_server.url}/history")
+    card = alice.locator(f"[data-session-id='{session_id}']")
+    assert "alice's private lighthouse" in card.inner_text()
+    assert card.locator("img").get_attribute("src").startswith("/media/images/")
+    screenshot(alice, "history-page.png")
+
+    card.get_by_text("Use these settings again").click()
+    alice.wait_for_url(re.compile(r"/\?from="))
+    assert alice.input_value("#id_prompt") == "alice's private lighthouse"
+    assert alice.input_value("#id_steps") == "4"
+
+    alice.goto(f"{web_server.url}/history")
+    alice.locator(f"[data-session-id='{session_id}'] button", has_text="Delete").click()
+    alice.wait_for_selector("#history-empty")
+    assert not GenerationSession.objects.filter(pk=session_id).exists()
+
+
+def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
+    page = new_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    page.goto(web_server.url)
+    # Nothing sticks out sideways on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+    page.focus("#id_prompt")
+    page.keyboard.type(" ")  # blank after trimming: the server refuses it
+    page.keyboard.press("Tab")  # to "Advanced settings"
+    page.keyboard.press("Tab")  # to the Generate button
+    page.keyboard.press("Enter")
+
+    page.wait_for_function("document.getElementById('alert').textContent.length > 0")
+    assert page.get_attribute("#id_prompt", "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "id_prompt"  # focus went to the error
+    assert page.inner_text("[data-error-for=prompt]") == "This field is required."
