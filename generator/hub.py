@@ -37,6 +37,8 @@ DELETED = Snapshot(
 )
 SHUTDOWN = None
 """Put in a subscription's queue when the server stops: the stream ends cleanly."""
+KEEPALIVE = "keepalive"
+"""Put in the queue of a stream that said nothing for a keepalive interval."""
 
 # All database reads of the hubs go through this one thread, so a web process
 # holds at most one connection for its progress streams.
@@ -59,31 +61,30 @@ def _on_db_thread(func, release: bool, *args):
 
 
 class Subscription:
+    __slots__ = ("session_id", "queue", "closed", "spoke")
+
     def __init__(self, session_id):
         self.session_id = session_id
-        self.queue: asyncio.Queue[Snapshot | None] = asyncio.Queue()
+        self.queue: asyncio.Queue = asyncio.Queue()
         self.closed = False
+        self.spoke = True
+        """Whether the stream sent anything since the hub's last keepalive sweep."""
 
-    async def next_snapshot(self, timeout: float) -> Snapshot | None:
-        """The next changed snapshot; None when `timeout` passes with no change."""
-        if self.queue.empty():
-            try:
-                # asyncio.timeout, not wait_for: no extra task per message,
-                # which counts when a change fans out to a thousand streams.
-                async with asyncio.timeout(timeout):
-                    snapshot = await self.queue.get()
-            except TimeoutError:
-                return None
-        else:
-            snapshot = self.queue.get_nowait()
+    async def next_snapshot(self) -> Snapshot | None:
+        """The next changed snapshot; None when it is time for a keepalive, or the end."""
+        # No timer per wait: with a thousand streams, arming and cancelling a
+        # timeout for each message cost more than the rest of the fan-out.
+        # The hub's keepalive sweep wakes idle streams instead.
+        snapshot = await self.queue.get()
         if snapshot is SHUTDOWN:
             self.closed = True
-        return snapshot
+        return None if snapshot is KEEPALIVE else snapshot
 
 
 class ProgressHub:
-    def __init__(self, interval: float):
+    def __init__(self, interval: float, keepalive: float = 15.0):
         self.interval = interval
+        self.keepalive = keepalive
         self.subscribers: dict[object, set[Subscription]] = {}
         self.latest: dict[object, Snapshot] = {}
         self.reads = 0
@@ -91,6 +92,7 @@ class ProgressHub:
         self.stopped = False
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
 
     @property
@@ -161,6 +163,8 @@ class ProgressHub:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = loop.create_task(self._sweep_keepalives())
         if self._listener is None or self._listener.done():
             conninfo = listener_conninfo()
             if conninfo:
@@ -190,6 +194,16 @@ class ProgressHub:
             # Idle: give the connection back until the next stream opens.
             await loop.run_in_executor(_db_thread, connections.close_all)
 
+    async def _sweep_keepalives(self) -> None:
+        """Every keepalive interval, wake the streams that said nothing during the last one."""
+        while self.subscribers:
+            await asyncio.sleep(self.keepalive)
+            for subscriptions in list(self.subscribers.values()):
+                for subscription in subscriptions:
+                    if not subscription.spoke:
+                        subscription.queue.put_nowait(KEEPALIVE)
+                    subscription.spoke = False
+
     def _publish(self, snapshots: dict) -> None:
         for session_id, snapshot in snapshots.items():
             if self.latest.get(session_id) == snapshot:
@@ -209,7 +223,9 @@ def get_hub() -> ProgressHub:
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
     if hub is None:
-        hub = _hubs[loop] = ProgressHub(interval=settings.SD_PROGRESS_INTERVAL)
+        hub = _hubs[loop] = ProgressHub(
+            interval=settings.SD_PROGRESS_INTERVAL, keepalive=settings.SD_KEEPALIVE_SECONDS
+        )
         end_streams_on_exit_signals()
     return hub
 

@@ -11,8 +11,6 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from .hub import ProgressHub, get_hub
 from .ownership import Viewer
 from .progress import Snapshot, messages_between
@@ -95,14 +93,12 @@ async def session_events(
     session_id,
     first: Snapshot,
     resume: Position | None = None,
-    keepalive: float | None = None,
 ) -> AsyncIterator[bytes]:
     """`connected`, then a message per change until the session finishes.
 
     With `resume` (a reconnect) the client already has `connected` and every
     step up to `resume.step`, so neither is sent again.
     """
-    keepalive = settings.SD_KEEPALIVE_SECONDS if keepalive is None else keepalive
     position = resume or Position()
 
     opening = f"retry: {RETRY_MS}\n"
@@ -118,7 +114,7 @@ async def session_events(
     previous = first
     async with hub.subscribe(session_id) as subscription:
         while True:
-            snapshot = await subscription.next_snapshot(timeout=keepalive)
+            snapshot = await subscription.next_snapshot()
             if subscription.closed:  # the server is shutting down
                 return
             if snapshot is None:
@@ -126,6 +122,7 @@ async def session_events(
                 continue
             text, position = render(previous, snapshot, position)
             if text:
+                subscription.spoke = True
                 yield text
             previous = snapshot
             if snapshot.is_finished:

@@ -101,7 +101,8 @@ def test_the_hub_makes_one_query_per_tick_whatever_the_number_of_streams(make_se
     async def watch(hub):
         async def one(n):
             async with hub.subscribe(sessions[n % len(sessions)].pk) as subscription:
-                await subscription.next_snapshot(timeout=5)  # the first tick's snapshot
+                # the first tick's snapshot
+                await asyncio.wait_for(subscription.next_snapshot(), 5)
                 await asyncio.sleep(0.2)  # several more ticks
 
         await asyncio.gather(*(one(n) for n in range(streams)))
