@@ -13,6 +13,7 @@ with --write.
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -38,10 +39,11 @@ class StreamResult:
 
 
 class SSEClient(asyncio.Protocol):
-    """A bare SSE reader: it only timestamps what arrives, and parses lines as they complete.
+    """A bare SSE reader: while the stream runs it only timestamps what arrives.
 
-    The clients share this machine's two cores with the server and the worker;
-    a heavier client (httpx, StreamReader) would measure its own lag.
+    The clients share this machine's two cores with the server and the worker:
+    parsing a thousand messages as they come would add the client's own lag to
+    the latencies, so the parsing waits until the stream has ended.
     """
 
     def __init__(self, path: str, result: StreamResult, on_connected):
@@ -50,29 +52,35 @@ class SSEClient(asyncio.Protocol):
         )
         self.result = result
         self.on_connected = on_connected
-        self.buffer = b""
-        self.status_seen = False
+        self.connected = False
+        self.chunks: list[tuple[float, bytes]] = []
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport):
         transport.write(self.request)
 
     def data_received(self, data):
-        received = time.time()
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            if not self.status_seen:
-                self.status_seen = True
-                if b" 200 " not in line:
-                    self.result.error = line.decode().strip()
-            if line.startswith(b"data:"):
-                self.message(json.loads(line[5:]), received)
+        self.chunks.append((time.time(), data))
+        if not self.connected and b'"connected"' in data:
+            self.connected = True
+            self.on_connected()
+
+    def parse(self):
+        buffer = b""
+        status_seen = False
+        for received, data in self.chunks:
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if not status_seen:
+                    status_seen = True
+                    if b" 200 " not in line:
+                        self.result.error = line.decode().strip()
+                if line.startswith(b"data:"):
+                    self.message(json.loads(line[5:]), received)
 
     def message(self, data, received):
-        if data["type"] == "connected":
-            self.on_connected()
-        elif data["type"] == "progress":
+        if data["type"] == "progress":
             self.result.steps.append(data["current_step"])
             if "at" in data:
                 self.result.latencies.append(received - data["at"])
@@ -80,8 +88,11 @@ class SSEClient(asyncio.Protocol):
             self.result.final = data["type"]
 
     def connection_lost(self, exc):
+        self.parse()
         if exc is not None:
             self.result.error = f"{type(exc).__name__}: {exc}"
+        if not self.connected:  # never got going: let the round start anyway
+            self.on_connected()
         self.closed.set_result(None)
 
 
@@ -123,6 +134,10 @@ async def one_round(server, worker, clients: int, steps: int):
         if count[0] >= clients:
             connected.set()
 
+    # The client's own garbage collections (a thousand connections' worth of
+    # objects) would show up as delivery latency: none until the round is over.
+    gc.collect()
+    gc.disable()
     tasks = [asyncio.create_task(sse_client(server.port, path, r, on_connected)) for r in results]
     await asyncio.wait_for(connected.wait(), 120)
     web = psutil.Process(server.popen.pid)
@@ -134,6 +149,7 @@ async def one_round(server, worker, clients: int, steps: int):
         elapsed = time.monotonic() - started
         cpu = (sum(web.cpu_times()[:2]) - cpu_before) / elapsed
         after = (await http.get(f"{server.url}/api/stats/progress")).json()
+    gc.enable()
     every_step = sorted(set().union(*(set(r.steps) for r in results)))
     latencies = [x for r in results for x in r.latencies]
     return {
@@ -220,12 +236,20 @@ def main():
         worker.stop()
         server.stop()
 
+    from django.conf import settings
+
     database = connection.vendor
     notify = " with LISTEN/NOTIFY" if database == "postgresql" else " (100 ms poll)"
+    previews = (
+        f"live previews every {settings.SD_PREVIEW_INTERVAL} s"
+        if settings.SD_PREVIEWS
+        else "no previews (SD_PREVIEWS=0)"
+    )
+    name = f"sse-load-{database}" + ("" if settings.SD_PREVIEWS else "-no-previews")
     lines = [
         f"{machine_line()}; one uvicorn process, one worker ({args.worker_threads} CPU "
         f"thread); {database}{notify}; "
-        f"demo model, {args.steps} steps at 256x256 per round",
+        f"demo model, {args.steps} steps at 256x256 per round, {previews}",
         "",
         "| N | latency median | p95 | p99 | progress msgs | lost | out of order | "
         "missing final | DB reads/s | web CPU | web RSS | errors |",
@@ -244,11 +268,13 @@ def main():
     print(table)
     if args.write:
         docs = ROOT / "docs"
-        (docs / f"sse-load-{database}.md").write_text(
-            f"# SSE load on {database}\n\n`{' '.join(['python', *os.sys.argv])}`\n\n{table}\n\n"
-            f"![latency against N](sse-load-{database}.svg)\n"
+        wrapper = "bin/with-postgres " if database == "postgresql" else ""
+        command = f"{wrapper}.venv/bin/python -m bench.sse_load {' '.join(os.sys.argv[1:])}"
+        (docs / f"{name}.md").write_text(
+            f"# SSE load on {database}\n\n`{command}`\n\n{table}\n\n"
+            f"![latency against N]({name}.svg)\n"
         )
-        (docs / f"sse-load-{database}.svg").write_text(
+        (docs / f"{name}.svg").write_text(
             svg_chart(rows, f"Delivery latency against open streams ({database}{notify})")
         )
 
