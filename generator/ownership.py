@@ -18,6 +18,8 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 
 OWNER_KEY = "sdsite_owner"
+ANONYMOUS_HISTORY_SECONDS = 365 * 24 * 3600
+"""How long an anonymous browser keeps its history (Django's default session lasts two weeks)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ def owner_fields(request) -> dict:
     key = request.session.get(OWNER_KEY)
     if not key:
         key = request.session[OWNER_KEY] = secrets.token_urlsafe(24)
+        request.session.set_expiry(ANONYMOUS_HISTORY_SECONDS)
     user = request.user
     return {"owner": user if user.is_authenticated else None, "owner_key": key}
 
