@@ -90,8 +90,10 @@ def queue_annotations() -> dict:
 
 
 def snapshot_of(session: GenerationSession) -> Snapshot:
+    """The snapshot of a row read with `queue_annotations()`."""
     position = eta = None
-    if session.status == Status.PENDING and hasattr(session, "queue_ahead"):
+    running = session.status == Status.RUNNING
+    if session.status == Status.PENDING:
         position = (session.queue_ahead or 0) + 1
         if session.queue_workers:
             eta = queue_eta(
@@ -100,7 +102,7 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
                 session.queue_running_seconds or 0.0,
                 session.queue_workers,
             )
-    elif session.status == Status.RUNNING:
+    elif running:
         eta = session.eta_seconds
     return Snapshot(
         status=session.status,
@@ -113,9 +115,7 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
         eta_seconds=eta,
         queue_position=position,
         preview_step=session.preview_step if session.preview else 0,
-        preview=preview_data_url(session.preview.name)
-        if session.status == Status.RUNNING
-        else None,
+        preview=preview_data_url(session.preview.name) if running else None,
         owner_id=session.owner_id,
         owner_key=session.owner_key,
     )
