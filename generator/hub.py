@@ -165,6 +165,9 @@ class ProgressHub:
             self._task = loop.create_task(self._run())
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = loop.create_task(self._sweep_keepalives())
+        self._ensure_listening(loop)
+
+    def _ensure_listening(self, loop) -> None:
         if self._listener is None or self._listener.done():
             conninfo = listener_conninfo()
             if conninfo:
@@ -172,27 +175,35 @@ class ProgressHub:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while self.subscribers:
-                watched = list(self.subscribers)
-                self._wakeup.clear()
-                try:
-                    snapshots = await loop.run_in_executor(_db_thread, _read, watched, False)
-                    self.reads += 1
-                    # A watched row that is gone was deleted: end its streams.
-                    snapshots.update({sid: DELETED for sid in watched if sid not in snapshots})
-                except Exception:
-                    logger.exception("Progress hub read failed; retrying")
-                    snapshots = {}
-                self._publish(snapshots)
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.interval)
-        finally:
-            if self._listener is not None:
-                self._listener.cancel()
-                self._listener = None
-            # Idle: give the connection back until the next stream opens.
-            await loop.run_in_executor(_db_thread, connections.close_all)
+        # A stream that opens while the hub winds down (a page reload: the old
+        # stream closes, the new one opens) finds this task not yet done and
+        # starts no other: so after winding down, look again.
+        while self.subscribers:
+            self._ensure_listening(loop)
+            try:
+                await self._read_while_watched(loop)
+            finally:
+                if self._listener is not None:
+                    self._listener.cancel()
+                    self._listener = None
+                # Idle: give the connection back until the next stream opens.
+                await loop.run_in_executor(_db_thread, connections.close_all)
+
+    async def _read_while_watched(self, loop) -> None:
+        while self.subscribers:
+            watched = list(self.subscribers)
+            self._wakeup.clear()
+            try:
+                snapshots = await loop.run_in_executor(_db_thread, _read, watched, False)
+                self.reads += 1
+                # A watched row that is gone was deleted: end its streams.
+                snapshots.update({sid: DELETED for sid in watched if sid not in snapshots})
+            except Exception:
+                logger.exception("Progress hub read failed; retrying")
+                snapshots = {}
+            self._publish(snapshots)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.interval)
 
     async def _sweep_keepalives(self) -> None:
         """Every keepalive interval, wake the streams that said nothing during the last one."""

@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import signal
+import threading
 
 import httpx
 import pytest
@@ -254,3 +255,30 @@ def test_the_stream_stays_out_of_gzip(make_session):
     response, body = asyncio.run(fetch())
     assert response["Content-Encoding"] == "identity"
     assert b'"type":"cancelled"' in body
+
+
+def test_a_stream_that_opens_while_the_hub_winds_down_is_served(make_session):
+    """A page reload: the old stream closes, and the new one opens as the hub stops reading."""
+    old, new = make_session(), make_session()
+    holding, gate = threading.Event(), threading.Event()
+
+    def hold():
+        holding.set()
+        gate.wait(10)
+
+    async def main():
+        hub = ProgressHub(interval=5)
+        async with hub.subscribe(old.pk) as first:
+            await asyncio.wait_for(first.next_snapshot(), 5)
+            _db_thread.submit(hold)  # hold the hub's database thread
+            assert holding.wait(5)
+            hub.wake(old.pk)
+        # The last stream is gone, so the woken hub winds down: its last step
+        # (giving the connection back) waits behind the gate in the thread's queue.
+        while _db_thread._work_queue.qsize() < 1:
+            await asyncio.sleep(0.01)
+        async with hub.subscribe(new.pk) as second:
+            gate.set()
+            return await asyncio.wait_for(second.next_snapshot(), 5)
+
+    assert asyncio.run(main()).status == Status.PENDING
