@@ -1,17 +1,35 @@
+import sys
+
 import pytest
 
 from tests.processes import WebServer, WorkerProcess
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed
+    return report
+
+
+def tell_logs_if_failed(request, processes) -> None:
+    """A failed test shows the end of its servers' and workers' logs."""
+    if getattr(request.node, "call_failed", False):
+        for process in processes:
+            sys.stdout.write(f"--- {process.log_path.name} (end)\n{process.log()[-3000:]}\n")
+
+
 @pytest.fixture
-def web_server(tmp_path, transactional_db):
+def web_server(request, tmp_path, transactional_db):
     server = WebServer(tmp_path)
     yield server
     server.stop()
+    tell_logs_if_failed(request, [server])
 
 
 @pytest.fixture
-def start_worker(tmp_path, transactional_db):
+def start_worker(request, tmp_path, transactional_db):
     """Start runworker processes; all are stopped at the end of the test."""
     workers = []
 
@@ -23,6 +41,7 @@ def start_worker(tmp_path, transactional_db):
     yield start
     for worker in workers:
         worker.stop()
+    tell_logs_if_failed(request, workers)
 
 
 @pytest.fixture

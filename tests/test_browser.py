@@ -65,6 +65,10 @@ def chromium():
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
+# What each page logged, answered with an error, or failed to load: told when a wait fails.
+page_events: dict = {}
+
+
 @pytest.fixture
 def new_page(chromium):
     contexts = []
@@ -75,6 +79,13 @@ def new_page(chromium):
         contexts.append(context)
         page = context.new_page()
         page.add_init_script(RECORDER)
+        events = page_events[page] = []
+        page.on("console", lambda m: events.append(f"console {m.type}: {m.text}"))
+        page.on("requestfailed", lambda r: events.append(f"failed: {r.url} {r.failure}"))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and events.append(f"HTTP {r.status}: {r.url}"),
+        )
         return page
 
     yield make
@@ -113,9 +124,18 @@ def percentage(page) -> int:
 
 
 def wait_for_status(page, text: str):
-    page.wait_for_function(
-        "text => document.getElementById('status').textContent.startsWith(text)", arg=text
-    )
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "text => document.getElementById('status').textContent.startsWith(text)", arg=text
+        )
+    except PlaywrightTimeout:
+        status = page.inner_text("#status")
+        events = "\n".join(page_events.get(page, [])[-20:])
+        raise AssertionError(
+            f"waited for status {text!r}; it says {status!r}. The page's events:\n{events}"
+        ) from None
 
 
 def test_progress_and_previews_show_before_the_image(new_page, web_server, start_worker):
