@@ -45,11 +45,8 @@ KEEPALIVE = "keepalive"
 _db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-db")
 
 
-def _read(session_ids, release: bool) -> dict:
-    return _on_db_thread(read_snapshots, release, session_ids)
-
-
 def _on_db_thread(func, release: bool, *args):
+    """Run `func` on the hub's thread; `release` gives the connection back afterwards."""
     try:
         return func(*args)
     except Exception:
@@ -108,22 +105,21 @@ class ProgressHub:
             "listening": bool(self._listener and not self._listener.done()),
         }
 
+    async def _query(self, func, *args, release: bool):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_db_thread, _on_db_thread, func, release, *args)
+
     async def read_one(self, session_id) -> Snapshot | None:
         """The session's current snapshot, read through the hub's thread (None if absent)."""
-        loop = asyncio.get_running_loop()
-        snapshots = await loop.run_in_executor(
-            _db_thread, _read, [session_id], not self.subscribers
-        )
+        # With no stream open, the hub holds no connection between reads.
+        snapshots = await self._query(read_snapshots, [session_id], release=not self.subscribers)
         return snapshots.get(session_id)
 
     async def read_viewer(self, session_key: str | None) -> Viewer:
         """Who holds this session cookie, read through the hub's thread."""
         if not session_key:
             return Viewer()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            _db_thread, _on_db_thread, viewer_from_session_key, not self.subscribers, session_key
-        )
+        return await self._query(viewer_from_session_key, session_key, release=not self.subscribers)
 
     @asynccontextmanager
     async def subscribe(self, session_id):
@@ -181,7 +177,7 @@ class ProgressHub:
         while self.subscribers:
             self._ensure_listening(loop)
             try:
-                await self._read_while_watched(loop)
+                await self._read_while_watched()
             finally:
                 if self._listener is not None:
                     self._listener.cancel()
@@ -189,12 +185,12 @@ class ProgressHub:
                 # Idle: give the connection back until the next stream opens.
                 await loop.run_in_executor(_db_thread, connections.close_all)
 
-    async def _read_while_watched(self, loop) -> None:
+    async def _read_while_watched(self) -> None:
         while self.subscribers:
             watched = list(self.subscribers)
             self._wakeup.clear()
             try:
-                snapshots = await loop.run_in_executor(_db_thread, _read, watched, False)
+                snapshots = await self._query(read_snapshots, watched, release=False)
                 self.reads += 1
                 # A watched row that is gone was deleted: end its streams.
                 snapshots.update({sid: DELETED for sid in watched if sid not in snapshots})
