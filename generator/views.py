@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .forms import GenerateForm
@@ -14,37 +14,31 @@ from .hub import get_hub
 from .models import GenerationSession
 from .ownership import owner_fields, viewer_of
 from .queue import CancelOutcome, request_cancel
-from .services import default_size, session_as_dict, session_create
+from .services import DEMO_MODEL, default_size, session_as_dict, session_create
 from .sse import STREAM_HEADERS, open_stream
 
 
-def visible_session(request, session_id) -> GenerationSession | None:
-    """The session, if this browser may see it; someone else's is as absent as a missing one."""
-    return GenerationSession.objects.filter(
-        viewer_of(request).visible_sessions(), pk=session_id
-    ).first()
+def visible_sessions(request):
+    """The sessions this browser may see; someone else's is as absent as a missing one."""
+    return GenerationSession.objects.filter(viewer_of(request).visible_sessions())
 
 
 def visible_session_or_404(request, session_id) -> GenerationSession:
-    session = visible_session(request, session_id)
-    if session is None:
-        raise Http404("No such session.")
-    return session
+    return get_object_or_404(visible_sessions(request), pk=session_id)
+
+
+def own_sessions(request):
+    return GenerationSession.objects.filter(viewer_of(request).own_sessions())
 
 
 def own_session_or_404(request, session_id) -> GenerationSession:
-    session = GenerationSession.objects.filter(
-        viewer_of(request).own_sessions(), pk=session_id
-    ).first()
-    if session is None:
-        raise Http404("No such session.")
-    return session
+    return get_object_or_404(own_sessions(request), pk=session_id)
 
 
 def index(request):
     # /?from=<id>: "use these settings again" fills the form from that generation.
     try:
-        source = visible_session(request, uuid.UUID(request.GET.get("from", "")))
+        source = visible_sessions(request).filter(pk=uuid.UUID(request.GET.get("from", ""))).first()
     except ValueError:
         source = None
     return render(request, "generator/index.html", page_context(source))
@@ -56,13 +50,14 @@ def session_detail(request, session_id):
 
 
 def page_context(settings_from=None, follow=None) -> dict:
+    values = form_values(settings_from)
     return {
-        "form": GenerateForm(initial=form_values(settings_from)),
-        "values": form_values(settings_from),
+        "form": GenerateForm(initial=values),
+        "values": values,
         "session": follow,
         "session_json": session_as_dict(follow) if follow else None,
         "model": settings.SD_MODEL,
-        "is_demo_model": settings.SD_MODEL == "demo",
+        "is_demo_model": settings.SD_MODEL == DEMO_MODEL,
     }
 
 
@@ -74,8 +69,9 @@ def form_values(session=None) -> dict:
 
 
 def history(request):
-    sessions = GenerationSession.objects.filter(viewer_of(request).own_sessions())
-    page = Paginator(sessions, settings.SD_HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(own_sessions(request), settings.SD_HISTORY_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
     return render(request, "generator/history.html", {"page": page})
 
 
