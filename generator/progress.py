@@ -1,7 +1,7 @@
 """What a progress stream says: snapshots of a session row and the messages between two."""
 
 import base64
-from collections import OrderedDict
+import functools
 from dataclasses import dataclass, field
 
 from django.core.files.storage import default_storage
@@ -121,27 +121,21 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
     )
 
 
-_preview_urls: OrderedDict[str, str] = OrderedDict()
-PREVIEW_CACHE_SIZE = 64
-
-
 def preview_data_url(name: str) -> str | None:
-    """The preview file as a data: URL, read once per process (each preview has its own name)."""
+    """The preview file as a data: URL (None if there is none, or it was replaced meanwhile)."""
     if not name:
         return None
-    if name in _preview_urls:
-        _preview_urls.move_to_end(name)
-        return _preview_urls[name]
     try:
-        with default_storage.open(name) as file:
-            data = file.read()
+        return _read_preview(name)
     except OSError:  # replaced by a newer one meanwhile: that one comes next tick
         return None
-    url = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-    _preview_urls[name] = url
-    while len(_preview_urls) > PREVIEW_CACHE_SIZE:
-        _preview_urls.popitem(last=False)
-    return url
+
+
+@functools.lru_cache(maxsize=64)
+def _read_preview(name: str) -> str:
+    """Read once per process: each preview has its own name. A missing file is not cached."""
+    with default_storage.open(name) as file:
+        return "data:image/jpeg;base64," + base64.b64encode(file.read()).decode("ascii")
 
 
 def progress_message(snapshot: Snapshot, step: int | None = None) -> dict:
