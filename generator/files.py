@@ -1,5 +1,6 @@
 """A session's files (the image, the last live preview) go with its row, whoever deletes it."""
 
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
@@ -12,8 +13,6 @@ def file_names(session: GenerationSession) -> list[str]:
 
 
 def delete_files(names) -> None:
-    from django.core.files.storage import default_storage
-
     for name in names:
         default_storage.delete(name)
 

@@ -17,6 +17,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from .files import delete_files
 from .metadata import png_info
 from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 from .notify import notify_session_changed
@@ -225,11 +226,13 @@ REQUEUEABLE = (Status.FAILED, Status.CANCELLED)
 @retry_on_locked
 def requeue(session_ids) -> int:
     """Put failed and cancelled sessions back in the queue, as if new; returns how many."""
-    from .files import delete_files
-
-    sessions = GenerationSession.objects.filter(pk__in=list(session_ids), status__in=REQUEUEABLE)
-    previews = [name for name in sessions.values_list("preview", flat=True) if name]
-    ids = list(sessions.values_list("pk", flat=True))
+    rows = list(
+        GenerationSession.objects.filter(
+            pk__in=list(session_ids), status__in=REQUEUEABLE
+        ).values_list("pk", "preview")
+    )
+    ids = [pk for pk, _ in rows]
+    previews = [preview for _, preview in rows if preview]
     count = GenerationSession.objects.filter(pk__in=ids, status__in=REQUEUEABLE).update(
         status=Status.PENDING,
         phase="",
