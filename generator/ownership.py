@@ -10,7 +10,9 @@ unlisted link, but they show in nobody's history.
 
 import secrets
 from dataclasses import dataclass
+from importlib import import_module
 
+from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.signals import user_logged_in
 from django.db.models import Q
@@ -71,10 +73,6 @@ def viewer_from_session_key(session_key: str | None) -> Viewer:
     """The viewer behind a session cookie, for routes outside Django's middleware."""
     if not session_key:
         return Viewer()
-    from importlib import import_module
-
-    from django.conf import settings
-
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     request = HttpRequest()
     request.session = store

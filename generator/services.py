@@ -6,8 +6,7 @@ from django.conf import settings
 
 from .estimates import expected_seconds
 from .models import GenerationSession, Status
-
-DEMO_MODEL = "demo"
+from .pipelines.sources import DEMO_MODEL
 
 
 def default_size(model: str) -> int:

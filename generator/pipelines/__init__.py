@@ -1,8 +1,8 @@
 """Everything that knows about diffusers lives in this package.
 
 The rest of sdsite sees a `PipelineBackend` with `load()` and
-`generate(request, on_step, on_phase)`, where `on_step(step, total)` returns
-False to stop the run.
+`generate(request, on_step, on_phase, on_start)`, where `on_step(step, total,
+latents)` returns False to stop the run.
 """
 
 from .base import GenerationInterrupted, GenerationRequest, PipelineBackend
