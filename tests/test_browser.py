@@ -90,6 +90,8 @@ def new_page(chromium):
 
     yield make
     for context in contexts:
+        for page in context.pages:
+            page_events.pop(page, None)
         context.close()
 
 
