@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	@echo "sdsite: open http://127.0.0.1:$${SDSITE_PORT:-8000}/  (Ctrl-C stops the web server and the worker)"
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile 2>&1 || true
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m sdsite.procfile start -f Procfile 2>&1 || true
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,24 +1,32 @@
+from datetime import UTC, datetime
+
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from django.utils.timezone import localtime
+from django.utils.translation import ngettext
 
 from .metadata import a1111_parameters
-from .models import GenerationSession, WorkerRecord
+from .models import GenerationSession, Status, WorkerRecord
 from .queue import CancelOutcome, request_cancel, requeue
 from .step_chart import step_chart_svg
 
 
 @admin.register(GenerationSession)
 class GenerationSessionAdmin(admin.ModelAdmin):
+    # Narrow columns, so the list fits a laptop screen: long prompts, model
+    # paths and owners are shortened (the full value is in the title).
     list_display = (
         "thumbnail",
         "short_prompt",
         "status",
         "progress",
-        "backend",
-        "model",
+        "model_label",
         "owner_label",
-        "created_at",
+        "created",
         "duration",
     )
     list_display_links = ("thumbnail", "short_prompt")
@@ -27,7 +35,14 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     search_fields = ("prompt", "negative_prompt", "model", "worker_id")
     date_hierarchy = "created_at"
     actions = ("cancel_sessions", "requeue_sessions")
-    readonly_fields = ("image_preview", "a1111_parameters", "step_chart", "owner_label")
+    readonly_fields = (
+        "image_preview",
+        "a1111_parameters",
+        "step_chart",
+        "owner_label",
+        "step_recorded",
+        "eta",
+    )
     fieldsets = (
         (None, {"fields": ("id", "prompt", "negative_prompt", "image_preview", "owner_label")}),
         (
@@ -71,9 +86,11 @@ class GenerationSessionAdmin(admin.ModelAdmin):
                     "worker_id",
                     "claim_token",
                     "attempts",
+                    "restarts",
+                    "restart_reason",
                     "cancel_requested",
-                    "step_recorded_at",
-                    "eta_seconds",
+                    "step_recorded",
+                    "eta",
                 )
             },
         ),
@@ -96,21 +113,29 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     def cancel_sessions(self, request, queryset):
         outcomes = [request_cancel(pk) for pk in queryset.values_list("pk", flat=True)]
         stopped = sum(o in (CancelOutcome.CANCELLED, CancelOutcome.CANCELLING) for o in outcomes)
-        self.message_user(
-            request,
-            f"Cancelled {stopped} generation(s); {len(outcomes) - stopped} had already ended.",
-            messages.SUCCESS if stopped else messages.WARNING,
-        )
+        ended = len(outcomes) - stopped
+        text = ngettext("Cancelled %d generation.", "Cancelled %d generations.", stopped) % stopped
+        if ended:
+            text += " " + ngettext("%d had already ended.", "%d had already ended.", ended) % ended
+        self.message_user(request, text, messages.SUCCESS if stopped else messages.WARNING)
 
     @admin.action(description="Re-queue the selected failed or cancelled", permissions=["manage"])
     def requeue_sessions(self, request, queryset):
         selected = queryset.count()
         count = requeue(queryset.values_list("pk", flat=True))
-        self.message_user(
-            request,
-            f"Re-queued {count} generation(s); {selected - count} were not failed or cancelled.",
-            messages.SUCCESS if count else messages.WARNING,
-        )
+        skipped = selected - count
+        text = ngettext("Re-queued %d generation.", "Re-queued %d generations.", count) % count
+        if skipped:
+            text += (
+                " "
+                + ngettext(
+                    "%d was not failed or cancelled, so it stays as it is.",
+                    "%d were not failed or cancelled, so they stay as they are.",
+                    skipped,
+                )
+                % skipped
+            )
+        self.message_user(request, text, messages.SUCCESS if count else messages.WARNING)
 
     @admin.display(description="")
     def thumbnail(self, obj):
@@ -123,13 +148,34 @@ class GenerationSessionAdmin(admin.ModelAdmin):
 
     @admin.display(description="prompt", ordering="prompt")
     def short_prompt(self, obj):
-        return obj.prompt if len(obj.prompt) <= 60 else obj.prompt[:59] + "…"
+        return shortened(obj.prompt, 48)
+
+    @admin.display(description="model", ordering="model")
+    def model_label(self, obj):
+        return shortened(f"{obj.model} ({obj.backend})", 28, keep_end=True)
 
     @admin.display(description="owner", ordering="owner")
     def owner_label(self, obj):
         if obj.owner:
-            return str(obj.owner)
-        return "anonymous browser" if obj.owner_key else "none (CLI or script)"
+            return shortened(str(obj.owner), 20)
+        return "anonymous browser" if obj.owner_key else "none (CLI)"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return date_format(localtime(obj.created_at), "Y-m-d H:i")
+
+    @admin.display(description="step recorded at")
+    def step_recorded(self, obj):
+        if obj.step_recorded_at is None:
+            return "—"
+        at = datetime.fromtimestamp(obj.step_recorded_at, tz=UTC)
+        return date_format(localtime(at), "Y-m-d H:i:s")
+
+    @admin.display(description="time left (worker's estimate)")
+    def eta(self, obj):
+        if obj.status != Status.RUNNING or obj.eta_seconds is None:
+            return "—"
+        return f"{obj.eta_seconds:.1f} s"
 
     @admin.display(description="progress")
     def progress(self, obj):
@@ -159,16 +205,23 @@ class GenerationSessionAdmin(admin.ModelAdmin):
         )
 
 
+def shortened(text: str, length: int, keep_end: bool = False):
+    """`text` cut to `length` characters with an ellipsis, whole in the title."""
+    if len(text) <= length:
+        return text
+    short = "…" + text[-(length - 1) :] if keep_end else text[: length - 1] + "…"
+    return format_html('<span title="{}">{}</span>', text, short)
+
+
 @admin.register(WorkerRecord)
 class WorkerRecordAdmin(admin.ModelAdmin):
     list_display = (
-        "id",
-        "host",
-        "pid",
-        "served_models",
-        "served_backends",
+        "short_id",
+        "serves",
+        "state",
+        "current_job",
         "started_at",
-        "last_seen_at",
+        "last_seen",
         "alive",
     )
     list_filter = ("host", "served_backends")
@@ -183,3 +236,32 @@ class WorkerRecordAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="alive")
     def alive(self, obj):
         return obj.is_alive()
+
+    @admin.display(description="worker", ordering="id")
+    def short_id(self, obj):
+        return shortened(obj.id, 32)
+
+    @admin.display(description="serves")
+    def serves(self, obj):
+        models = ", ".join(obj.served_models.splitlines()) or "any model"
+        return shortened(f"{models}; {obj.served_backends or 'any backend'}", 40, keep_end=True)
+
+    @admin.display(description="state")
+    def state(self, obj):
+        return "ready" if obj.ready else "starting"
+
+    @admin.display(description="current job")
+    def current_job(self, obj):
+        job = GenerationSession.objects.filter(worker_id=obj.id, status=Status.RUNNING).first()
+        if job is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a> {}',
+            reverse("admin:generator_generationsession_change", args=[job.pk]),
+            shortened(job.prompt, 24),
+            f"{job.percentage} %",
+        )
+
+    @admin.display(description="last seen", ordering="last_seen_at")
+    def last_seen(self, obj):
+        return f"{(timezone.now() - obj.last_seen_at).total_seconds():.0f} s ago"

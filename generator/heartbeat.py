@@ -8,19 +8,33 @@ import logging
 import os
 import socket
 import threading
+import uuid
 
 from django.db import connections
 from django.utils import timezone
 
-from .models import WorkerRecord
+from .models import Status, WorkerRecord
 from .queue import recover_lost_sessions, retry_on_locked
+
+WORKER_LOST_WAITING = (
+    "The worker running this job stopped answering; the job will be retried when a worker "
+    "is available."
+)
 
 logger = logging.getLogger(__name__)
 
 
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 @retry_on_locked
-def register_worker(worker_id: str, serves: dict) -> None:
-    """`serves`: {"models": [...], "backends": [...]}, empty lists meaning any."""
+def register_worker(worker_id: str, serves: dict, ready: bool = True) -> None:
+    """`serves`: {"models": [...], "backends": [...]}, empty lists meaning any.
+
+    `ready=False` says the worker is starting: registered before it imports its
+    heavy libraries, so the page says "a worker is starting", not "no worker".
+    """
     WorkerRecord.objects.update_or_create(
         id=worker_id,
         defaults={
@@ -28,6 +42,7 @@ def register_worker(worker_id: str, serves: dict) -> None:
             "pid": os.getpid(),
             "served_models": "\n".join(serves.get("models") or []),
             "served_backends": ",".join(serves.get("backends") or []),
+            "ready": ready,
             "last_seen_at": timezone.now(),
         },
     )
@@ -42,22 +57,36 @@ def beat(worker_id: str, serves: dict) -> None:
 
 
 def live_workers():
-    from django.conf import settings
+    return WorkerRecord.objects.alive()
 
-    cutoff = timezone.now() - timezone.timedelta(seconds=settings.SD_WORKER_LEASE)
-    return WorkerRecord.objects.filter(last_seen_at__gte=cutoff)
+
+START_WORKER = "`.venv/bin/python manage.py runworker`"
+"""The command that starts a worker after `make run`'s setup (the page shows it as code)."""
 
 
 def why_waiting(session) -> str | None:
-    """For a queued session, a sentence when no live worker can take it; else None."""
-    workers = list(live_workers())
-    if not workers:
-        return "No worker is running: start one with `python manage.py runworker`."
-    if not any(worker.serves(session.model, session.backend) for worker in workers):
+    """Why a session is not moving, in a sentence; None when nothing is wrong.
+
+    For a queued one: no live worker can take it. For a running one: its worker
+    stopped answering (its heartbeat is older than the lease).
+    """
+    if session.status == Status.RUNNING:
+        alive = WorkerRecord.objects.alive().filter(pk=session.worker_id)
+        if not session.worker_id or alive.exists():
+            return None
+        return WORKER_LOST_WAITING
+    if session.status != Status.PENDING:
+        return None
+    workers = [w for w in live_workers() if w.serves(session.model, session.backend)]
+    if any(worker.ready for worker in workers):
+        return None
+    if workers:
+        return "A worker is starting (loading its libraries); the job begins when it is ready."
+    if live_workers().exists():
         return (
             f"No running worker serves model {session.model!r} with the {session.backend} backend."
         )
-    return None
+    return f"No worker is running: start one with {START_WORKER}."
 
 
 @retry_on_locked

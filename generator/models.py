@@ -83,6 +83,12 @@ class GenerationSession(models.Model):
     worker_id = models.CharField(max_length=200, blank=True)
     claim_token = models.UUIDField(null=True, blank=True, editable=False)
     attempts = models.PositiveSmallIntegerField(default=0)
+    restarts = models.PositiveSmallIntegerField(
+        default=0, help_text="Times a worker took it and it went back to the queue."
+    )
+    restart_reason = models.CharField(
+        max_length=200, blank=True, help_text="Why it last went back to the queue."
+    )
     cancel_requested = models.BooleanField(default=False)
 
     class Meta:
@@ -136,6 +142,15 @@ class GenerationSession(models.Model):
         return None
 
 
+class WorkerQuerySet(models.QuerySet):
+    def alive(self, lease_seconds: float | None = None):
+        """Workers whose heartbeat is younger than the lease (SD_WORKER_LEASE)."""
+        from django.utils import timezone
+
+        lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds
+        return self.filter(last_seen_at__gte=timezone.now() - timezone.timedelta(seconds=lease))
+
+
 class WorkerRecord(models.Model):
     """A running `runworker` process, kept alive by its heartbeat."""
 
@@ -148,8 +163,13 @@ class WorkerRecord(models.Model):
     served_backends = models.CharField(
         max_length=100, blank=True, help_text="Backends it serves, comma-separated; blank: any."
     )
+    ready = models.BooleanField(
+        default=True, help_text="False while it starts (imports its libraries) before claiming."
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(db_index=True)
+
+    objects = WorkerQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("worker")
@@ -164,7 +184,6 @@ class WorkerRecord(models.Model):
         return (not models or model in models) and (not backends or backend in backends)
 
     def is_alive(self, lease_seconds: float | None = None) -> bool:
-        from django.conf import settings
         from django.utils import timezone
 
         lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds

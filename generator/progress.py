@@ -5,12 +5,22 @@ import functools
 from dataclasses import dataclass, field
 
 from django.core.files.storage import default_storage
-from django.db.models import Case, F, FloatField, Func, IntegerField, OuterRef, Subquery, When
+from django.db.models import (
+    Case,
+    Exists,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    When,
+)
 from django.db.models.functions import Coalesce
 
 from .estimates import queue_eta
-from .heartbeat import live_workers
-from .models import FINISHED_STATUSES, GenerationSession, Status, percentage
+from .heartbeat import WORKER_LOST_WAITING, live_workers
+from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord, percentage
 
 SNAPSHOT_FIELDS = (
     "id",
@@ -28,6 +38,9 @@ SNAPSHOT_FIELDS = (
     "error",
     "owner_id",
     "owner_key",
+    "worker_id",
+    "restarts",
+    "restart_reason",
 )
 
 
@@ -46,6 +59,11 @@ class Snapshot:
     preview_step: int = 0
     preview: str | None = None
     """The newest live preview as a data: URL."""
+    restarts: int = 0
+    """Times the job went back to the queue after a worker took it."""
+    restart_reason: str = ""
+    worker_lost: bool = False
+    """Running, but its worker's heartbeat is older than the lease."""
     # Who may watch; never changes, so it takes no part in comparisons.
     owner_id: int | None = field(default=None, compare=False)
     owner_key: str = field(default="", compare=False)
@@ -66,7 +84,11 @@ def read_snapshots(session_ids) -> dict:
 
 
 def queue_annotations() -> dict:
-    """Where a pending row stands, as subqueries of the same query (null for other rows)."""
+    """Where a row stands, as subqueries of the same query.
+
+    For a pending row its place and the work ahead (null for other rows); for a
+    running row whether its worker is alive.
+    """
     pending = GenerationSession.objects.filter(status=Status.PENDING).order_by()
     ahead = pending.filter(created_at__lt=OuterRef("created_at"))
     running = GenerationSession.objects.filter(status=Status.RUNNING).order_by()
@@ -79,17 +101,20 @@ def queue_annotations() -> dict:
         return Func(expression, function="SUM", output_field=FloatField())
 
     count = Func(F("pk"), function="COUNT", output_field=IntegerField())
-    # A job ahead with no estimate of its own counts as long as this one.
+    # A job ahead with no estimate of its own counts as long as this one; a
+    # running job that has not timed a step yet counts its expected time.
     ahead_seconds = total(Coalesce(F("expected_seconds"), OuterRef("expected_seconds")))
+    running_seconds = total(Coalesce(F("eta_seconds"), F("expected_seconds")))
     return {
         "queue_ahead": if_pending(ahead, count, IntegerField()),
         "queue_ahead_seconds": if_pending(ahead, ahead_seconds, FloatField()),
-        "queue_running_seconds": if_pending(running, total(F("eta_seconds")), FloatField()),
+        "queue_running_seconds": if_pending(running, running_seconds, FloatField()),
         "queue_workers": if_pending(live_workers().order_by(), count, IntegerField()),
+        "worker_alive": Exists(WorkerRecord.objects.alive().filter(pk=OuterRef("worker_id"))),
     }
 
 
-def snapshot_of(session: GenerationSession) -> Snapshot:
+def snapshot_of(session: GenerationSession, previews: bool = True) -> Snapshot:
     """The snapshot of a row read with `queue_annotations()`."""
     position = eta = None
     running = session.status == Status.RUNNING
@@ -102,7 +127,9 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
                 session.queue_running_seconds or 0.0,
                 session.queue_workers,
             )
-    elif running:
+    # (A running row with no worker id was written by hand, as in the tests.)
+    worker_lost = running and bool(session.worker_id) and not session.worker_alive
+    if running and not worker_lost:
         eta = session.eta_seconds
     return Snapshot(
         status=session.status,
@@ -115,7 +142,10 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
         eta_seconds=eta,
         queue_position=position,
         preview_step=session.preview_step if session.preview else 0,
-        preview=preview_data_url(session.preview.name) if running else None,
+        preview=preview_data_url(session.preview.name) if running and previews else None,
+        restarts=session.restarts,
+        restart_reason=session.restart_reason,
+        worker_lost=worker_lost,
         owner_id=session.owner_id,
         owner_key=session.owner_key,
     )
@@ -172,7 +202,14 @@ def messages_between(previous: Snapshot | None, current: Snapshot) -> list[dict]
                 "eta_seconds": current.eta_seconds,
             }
         )
-    if running and current.phase and (previous is None or previous.phase != current.phase):
+    if running and current.worker_lost and (previous is None or not previous.worker_lost):
+        messages.append({"type": "stalled", "message": WORKER_LOST_WAITING})
+    came_back = previous is not None and previous.worker_lost and not current.worker_lost
+    if (
+        running
+        and current.phase
+        and (previous is None or previous.phase != current.phase or came_back)
+    ):
         messages.append({"type": "phase", "phase": current.phase})
     just_started = previous is None or previous.status != Status.RUNNING
     if running and (just_started or current.current_step > shown_step):

@@ -10,6 +10,7 @@ under any other server (runserver, the test client).
 
 import asyncio
 import contextlib
+import json
 import uuid
 
 from django.conf import settings
@@ -25,8 +26,13 @@ def is_progress_request(scope) -> bool:
     return scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX)
 
 
+NOT_FOUND = json.dumps(
+    {"message": "No such session.", "errors": {"__all__": ["No such session."]}}
+).encode()
+
+
 async def respond(send, status: int, body: bytes = b"") -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8")] if body else []
+    headers = [(b"content-type", b"application/json")] if body else []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -35,14 +41,14 @@ async def progress_app(scope, receive, send) -> None:
     try:
         session_id = uuid.UUID(scope["path"][len(PREFIX) :])
     except ValueError:
-        return await respond(send, 404, b"No such session.")
+        return await respond(send, 404, NOT_FOUND)
     headers = dict(scope["headers"])
     last_event_id = headers.get(b"last-event-id", b"").decode("latin-1")
     cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
     viewer = await get_hub().read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
     status, events = await open_stream(session_id, last_event_id, viewer)
     if events is None:
-        return await respond(send, status, b"No such session." if status == 404 else b"")
+        return await respond(send, status, NOT_FOUND if status == 404 else b"")
 
     async def stream() -> None:
         await send(

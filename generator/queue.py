@@ -43,6 +43,19 @@ def retry_on_locked(func, attempts: int = 8):
     return wrapper
 
 
+FRESH_PROGRESS = {
+    "current_step": 0,
+    "step_recorded_at": None,
+    "step_seconds": [],
+    "eta_seconds": None,
+}
+"""A job's progress fields before its first step."""
+
+# Why a job went back to the queue; the page says "Restarted after a <reason>."
+WORKER_STOPPED = "worker shut down"
+WORKER_LOST = "lost worker"
+
+
 class ClaimedJob:
     """A session this worker holds; its methods are the only writes a worker makes."""
 
@@ -145,6 +158,9 @@ class ClaimedJob:
                 phase="",
                 started_at=None,
                 attempts=F("attempts") - 1,
+                restarts=F("restarts") + 1,
+                restart_reason=WORKER_STOPPED,
+                **FRESH_PROGRESS,
             )
         )
 
@@ -183,6 +199,8 @@ def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> 
             started_at=timezone.now(),
             attempts=F("attempts") + 1,
             phase="starting",
+            # A job that went back to the queue starts again from step 0.
+            **FRESH_PROGRESS,
         )
     if claimed != 1:
         return None
@@ -236,7 +254,6 @@ def requeue(session_ids) -> int:
     count = GenerationSession.objects.filter(pk__in=ids, status__in=REQUEUEABLE).update(
         status=Status.PENDING,
         phase="",
-        current_step=0,
         error="",
         attempts=0,
         cancel_requested=False,
@@ -244,9 +261,7 @@ def requeue(session_ids) -> int:
         worker_id="",
         started_at=None,
         finished_at=None,
-        step_recorded_at=None,
-        step_seconds=[],
-        eta_seconds=None,
+        **FRESH_PROGRESS,
         preview="",
         preview_step=0,
     )
@@ -262,8 +277,7 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
 
     Returns {session id: new status}.
     """
-    cutoff = timezone.now() - timezone.timedelta(seconds=lease_seconds)
-    live_workers = WorkerRecord.objects.filter(last_seen_at__gte=cutoff).values("id")
+    live_workers = WorkerRecord.objects.alive(lease_seconds).values("id")
     lost = GenerationSession.objects.filter(status=Status.RUNNING).exclude(
         worker_id__in=live_workers
     )
@@ -282,10 +296,11 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
             changes = {"status": Status.FAILED, "error": reason, "finished_at": now}
         else:
             changes = {"status": Status.PENDING, "claim_token": None, "worker_id": "",
-                       "started_at": None}  # fmt: skip
+                       "started_at": None, "restarts": F("restarts") + 1,
+                       "restart_reason": WORKER_LOST, **FRESH_PROGRESS}  # fmt: skip
         if same_claim.update(phase="", **changes):
             notify_session_changed(pk)
             logger.warning("Session %s lost by worker %s: now %s", pk, worker, changes["status"])
             outcomes[pk] = changes["status"]
-    WorkerRecord.objects.filter(last_seen_at__lt=cutoff).delete()
+    WorkerRecord.objects.exclude(pk__in=live_workers).delete()
     return outcomes

@@ -54,11 +54,13 @@ def session_create(
     return session
 
 
-def session_as_dict(session: GenerationSession) -> dict:
+def session_as_dict(session: GenerationSession, queue_position: int | None = None) -> dict:
     from .heartbeat import why_waiting
 
+    waiting_for = why_waiting(session)
+    running = session.status == Status.RUNNING
     return {
-        "waiting_for": why_waiting(session) if session.status == Status.PENDING else None,
+        "waiting_for": waiting_for,
         "session_id": str(session.pk),
         "status": session.status,
         "phase": session.phase,
@@ -67,7 +69,10 @@ def session_as_dict(session: GenerationSession) -> dict:
         "percentage": session.percentage,
         "image_url": session.image_url,
         "error": session.error or None,
-        "eta_seconds": session.eta_seconds if session.status == Status.RUNNING else None,
+        "eta_seconds": session.eta_seconds if running and not waiting_for else None,
+        "queue_position": queue_position,
+        "restarts": session.restarts,
+        "restart_reason": session.restart_reason or None,
         "preview_url": session.preview.url if session.preview else None,
         "created_at": session.created_at.isoformat(),
         "started_at": session.started_at.isoformat() if session.started_at else None,
@@ -75,3 +80,35 @@ def session_as_dict(session: GenerationSession) -> dict:
         "parameters": session.parameters(),
         "progress_url": f"/api/progress/{session.pk}",
     }
+
+
+def own_queue(viewer) -> list[dict]:
+    """The viewer's queued and running sessions, oldest first, each with its place or bar."""
+    from .heartbeat import why_waiting
+    from .progress import queue_annotations, snapshot_of
+
+    rows = (
+        GenerationSession.objects.filter(viewer.own_sessions())
+        .filter(status__in=(Status.PENDING, Status.RUNNING))
+        .annotate(**queue_annotations())
+        .order_by("created_at")
+    )
+    queue = []
+    for row in rows:
+        snapshot = snapshot_of(row, previews=False)
+        queue.append(
+            {
+                "session_id": str(row.pk),
+                "prompt": row.prompt,
+                "status": row.status,
+                "phase": row.phase,
+                "current_step": row.current_step,
+                "total_steps": row.total_steps,
+                "percentage": row.percentage,
+                "queue_position": snapshot.queue_position,
+                "eta_seconds": snapshot.eta_seconds,
+                "waiting_for": why_waiting(row) if snapshot.worker_lost else None,
+                "url": row.get_absolute_url(),
+            }
+        )
+    return queue

@@ -1,9 +1,12 @@
 """The Server-Sent Events stream of one session, built from the hub's snapshots.
 
-Event ids carry the client's position: `step * 1000 + n`, where `step` is the
-highest step the client has been sent and `n` counts messages since that step
-(999 marks the final message). Ids therefore only grow, and a reconnect with
-Last-Event-ID resumes without repeating anything, or gets 204 after the end.
+Event ids carry the client's position: `(run * STEPS + step + 1) * COUNT + n`,
+where `run` counts the times the job went back to the queue after a worker took
+it (a lost or stopped worker), `step` is the highest step of that run the client
+has been sent (-1 before any) and `n` counts the messages since (COUNT - 1 marks
+the final message). Each part only grows within the one before it, so ids only
+grow, whatever the order of messages, and a reconnect with Last-Event-ID
+resumes without repeating anything, or gets 204 after the end.
 """
 
 import functools
@@ -17,8 +20,11 @@ from .progress import Snapshot, messages_between
 
 RETRY_MS = 2000
 KEEPALIVE = b": keepalive\n\n"
-STEP_FACTOR = 1000
-FINAL = 999
+COUNT = 100_000
+"""Room for messages between two steps (queue places, phases, previews)."""
+STEPS = 100_000
+"""Room for the steps of one run."""
+FINAL = COUNT - 1
 TERMINAL_TYPES = {"complete", "error", "cancelled"}
 STREAM_HEADERS = (
     ("Content-Type", "text/event-stream"),
@@ -38,6 +44,7 @@ def format_message(event_id: int, data: dict) -> str:
 class Position:
     """Where a client stands in a stream, read from an event id."""
 
+    run: int = 0
     step: int = -1
     count: int = 0
 
@@ -49,7 +56,8 @@ class Position:
             return None
         if event_id < 0:
             return None
-        return cls(step=event_id // STEP_FACTOR, count=event_id % STEP_FACTOR)
+        run, step = divmod(event_id // COUNT, STEPS)
+        return cls(run=run, step=step - 1, count=event_id % COUNT)
 
     @property
     def finished(self) -> bool:
@@ -58,14 +66,16 @@ class Position:
     def after(self, data: dict) -> "Position":
         """The position once `data` is sent."""
         if data["type"] in TERMINAL_TYPES:
-            return Position(max(self.step, 0), FINAL)
+            return Position(self.run, self.step, FINAL)
+        if data["type"] == "restarted":
+            return Position(data["restarts"], -1, 0)
         if data["type"] == "progress" and data["current_step"] > self.step:
-            return Position(data["current_step"], 0)
-        return Position(self.step, min(self.count + 1, FINAL - 1))
+            return Position(self.run, data["current_step"], 0)
+        return Position(self.run, self.step, min(self.count + 1, FINAL - 1))
 
     @property
     def event_id(self) -> int:
-        return max(self.step, 0) * STEP_FACTOR + self.count
+        return (self.run * STEPS + self.step + 1) * COUNT + self.count
 
 
 @functools.lru_cache(maxsize=4096)
@@ -78,9 +88,19 @@ def render(
     bytes: cached, they are built once per change, not once per stream.
     """
     text = []
+    if current.restarts > position.run:
+        # The job went back to the queue: its steps count again from 0.
+        data = {
+            "type": "restarted",
+            "restarts": current.restarts,
+            "reason": current.restart_reason or "lost worker",
+        }
+        position = position.after(data)
+        text.append(format_message(position.event_id, data))
+        previous = None
     for data in messages_between(previous, current):
-        # Steps never go backwards for a client, not even when a session is
-        # re-run after a lost worker or the client reconnects.
+        # Within a run steps never go backwards for a client, not even when
+        # it reconnects.
         if data["type"] == "progress" and data["current_step"] <= position.step:
             continue
         position = position.after(data)
@@ -99,7 +119,7 @@ async def session_events(
     With `resume` (a reconnect) the client already has `connected` and every
     step up to `resume.step`, so neither is sent again.
     """
-    position = resume or Position()
+    position = resume or Position(run=first.restarts)
 
     opening = f"retry: {RETRY_MS}\n"
     if resume is None:

@@ -10,9 +10,11 @@ urlpatterns = [
     path("s/<uuid:session_id>/delete", views.history_delete, name="session-delete"),
     path("history", views.history, name="history"),
     path("api/generate", views.api_generate, name="generate"),
+    path("api/queue", views.api_queue, name="queue"),
     path("api/sessions/<uuid:session_id>", views.api_session, name="session"),
     path("api/sessions/<uuid:session_id>/cancel", views.api_cancel, name="session-cancel"),
     path("api/progress/<uuid:session_id>", views.api_progress, name="session-progress"),
     path("api/stats/progress", views.api_progress_stats, name="progress-stats"),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
 ]

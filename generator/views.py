@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .forms import GenerateForm
@@ -14,7 +15,7 @@ from .hub import get_hub
 from .models import GenerationSession
 from .ownership import owner_fields, viewer_of
 from .queue import CancelOutcome, request_cancel
-from .services import DEMO_MODEL, default_size, session_as_dict, session_create
+from .services import DEMO_MODEL, default_size, own_queue, session_as_dict, session_create
 from .sse import STREAM_HEADERS, open_stream
 
 
@@ -36,12 +37,14 @@ def own_session_or_404(request, session_id) -> GenerationSession:
 
 
 def index(request):
-    # /?from=<id>: "use these settings again" fills the form from that generation.
+    # /?from=<id>: "use these settings again" fills the form from that generation,
+    # with a new random seed unless &seed=same ("same seed").
     try:
         source = visible_sessions(request).filter(pk=uuid.UUID(request.GET.get("from", ""))).first()
     except ValueError:
         source = None
-    return render(request, "generator/index.html", page_context(source))
+    same_seed = request.GET.get("seed") == "same"
+    return render(request, "generator/index.html", page_context(source, same_seed=same_seed))
 
 
 def session_detail(request, session_id):
@@ -49,8 +52,8 @@ def session_detail(request, session_id):
     return render(request, "generator/index.html", page_context(session, follow=session))
 
 
-def page_context(settings_from=None, follow=None) -> dict:
-    values = form_values(settings_from)
+def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dict:
+    values = form_values(settings_from, same_seed)
     return {
         "form": GenerateForm(initial=values),
         "values": values,
@@ -61,11 +64,11 @@ def page_context(settings_from=None, follow=None) -> dict:
     }
 
 
-def form_values(session=None) -> dict:
+def form_values(session=None, same_seed: bool = True) -> dict:
     if session is None:
         size = default_size(settings.SD_MODEL)
         return {"steps": 20, "guidance_scale": 7.5, "width": size, "height": size, "seed": ""}
-    return session.parameters()
+    return session.parameters() | ({} if same_seed else {"seed": ""})
 
 
 def history(request):
@@ -82,6 +85,16 @@ def history_delete(request, session_id):
     messages.success(request, "Deleted the generation and its files.")
     page = request.POST.get("page", "")
     return redirect(f"/history?page={page}" if page.isdigit() else "/history")
+
+
+@require_GET
+def api_queue(request):
+    """The viewer's own queued and running generations, oldest first."""
+    return JsonResponse({"sessions": own_queue(viewer_of(request))})
+
+
+def favicon(request):
+    return redirect(static("favicon.svg"), permanent=True)
 
 
 def errors_response(errors: dict) -> JsonResponse:

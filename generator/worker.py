@@ -3,17 +3,15 @@
 import logging
 import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections import OrderedDict
 
 from django.conf import settings
 from django.db import close_old_connections
 
 from .estimates import measured_timing
-from .heartbeat import Heartbeat, register_worker, unregister_worker
+from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
 from .pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from .queue import ClaimedJob, claim_next, recover_lost_sessions
 from .step_reporter import StepReporter
@@ -32,6 +30,7 @@ class Worker:
         session_ids=None,
         models: list[str] | None = None,
         backends: list[str] | None = None,
+        worker_id: str | None = None,
     ):
         self.poll_interval = poll_interval
         self.once = once
@@ -40,7 +39,7 @@ class Worker:
         self.session_ids = session_ids  # only these (the CLI's --inline), else any
         self.lease = settings.SD_WORKER_LEASE
         self.max_attempts = settings.SD_MAX_ATTEMPTS
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = worker_id or new_worker_id()
         self.serves = {"models": models or [], "backends": backends or []}
         # Loaded pipelines, least recently used first: a worker serving several
         # models keeps the few it used last warm.

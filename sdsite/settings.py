@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "generator.api_errors.JsonApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -72,6 +73,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+CSRF_FAILURE_VIEW = "generator.api_errors.csrf_failure"
 
 ROOT_URLCONF = "sdsite.urls"
 WSGI_APPLICATION = "sdsite.wsgi.application"
@@ -159,6 +162,8 @@ SD_DEVICE = os.environ.get("SD_DEVICE", "cpu")
 # session gets at most SD_MAX_ATTEMPTS workers before it is failed.
 SD_WORKER_LEASE = env_float("SD_WORKER_LEASE", 30.0)
 SD_MAX_ATTEMPTS = int(os.environ.get("SD_MAX_ATTEMPTS", "2"))
+# Seconds a stopping worker gives its current job before it hands it back.
+SD_WORKER_GRACE = env_float("SD_WORKER_GRACE", 30.0)
 SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")
 SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3"))
 # How often a progress stream reads the database, and how often it sends a

@@ -99,13 +99,16 @@ def test_deleting_from_history_removes_the_files():
     assert not default_storage.exists(image) and not default_storage.exists(preview)
 
 
-def test_use_these_settings_again_fills_the_form():
+def test_use_these_settings_again_fills_the_form_with_a_new_seed_or_the_same_one():
     alice, bob = Client(), Client()
     session_id = generate(alice, prompt="a red boat", steps=7, seed=1234, width=128)
 
     page = alice.get(f"/?from={session_id}").content.decode()
     assert "a red boat</textarea>" in page
-    assert 'value="7"' in page and 'value="1234"' in page and 'value="128"' in page
+    assert 'value="7"' in page and 'value="128"' in page
+    assert 'value="1234"' not in page  # "use these settings again": a new random seed
+    same_seed = alice.get(f"/?from={session_id}&seed=same").content.decode()
+    assert 'value="7"' in same_seed and 'value="1234"' in same_seed
     assert "a red boat" not in bob.get(f"/?from={session_id}").content.decode()
     assert alice.get("/?from=not-a-uuid").status_code == 200
 

@@ -9,7 +9,7 @@ from django.test import Client
 
 from generator.models import GenerationSession, Status
 from generator.worker import Worker
-from tests.processes import wait_for
+from tests.processes import WebServer, wait_for
 from tests.sse_client import iter_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -184,3 +184,44 @@ def test_out_of_memory_fails_the_session_and_the_worker_takes_the_next(make_sess
     assert failed.error.startswith("Out of memory")
     assert "Tried to allocate 20.00 GiB" in failed.error
     assert reload(next_one).status == Status.COMPLETED
+
+
+def test_a_lost_worker_is_told_on_the_stream_and_its_restart_too(
+    tmp_path, make_session, start_worker, settings
+):
+    settings.SD_WORKER_LEASE = float(LEASE)  # this process answers /api/sessions/
+    server = WebServer(tmp_path, SD_WORKER_LEASE=LEASE)
+    session = make_session(steps=60, width=128, height=128)
+    events = []
+
+    def read_stream():
+        with httpx.stream("GET", f"{server.url}/api/progress/{session.pk}", timeout=120) as r:
+            events.extend(e for e in iter_events(r.iter_lines()) if e.data)
+
+    reader = threading.Thread(target=read_stream, daemon=True)
+    try:
+        reader.start()
+        first = start_worker(SD_WORKER_LEASE=LEASE)
+        wait_until_step(session, 3)
+        kill_hard(first)
+        killed_at = reload(session).current_step
+
+        wait_for(lambda: any(e.data["type"] == "stalled" for e in events), timeout=30)
+        body = Client().get(f"/api/sessions/{session.pk}").json()
+        assert body["status"] == "running" and body["eta_seconds"] is None
+        assert "stopped answering" in body["waiting_for"]
+
+        start_worker(SD_WORKER_LEASE=LEASE)
+        reader.join(timeout=180)
+    finally:
+        server.stop()
+
+    messages = [e.data for e in events]
+    kinds = [m["type"] for m in messages]
+    assert kinds[-1] == "complete", kinds
+    restart = kinds.index("restarted")
+    assert messages[restart]["reason"] == "lost worker"
+    steps_after = [m["current_step"] for m in messages[restart:] if m["type"] == "progress"]
+    assert steps_after[0] < killed_at  # the bar went back: the job started again
+    ids = [int(e.id) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)

@@ -1,8 +1,13 @@
+import os
+
 from .base import PipelineBackend
 
 
 def quiet_libraries() -> None:
     """Keep the libraries' own progress bars and advice out of the worker's log."""
+    # Read when diffusers is first imported, which already warns ("Multiple
+    # distributions found for package optimum").
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -1,10 +1,11 @@
-// The generation page: post the form, then follow the session's progress over SSE.
+// The generation page: post the form, follow the newest generation's progress
+// over SSE, and list the browser's own queue (every click queues another job).
 "use strict";
 
 (() => {
   const form = document.getElementById("generate-form");
-  const button = document.getElementById("generate-button");
   const cancelButton = document.getElementById("cancel-button");
+  const output = document.getElementById("output");
   const bar = document.getElementById("progress");
   const fill = document.getElementById("progress-fill");
   const barText = document.getElementById("progress-text");
@@ -15,6 +16,9 @@
   const result = document.getElementById("result");
   const resultImage = document.getElementById("result-image");
   const resultCaption = document.getElementById("result-caption");
+  const details = document.getElementById("result-details");
+  const queuePanel = document.getElementById("queue-panel");
+  const queueList = document.getElementById("queue-list");
 
   const PHASES = {
     starting: "Starting",
@@ -26,23 +30,51 @@
     decoding: "Decoding the image",
     saving: "Saving the image",
   };
+  const QUEUE_REFRESH_MS = 1000;
 
   let source = null;
   let waitingCheck = null;
   let currentSession = null;
   let phase = "";
+  let restartNote = "";
+  let countdown = null; // {until: ms since epoch, render: (seconds) => text}
+  let queueTimer = null;
 
   function csrfToken() {
     return form.querySelector("input[name=csrfmiddlewaretoken]").value;
   }
 
+  // Text with `backticks` shows those parts as code; built as DOM nodes, never HTML.
+  function renderText(element, text) {
+    element.replaceChildren(
+      ...text.split("`").map((part, i) => {
+        if (i % 2 === 0) return document.createTextNode(part);
+        const code = document.createElement("code");
+        code.textContent = part;
+        return code;
+      }),
+    );
+  }
+
   // The status line is a polite live region; errors also go to an assertive
   // (visually hidden) one so screen readers announce them at once.
-  function setStatus(text, isError = false) {
-    statusText.textContent = text;
+  function setStatus(text, isError = false, keepCountdown = false) {
+    if (!keepCountdown) countdown = null;
+    renderText(statusText, text);
     statusText.classList.toggle("error", isError);
-    alertText.textContent = isError ? text : "";
+    alertText.textContent = isError ? text.replaceAll("`", "") : "";
   }
+
+  // A status with a time left in it counts down between the server's messages.
+  function setCountingStatus(eta, render) {
+    countdown = eta === null || eta === undefined ? null : { until: Date.now() + eta * 1000, render };
+    setStatus(render(eta), false, true);
+  }
+
+  setInterval(() => {
+    if (!countdown) return;
+    setStatus(countdown.render(Math.max(0, (countdown.until - Date.now()) / 1000)), false, true);
+  }, 1000);
 
   function about(seconds) {
     if (seconds === null || seconds === undefined) return "";
@@ -54,7 +86,7 @@
   function describePhase(eta) {
     const name = PHASES[phase] || phase || "Working";
     const left = about(eta);
-    return left ? `${name}… ${left} left` : `${name}…`;
+    return restartNote + (left ? `${name}… ${left} left` : `${name}…`);
   }
 
   function setProgress(current, total) {
@@ -99,9 +131,9 @@
     if (source) source.close();
     source = null;
     stopWaitingCheck();
-    button.disabled = false;
     cancelButton.hidden = true;
     bar.removeAttribute("aria-busy");
+    refreshQueue();
   }
 
   function stopWaitingCheck() {
@@ -112,6 +144,7 @@
   // While a job is queued, ask the server now and then whether any worker can
   // take it, so nobody waits forever on a job no worker serves.
   function checkWaiting(sessionId) {
+    stopWaitingCheck();
     waitingCheck = setInterval(async () => {
       const response = await fetch(`/api/sessions/${sessionId}`).catch(() => null);
       if (!response || !response.ok) return;
@@ -121,10 +154,14 @@
     }, 2000);
   }
 
+  function queuedText(position, eta) {
+    const place = position === 1 ? "next in line" : `position ${position} in the queue`;
+    const left = about(eta);
+    return `${restartNote}Queued: ${place}${left ? `, image in ${left}` : ""}.`;
+  }
+
   function showQueued(message) {
-    const eta = about(message.eta_seconds);
-    const place = message.position === 1 ? "next in line" : `position ${message.position} in the queue`;
-    setStatus(`Queued: ${place}${eta ? `, image in ${eta}` : ""}.`);
+    setCountingStatus(message.eta_seconds, (eta) => queuedText(message.position, eta));
   }
 
   function showPreview(message) {
@@ -132,6 +169,7 @@
     resultImage.alt = `Live preview at step ${message.step}`;
     resultImage.classList.add("preview");
     resultCaption.textContent = `Preview, step ${message.step}`;
+    details.hidden = true;
     result.hidden = false;
   }
 
@@ -143,41 +181,94 @@
     result.hidden = false;
   }
 
+  // What A1111 shows under an image: its parameters, and ways to reuse them.
+  async function showDetails(sessionId) {
+    const response = await fetch(`/api/sessions/${sessionId}`).catch(() => null);
+    if (!response || !response.ok) return;
+    const session = await response.json();
+    const p = session.parameters;
+    resultCaption.textContent = p.prompt;
+    resultImage.alt = `The generated image: ${p.prompt}`;
+    const rows = [
+      ["Seed", p.seed],
+      ["Steps", p.steps],
+      ["Sampler", p.scheduler],
+      ["CFG scale", p.guidance_scale],
+      ["Size", `${p.width}×${p.height}`],
+      ["Model", `${p.model} (${p.backend})`],
+    ];
+    if (p.negative_prompt) rows.unshift(["Negative prompt", p.negative_prompt]);
+    const list = document.getElementById("result-parameters");
+    list.replaceChildren(
+      ...rows.flatMap(([name, value]) => {
+        const dt = document.createElement("dt");
+        dt.textContent = name;
+        const dd = document.createElement("dd");
+        dd.textContent = String(value);
+        return [dt, dd];
+      }),
+    );
+    document.getElementById("reuse-link").href = `/?from=${sessionId}`;
+    document.getElementById("same-seed-link").href = `/?from=${sessionId}&seed=same`;
+    document.getElementById("full-size-link").href = session.image_url;
+    const download = document.getElementById("download-link");
+    download.href = session.image_url;
+    download.download = `sdsite-${p.seed}.png`;
+    details.hidden = false;
+  }
+
   function follow(sessionId, total) {
+    if (source) source.close();
     currentSession = sessionId;
     cancelButton.hidden = false;
     cancelButton.disabled = false;
     bar.classList.remove("done", "failed");
     bar.setAttribute("aria-busy", "true");
-    result.hidden = true;
     phase = "";
+    restartNote = "";
     setProgress(0, total);
     setStatus("Queued: waiting for a worker…");
     checkWaiting(sessionId);
     source = new EventSource(`/api/progress/${sessionId}`);
     source.onmessage = (event) => {
       const message = JSON.parse(event.data);
-      if (!["connected", "queued"].includes(message.type)) stopWaitingCheck();
+      if (!["connected", "queued", "restarted"].includes(message.type)) stopWaitingCheck();
       switch (message.type) {
         case "queued":
           showQueued(message);
           break;
+        case "restarted":
+          // The job went back to the queue; its steps count again from zero.
+          restartNote = `Restarted after a ${message.reason}. `;
+          phase = "";
+          setProgress(0, message.total_steps || total);
+          setStatus(`${restartNote}Waiting for a worker…`);
+          checkWaiting(sessionId);
+          break;
         case "progress":
           setProgress(message.current_step, message.total_steps);
-          if (message.current_step < message.total_steps) phase = "denoising";
-          setStatus(describePhase(message.eta_seconds));
+          // Step 0 only says the job has a worker: until the first step is
+          // done the phase (starting, loading, compiling) tells the truth.
+          if (message.current_step > 0 && message.current_step < message.total_steps) {
+            phase = "denoising";
+          }
+          setCountingStatus(message.eta_seconds, describePhase);
           break;
         case "phase":
           phase = message.phase;
           setStatus(describePhase());
+          break;
+        case "stalled":
+          setStatus(message.message, true);
           break;
         case "preview":
           showPreview(message);
           break;
         case "complete":
           bar.classList.add("done");
-          setStatus("Done.");
+          setStatus(restartNote ? `Done (${restartNote.trim()})` : "Done.");
           showImage(message.image_url);
+          showDetails(sessionId);
           finish();
           break;
         case "error":
@@ -203,9 +294,78 @@
     };
   }
 
+  async function cancel(sessionId) {
+    const response = await fetch(`/api/sessions/${sessionId}/cancel`, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken() },
+      credentials: "same-origin",
+    }).catch(() => null);
+    return response !== null && response.status < 400;
+  }
+
+  // The browser's own queue: every job it has waiting or running, each with its
+  // place or its bar and a Cancel button. Polled while anything is in it.
+  function queueItem(job) {
+    const item = document.createElement("li");
+    item.dataset.sessionId = job.session_id;
+    const link = document.createElement("a");
+    link.href = job.url;
+    link.className = "queue-prompt";
+    link.textContent = job.prompt;
+    const state = document.createElement("span");
+    state.className = "queue-state";
+    if (job.status === "pending") {
+      const left = about(job.eta_seconds);
+      state.textContent = `#${job.queue_position} in the queue${left ? `, ${left}` : ""}`;
+    } else {
+      state.textContent = job.waiting_for || `${PHASES[job.phase] || job.phase || "Running"}: ${job.percentage} %`;
+    }
+    const miniBar = document.createElement("div");
+    miniBar.className = "progress mini";
+    miniBar.setAttribute("role", "progressbar");
+    miniBar.setAttribute("aria-label", `Progress of “${job.prompt}”`);
+    miniBar.setAttribute("aria-valuemin", "0");
+    miniBar.setAttribute("aria-valuemax", "100");
+    miniBar.setAttribute("aria-valuenow", String(job.percentage));
+    const miniFill = document.createElement("div");
+    miniFill.className = "progress-fill";
+    miniFill.style.width = `${job.percentage}%`;
+    miniBar.append(miniFill);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.textContent = "Cancel";
+    button.setAttribute("aria-label", `Cancel “${job.prompt}”`);
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      await cancel(job.session_id);
+      refreshQueue();
+    });
+    item.append(link, state, miniBar, button);
+    return item;
+  }
+
+  async function refreshQueue() {
+    clearTimeout(queueTimer);
+    const response = await fetch("/api/queue").catch(() => null);
+    if (!response || !response.ok) return;
+    const { sessions } = await response.json();
+    queueList.replaceChildren(...sessions.map(queueItem));
+    queuePanel.hidden = sessions.length === 0;
+    if (sessions.length) queueTimer = setTimeout(refreshQueue, QUEUE_REFRESH_MS);
+  }
+
+  // On a phone the form fills the screen: bring the progress into view.
+  function revealOutput() {
+    const top = output.getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight * 0.6) {
+      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      output.scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
+    }
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    button.disabled = true;
     showErrors({});
     setStatus("Sending…");
     let response;
@@ -218,17 +378,26 @@
       });
     } catch (error) {
       setStatus("Could not reach the server.", true);
-      button.disabled = false;
       return;
     }
     const data = await response.json().catch(() => ({}));
     if (response.status === 202) {
-      // The address bar names the generation, so it can be reloaded or shared.
+      // The address bar names the newest generation, so it can be reloaded or shared.
       history.pushState({ sessionId: data.session_id }, "", `/s/${data.session_id}`);
       follow(data.session_id, data.total_steps);
+      refreshQueue();
+      revealOutput();
     } else {
-      showErrors(data.errors || { __all__: [`The server answered ${response.status}.`] });
-      button.disabled = false;
+      const fallback = data.message || `The server answered ${response.status}.`;
+      showErrors(data.errors || { __all__: [fallback] });
+    }
+  });
+
+  // Ctrl+Enter (Cmd+Enter on a Mac) queues from the prompt, as in A1111 and ComfyUI.
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
     }
   });
 
@@ -236,12 +405,7 @@
     if (!currentSession) return;
     cancelButton.disabled = true;
     setStatus("Cancelling…");
-    const response = await fetch(`/api/sessions/${currentSession}/cancel`, {
-      method: "POST",
-      headers: { "X-CSRFToken": csrfToken() },
-      credentials: "same-origin",
-    }).catch(() => null);
-    if (!response || response.status >= 400) {
+    if (!(await cancel(currentSession))) {
       setStatus("Could not cancel: the generation may have ended already.", true);
     }
     // The progress stream reports the cancellation itself.
@@ -253,8 +417,6 @@
   // A page opened at /s/<id> picks up that session where it stands (the
   // server has filled the form with its settings).
   const initial = JSON.parse(document.getElementById("initial-session").textContent);
-  if (initial) {
-    button.disabled = true;
-    follow(initial.session_id, initial.total_steps);
-  }
+  if (initial) follow(initial.session_id, initial.total_steps);
+  refreshQueue();
 })();

@@ -1,14 +1,17 @@
+import logging
+import os
 import shutil
 import sys
 import threading
 import time
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from generator.forms import GenerateForm
-from generator.heartbeat import live_workers
+from generator.heartbeat import START_WORKER, live_workers
 from generator.models import GenerationSession, Status
 from generator.pipelines.schedulers import SCHEDULERS
 from generator.queue import request_cancel
@@ -54,9 +57,10 @@ class Command(BaseCommand):
         parameters = self.validated(options)
         if not options["inline"] and not live_workers().exists():
             raise CommandError(
-                "No worker is running: start one with `python manage.py runworker`, "
+                f"No worker is running: start one with {START_WORKER.strip('`')}, "
                 "or pass --inline to generate in this process."
             )
+        log_file = self.keep_logs_off_the_terminal(options["verbosity"])
         sessions = []
         for index in range(options["count"]):
             seed = parameters.get("seed")
@@ -64,19 +68,47 @@ class Command(BaseCommand):
             sessions.append(session_create(**(parameters | extra)))
         worker_thread = self.start_inline_worker(sessions) if options["inline"] else None
         try:
-            failures = sum(
-                not self.follow(session, index, options)
-                for index, session in enumerate(sessions, start=1)
-            )
-        except KeyboardInterrupt:
-            self.offer_to_cancel(sessions)
-            sys.exit(130)
+            failures = self.follow_all(sessions, options, inline=worker_thread is not None)
         finally:
             if worker_thread is not None:
-                worker_thread.worker.stop()
+                worker_thread.worker.stop(grace=0)
                 worker_thread.join()
+            if log_file:
+                self.stderr.write(f"Log: {log_file}")
         if failures:
             raise CommandError(f"{failures} of {len(sessions)} image(s) failed.")
+
+    def keep_logs_off_the_terminal(self, verbosity: int) -> Path | None:
+        """The terminal shows the bars and the results; the worker's log goes to a file.
+
+        With -v 2 or more the log stays on the terminal. Returns the file's path.
+        """
+        # Set before diffusers is first imported (it warns at import time).
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if verbosity >= 2:
+            return None
+        path = settings.DATA_DIR / "logs" / "generate.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("generator")
+        logger.handlers = [handler]
+        logger.propagate = False
+        return path
+
+    def follow_all(self, sessions, options, inline: bool) -> int:
+        """Follow every session to its end; returns how many did not complete."""
+        done = {}
+        while True:
+            try:
+                for index, session in enumerate(sessions, start=1):
+                    if index not in done:
+                        done[index] = self.follow(session, index, options)
+                return sum(not ok for ok in done.values())
+            except KeyboardInterrupt:
+                if not self.offer_to_cancel(sessions, inline):
+                    sys.exit(130)
 
     def validated(self, options) -> dict:
         form = GenerateForm(
@@ -138,16 +170,35 @@ class Command(BaseCommand):
         shutil.copyfile(source, target)
         return str(target)
 
-    def offer_to_cancel(self, sessions) -> None:
+    def offer_to_cancel(self, sessions, inline: bool) -> bool:
+        """After Ctrl-C: cancel the unfinished images, or leave them. True: keep following.
+
+        Jobs left to an inline worker would never run once this process ends, so
+        "no" there means: wait for them here.
+        """
+        for session in sessions:
+            session.refresh_from_db()
         unfinished = [s for s in sessions if not s.is_finished]
         if not unfinished:
-            return
+            return False
         answer = "y"
         if sys.stdin.isatty():
-            answer = input(f"\nCancel the {len(unfinished)} unfinished image(s)? [Y/n] ") or "y"
-        if answer.strip().lower().startswith("y"):
+            try:
+                question = f"\nCancel the {len(unfinished)} unfinished image(s)? [Y/n] "
+                answer = input(question).strip().lower() or "y"
+            except (EOFError, KeyboardInterrupt):
+                answer = "y"
+        if answer.startswith("y"):
             for session in unfinished:
                 request_cancel(session.pk)
             self.stderr.write("Cancelled.")
-        else:
-            self.stderr.write("Left in the queue; follow them on the web page.")
+            return False
+        if inline:
+            self.stderr.write("Waiting for them here (Ctrl-C again to be asked again).")
+            return True
+        host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("SDSITE_PORT", "8000")
+        base = f"http://{host}:{port}"
+        self.stderr.write("Left in the queue; a worker will run them. Follow them on the web:")
+        for session in unfinished:
+            self.stdout.write(f"{session.pk} {base}{session.get_absolute_url()}")
+        return False

@@ -1,8 +1,9 @@
 import logging
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from generator.worker import Worker
+from generator.heartbeat import new_worker_id, register_worker
 
 
 class Command(BaseCommand):
@@ -22,9 +23,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--grace",
             type=float,
-            default=30.0,
+            default=settings.SD_WORKER_GRACE,
             help="Seconds the current job may run on after SIGTERM/Ctrl-C before it is "
-            "interrupted and given back to the queue (default 30).",
+            "interrupted and given back to the queue (default SD_WORKER_GRACE, 30).",
         )
 
         parser.add_argument(
@@ -50,7 +51,15 @@ class Command(BaseCommand):
             raise CommandError("--grace must not be negative.")
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
         logging.getLogger("generator").setLevel(level)
+        # Say "a worker is starting" before the worker's libraries load, so the
+        # page and the CLI do not report that no worker runs meanwhile.
+        worker_id = new_worker_id()
+        serves = {"models": models or [], "backends": backends or []}
+        register_worker(worker_id, serves, ready=False)
+        from generator.worker import Worker
+
         Worker(
+            worker_id=worker_id,
             poll_interval=poll_interval,
             once=once,
             device=device,

@@ -1,0 +1,74 @@
+"""Every error under /api/ answers JSON with a message, whoever produced it.
+
+Views answer their own 4xx as JSON already; this catches the rest: Django's
+404 and 500 pages, a 405 from a method decorator, and the CSRF failure page,
+so an API client never has to parse HTML.
+"""
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import JsonResponse
+from django.views.csrf import csrf_failure as html_csrf_failure
+
+API_PREFIX = "/api/"
+MESSAGES = {
+    400: "Bad request.",
+    403: "Forbidden.",
+    404: "Not found: no such session, or not yours.",
+    405: "Method not allowed.",
+    413: "The request is too large.",
+    500: "Internal server error: the server logged it.",
+}
+
+
+def error_response(status: int, message: str, **extra) -> JsonResponse:
+    """The API's error shape: `{"message": ..., "errors": {"__all__": [...]}}`."""
+    return JsonResponse(
+        {"message": message, "errors": {"__all__": [message]}, **extra}, status=status
+    )
+
+
+def _as_json(request, response):
+    if (
+        response.status_code < 400
+        or not request.path.startswith(API_PREFIX)
+        or response.get("Content-Type", "").startswith("application/json")
+    ):
+        return response
+    message = MESSAGES.get(response.status_code, response.reason_phrase)
+    if response.status_code == 405 and response.get("Allow"):
+        message = f"Method not allowed: use {response['Allow']}."
+    json_response = error_response(response.status_code, message)
+    if response.get("Allow"):
+        json_response["Allow"] = response["Allow"]
+    return json_response
+
+
+class JsonApiErrorsMiddleware:
+    """Turns any non-JSON error response under /api/ into the API's JSON error."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return _as_json(request, self.get_response(request))
+
+    async def __acall__(self, request):
+        return _as_json(request, await self.get_response(request))
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: a JSON 403 that says what to send for /api/, Django's page elsewhere."""
+    if request.path.startswith(API_PREFIX):
+        return error_response(
+            403,
+            "CSRF check failed: send the csrftoken cookie's value in an X-CSRFToken header "
+            f"({reason}).",
+        )
+    return html_csrf_failure(request, reason=reason)
