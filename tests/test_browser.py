@@ -22,13 +22,17 @@ ARTIFACTS = Path(os.environ.get("SDSITE_TEST_ARTIFACTS", ROOT / "test-artifacts"
 TIMEOUT_MS = 120_000
 
 # Records what the page shows, as it changes: each percentage the progress bar
-# takes and each source the result image gets, in order.
+# takes, each source the result image gets and each status line, in order.
 RECORDER = """
 window.__seen = [];
 document.addEventListener("DOMContentLoaded", () => {
   const bar = document.getElementById("progress");
   const image = document.getElementById("result-image");
+  const status = document.getElementById("status");
   if (!bar || !image) return;
+  new MutationObserver(() => {
+    window.__seen.push({kind: "status", value: status.textContent, percent: bar.ariaValueNow});
+  }).observe(status, {childList: true, characterData: true, subtree: true});
   new MutationObserver(() => {
     window.__seen.push({kind: "percent", value: Number(bar.getAttribute("aria-valuenow"))});
   }).observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]});
@@ -203,10 +207,19 @@ def test_cancel_a_running_job(new_page, web_server, start_worker):
 def test_history_shows_only_ones_own_generations(new_page, web_server, start_worker):
     alice, bob = new_page(), new_page()
     session_id = generate(alice, web_server, "alice's private lighthouse", steps=4)
-    # No worker yet: the page says so instead of waiting forever.
+    # No worker yet: the page says so instead of waiting forever, with a
+    # command that works after `make run`'s setup, shown as code.
     wait_for_status(alice, "No worker is running")
-    start_worker()
+    assert alice.inner_text("#status code") == ".venv/bin/python manage.py runworker"
+    start_worker()  # a cold worker: it loads the model after it claims the job
     wait_for_status(alice, "Done.")
+
+    # Until the first step is done the page says what the worker really does.
+    statuses = [s for s in alice.evaluate("window.__seen") if s["kind"] == "status"]
+    before = [s["value"] for s in statuses if s["percent"] == "0"]
+    assert any(text.startswith(("Starting", "Loading the model")) for text in before), before
+    assert not any("Denoising" in text for text in before), before
+    assert not any("favicon" in event for event in page_events[alice])
 
     bob.goto(f"{web_server.url}/history")
     assert bob.is_visible("#history-empty")
@@ -233,8 +246,9 @@ def test_history_shows_only_ones_own_generations(new_page, web_server, start_wor
 def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
     page = new_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     page.goto(web_server.url)
-    # Nothing sticks out sideways on a phone.
+    # Nothing sticks out sideways on a phone, and no stray "0 %" before any job.
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.is_hidden("#progress-text")
 
     page.focus("#id_prompt")
     page.keyboard.type(" ")  # blank after trimming: the server refuses it
@@ -246,3 +260,132 @@ def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
     assert page.get_attribute("#id_prompt", "aria-invalid") == "true"
     assert page.evaluate("document.activeElement.id") == "id_prompt"  # focus went to the error
     assert page.inner_text("[data-error-for=prompt]") == "This field is required."
+    assert page.is_hidden("#progress-text")
+
+
+def test_each_click_queues_and_the_page_lists_and_finishes_ones_own_queue(
+    new_page, web_server, start_worker
+):
+    start_worker()
+    page = new_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    page.goto(web_server.url)
+    page.click("summary")  # Advanced open: on a phone the output is far below
+    page.fill("#id_steps", "25")
+    page.fill("#id_prompt", "first")
+    page.click("#generate-button")
+    page.wait_for_url(re.compile(r"/s/[0-9a-f-]{36}$"))
+    # The progress is brought into view.
+    page.wait_for_function(
+        "() => { const r = document.getElementById('output').getBoundingClientRect();"
+        " return r.top >= 0 && r.top < window.innerHeight; }"
+    )
+    for prompt in ("second", "third"):
+        assert page.is_enabled("#generate-button")  # each click queues another job
+        page.fill("#id_prompt", prompt)
+        page.focus("#id_prompt")
+        page.keyboard.press("Control+Enter")  # as in A1111 and ComfyUI
+        page.wait_for_function(
+            "p => [...document.querySelectorAll('#queue-list .queue-prompt')]"
+            ".some(a => a.textContent === p)",
+            arg=prompt,
+        )
+    third_id = page.url.rsplit("/", 1)[1]
+    items = page.locator("#queue-list li")
+    assert [items.nth(i).locator(".queue-prompt").inner_text() for i in range(3)] == [
+        "first",
+        "second",
+        "third",
+    ]
+    # Every job shows its place or its bar; cancel the second from the list.
+    page.locator("#queue-list li", has_text="second").get_by_role("button").click()
+    wait_for_status(page, "Done.")  # the newest, which the page follows
+    page.wait_for_selector("#queue-panel", state="hidden")
+
+    statuses = dict(GenerationSession.objects.values_list("prompt", "status"))
+    assert statuses == {
+        "first": Status.COMPLETED,
+        "second": Status.CANCELLED,
+        "third": Status.COMPLETED,
+    }
+    # Under the image: its parameters, and ways to reuse them.
+    third = GenerationSession.objects.get(pk=third_id)
+    page.wait_for_selector("#result-details", state="visible")
+    assert f"Seed{third.seed}" in page.inner_text("#result-parameters").replace("\n", "")
+    assert page.get_attribute("#full-size-link", "href") == third.image.url
+    assert page.get_attribute("#download-link", "download") == f"sdsite-{third.seed}.png"
+    screenshot(page, "queue-finished-phone.png", full_page=True)
+    page.click("#same-seed-link")
+    page.wait_for_url(re.compile(r"seed=same"))
+    assert page.input_value("#id_seed") == str(third.seed)
+    assert page.input_value("#id_prompt") == "third"
+
+
+def test_the_page_counts_down_says_when_the_worker_is_lost_and_when_the_job_restarts(
+    new_page, web_server
+):
+    from django.utils import timezone
+
+    from generator.heartbeat import register_worker
+    from generator.queue import claim_next, recover_lost_sessions
+
+    # History for an estimate, and a worker that is alive but claims nothing.
+    for _ in range(3):
+        done = GenerationSession.objects.create(
+            prompt="earlier", seed=1, backend="pytorch", model="demo", steps=20,
+            status=Status.COMPLETED, step_seconds=[1.0] * 20, total_steps=20,
+        )  # fmt: skip
+        GenerationSession.objects.filter(pk=done.pk).update(
+            step_recorded_at=timezone.now().timestamp() - 2, finished_at=timezone.now()
+        )
+    register_worker("w-test", {})
+    page = new_page()
+    session_id = generate(page, web_server, "a countdown", steps=20)
+    wait_for_status(page, "Queued: next in line, image in about")
+    page.wait_for_timeout(2500)  # no message comes meanwhile: the page counts
+    shown = [s["value"] for s in page.evaluate("window.__seen") if s["kind"] == "status"]
+    seconds = [int(m) for m in re.findall(r"image in about (\d+) s", " ".join(shown))]
+    assert len(set(seconds)) >= 2 and seconds == sorted(seconds, reverse=True), shown
+
+    # The job starts, then its worker stops answering.
+    claim_next("w-test")
+    GenerationSession.objects.filter(pk=session_id).update(
+        phase="denoising", current_step=5, eta_seconds=15.0
+    )
+    page.wait_for_function("document.getElementById('progress').ariaValueNow == 25")
+    from generator.models import WorkerRecord
+
+    WorkerRecord.objects.filter(pk="w-test").update(
+        last_seen_at=timezone.now() - timezone.timedelta(seconds=120)
+    )
+    wait_for_status(page, "The worker running this job stopped answering")
+    assert "error" in page.get_attribute("#status", "class")
+
+    recover_lost_sessions(lease_seconds=30, max_attempts=2)
+    wait_for_status(page, "Restarted after a lost worker.")
+    assert percentage(page) == 0  # the bar went back with the job
+
+
+def test_the_admin_lists_fit_a_laptop_screen(new_page, web_server):
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("admin", password="pw-123456")
+    long_model = "/srv/models/" + "a-very-long-model-folder-name-" * 4
+    for n in range(3):
+        GenerationSession.objects.create(
+            prompt="a long prompt about a lighthouse at dawn, " * 10 + str(n),
+            seed=n, backend="pytorch", model=long_model, steps=20, total_steps=20,
+        )  # fmt: skip
+    from generator.heartbeat import register_worker
+
+    register_worker(f"{'host-' * 12}:1234:abcdef12", {"models": [long_model]})
+    page = new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{web_server.url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "pw-123456")
+    page.click("input[type=submit]")
+    for changelist in ("generationsession", "workerrecord"):
+        page.goto(f"{web_server.url}/admin/generator/{changelist}/")
+        page.wait_for_selector("#result_list")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1440, f"{changelist}: {width} px wide"
+    screenshot(page, "admin-workers.png")

@@ -256,6 +256,8 @@
           break;
         case "phase":
           phase = message.phase;
+          // "denoising" comes with step 1, whose progress message follows.
+          if (phase === "denoising" && bar.getAttribute("aria-valuenow") === "0") break;
           setStatus(describePhase());
           break;
         case "stalled":
