@@ -34,7 +34,7 @@ def test_worker_runs_a_session_and_writes_every_step(make_session):
         if q["sql"].startswith("UPDATE")
         and (match := re.search(r'"current_step" = (\d+)', q["sql"]))
     ]
-    assert step_writes == [1, 2, 3, 4, 5, 6]
+    assert step_writes == [0, 1, 2, 3, 4, 5, 6]  # the claim starts at 0, then each step
     with Image.open(session.image.path) as image:
         assert image.format == "PNG"
         assert image.size == (128, 192)

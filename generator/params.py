@@ -1,0 +1,232 @@
+"""The generation parameters, each defined once: name, type, bounds, default, help, A1111 name.
+
+Everything else derives from this list: the model's fields take their
+validators, defaults and help text from it, the form (and so the page) renders
+its fields, the worker's `GenerationRequest` is built from a session's values
+of the parameters marked `request`, and the PNG metadata, the admin, the
+history and the `generate` command iterate it.
+"""
+
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
+
+from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULER_CHOICES
+
+MAX_SEED = 2**32 - 1
+
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+"""A1111's resize modes, for an input image of another size than the output."""
+INPAINTING_FILLS = ("original", "fill", "latent noise")
+"""A1111's "masked content": what the masked area starts from."""
+
+
+def multiple_of_8(value: int) -> None:
+    if value % 8:
+        raise ValidationError("Must be a multiple of 8.", code="multiple_of_8")
+
+
+def above_zero(value: float) -> None:
+    if value <= 0:
+        raise ValidationError("Must be greater than 0.", code="min_value")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    label: str
+    kind: str
+    """`text`, `int`, `float` or `choice`."""
+    help: str = ""
+    default: object = None
+    """None: required (the prompt) or decided when the session is made (size, seed, model)."""
+    minimum: float | None = None
+    maximum: float | None = None
+    above_zero: bool = False
+    """Exclusive lower bound 0 (strength)."""
+    step: float | None = None
+    """The page's input step; for integers also a rule (sizes are multiples of 8)."""
+    max_length: int | None = None
+    choices: tuple = ()
+    """(value, label) pairs; the model and backend lists come from settings instead."""
+    a1111: str = ""
+    """The key in A1111's infotext ("CFG scale"); empty where A1111 writes none."""
+    group: str = "advanced"
+    """Where the page shows it: `prompt`, `advanced` or `image` (image-to-image, inpainting)."""
+    request: bool = True
+    """Whether the pipeline gets it (the model and backend choose the pipeline instead)."""
+    cli: str = ""
+    """A short flag for `manage.py generate` besides `--name-with-dashes`."""
+
+    def validators(self) -> list:
+        found = []
+        if self.minimum is not None:
+            found.append(MinValueValidator(self.minimum))
+        if self.maximum is not None:
+            found.append(MaxValueValidator(self.maximum))
+        if self.above_zero:
+            found.append(above_zero)
+        if self.kind == "int" and self.step == 8:
+            found.append(multiple_of_8)
+        if self.max_length is not None:
+            found.append(MaxLengthValidator(self.max_length))
+        return found
+
+    def model_options(self) -> dict:
+        """The keyword arguments of the model field that stores it."""
+        options = {"verbose_name": self.label.lower(), "help_text": self.help}
+        if self.validators():
+            options["validators"] = self.validators()
+        if self.default is not None:
+            options["default"] = self.default
+        if self.choices:
+            options["choices"] = list(self.choices)
+        return options
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "prompt",
+        "Prompt",
+        "text",
+        help="What to draw.",
+        max_length=1000,
+        group="prompt",
+    ),
+    Parameter(
+        "negative_prompt",
+        "Negative prompt",
+        "text",
+        help="What to keep out of the image.",
+        default="",
+        max_length=1000,
+        a1111="Negative prompt",
+        cli="--negative",
+    ),
+    Parameter(
+        "steps",
+        "Steps",
+        "int",
+        help="Denoising steps.",
+        default=20,
+        minimum=1,
+        maximum=150,
+        a1111="Steps",
+    ),
+    Parameter(
+        "guidance_scale",
+        "Guidance scale",
+        "float",
+        help="How closely to follow the prompt (CFG scale).",
+        default=7.5,
+        minimum=0,
+        maximum=30,
+        step=0.5,
+        a1111="CFG scale",
+        cli="--cfg",
+    ),
+    Parameter(
+        "width",
+        "Width",
+        "int",
+        help="Pixels, a multiple of 8 (default: the model's size, or the input image's).",
+        minimum=64,
+        maximum=2048,
+        step=8,
+    ),
+    Parameter(
+        "height",
+        "Height",
+        "int",
+        help="Pixels, a multiple of 8 (default: the model's size, or the input image's).",
+        minimum=64,
+        maximum=2048,
+        step=8,
+    ),
+    Parameter(
+        "seed",
+        "Seed",
+        "int",
+        help="The same seed and settings give the same image (default: random).",
+        minimum=0,
+        maximum=MAX_SEED,
+        a1111="Seed",
+    ),
+    Parameter(
+        "scheduler",
+        "Sampler",
+        "choice",
+        help="The sampler, by its A1111 name.",
+        default=DEFAULT_SCHEDULER,
+        choices=tuple(SCHEDULER_CHOICES),
+        a1111="Sampler",
+    ),
+    Parameter(
+        "model",
+        "Model",
+        "choice",
+        help="One of SD_MODELS (default: SD_MODEL).",
+        a1111="Model",
+        request=False,
+    ),
+    Parameter(
+        "backend",
+        "Backend",
+        "choice",
+        help="pytorch or openvino (default: SD_BACKEND).",
+        a1111="Backend",
+        request=False,
+    ),
+    Parameter(
+        "strength",
+        "Denoising strength",
+        "float",
+        help="With an input image: how much to change it (1: entirely).",
+        default=0.75,
+        maximum=1,
+        above_zero=True,
+        step=0.05,
+        a1111="Denoising strength",
+        group="image",
+    ),
+    Parameter(
+        "resize_mode",
+        "Resize mode",
+        "choice",
+        help="With an input image of another size: how to fit it.",
+        default=RESIZE_MODES[0],
+        choices=tuple((mode, mode.capitalize()) for mode in RESIZE_MODES),
+        group="image",
+    ),
+    Parameter(
+        "mask_blur",
+        "Mask blur",
+        "int",
+        help="Inpainting: pixels of blur at the mask's edge.",
+        default=4,
+        minimum=0,
+        maximum=64,
+        a1111="Mask blur",
+        group="image",
+    ),
+    Parameter(
+        "inpainting_fill",
+        "Masked content",
+        "choice",
+        help="Inpainting: what the masked area starts from.",
+        default=INPAINTING_FILLS[0],
+        choices=tuple((fill, fill.capitalize()) for fill in INPAINTING_FILLS),
+        group="image",
+    ),
+)
+
+BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+NAMES = tuple(BY_NAME)
+REQUEST_NAMES = tuple(p.name for p in PARAMETERS if p.request)
+IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.group == "image")
+"""Parameters that mean something only with an input image."""
+
+
+def parameter(name: str) -> Parameter:
+    return BY_NAME[name]
