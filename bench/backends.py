@@ -116,9 +116,9 @@ def timed_tracked_job(backend, name, request):
     """
     from django.conf import settings
 
-    from generator.queue import claim_next
     from generator.services import session_create
-    from generator.step_reporter import StepReporter
+    from generator.worker.claims import claim_next
+    from generator.worker.step_reporter import StepReporter
 
     session = session_create(
         prompt=request.prompt,

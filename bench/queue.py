@@ -31,7 +31,7 @@ def claimer(worker_id, data_dir, database_url, claimed_queue):
     import django
 
     django.setup()
-    from generator.queue import claim_next
+    from generator.worker.claims import claim_next
 
     claimed = []
     started = time.time()

@@ -11,7 +11,7 @@ from django.utils.translation import ngettext
 
 from .metadata import a1111_parameters
 from .models import GenerationSession, Status, WorkerRecord
-from .queue import CancelOutcome, request_cancel, requeue
+from .services import CancelOutcome, session_cancel, session_requeue
 from .step_chart import step_chart_svg
 
 
@@ -111,7 +111,7 @@ class GenerationSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected generations", permissions=["manage"])
     def cancel_sessions(self, request, queryset):
-        outcomes = [request_cancel(pk) for pk in queryset.values_list("pk", flat=True)]
+        outcomes = [session_cancel(pk) for pk in queryset.values_list("pk", flat=True)]
         stopped = sum(o in (CancelOutcome.CANCELLED, CancelOutcome.CANCELLING) for o in outcomes)
         ended = len(outcomes) - stopped
         text = ngettext("Cancelled %d generation.", "Cancelled %d generations.", stopped) % stopped
@@ -122,7 +122,7 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     @admin.action(description="Re-queue the selected failed or cancelled", permissions=["manage"])
     def requeue_sessions(self, request, queryset):
         selected = queryset.count()
-        count = requeue(queryset.values_list("pk", flat=True))
+        count = session_requeue(queryset.values_list("pk", flat=True))
         skipped = selected - count
         text = ngettext("Re-queued %d generation.", "Re-queued %d generations.", count) % count
         if skipped:

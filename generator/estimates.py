@@ -70,3 +70,24 @@ def queue_eta(
     if own_seconds is None:
         return None
     return round((ahead_seconds + running_seconds) / max(1, workers) + own_seconds, 1)
+
+
+def queue_place(session) -> tuple[int | None, float | None]:
+    """(position, seconds to the image) of a row read with `.with_queue_place()`.
+
+    A pending row has a position (1: next) and, with history and live workers,
+    an ETA; a running row has its worker's ETA unless the worker is lost.
+    """
+    if session.status == Status.PENDING:
+        position = (session.queue_ahead or 0) + 1
+        if not session.queue_workers:
+            return position, None
+        return position, queue_eta(
+            session.expected_seconds,
+            session.queue_ahead_seconds or 0.0,
+            session.queue_running_seconds or 0.0,
+            session.queue_workers,
+        )
+    if session.status == Status.RUNNING and not session.worker_lost:
+        return None, session.eta_seconds
+    return None, None

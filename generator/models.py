@@ -2,6 +2,18 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import (
+    Case,
+    Exists,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    When,
+)
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
@@ -25,6 +37,73 @@ class Status(models.TextChoices):
 
 
 FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+FRESH_PROGRESS = {
+    "current_step": 0,
+    "step_recorded_at": None,
+    "step_seconds": [],
+    "eta_seconds": None,
+}
+"""A job's progress fields before its first step."""
+
+# Why a job went back to the queue; the page says "Restarted after a <reason>."
+WORKER_STOPPED = "worker shut down"
+WORKER_LOST = "lost worker"
+
+
+class SessionQuerySet(models.QuerySet):
+    """The rules several places read: what is queued, running, whose, and where it stands."""
+
+    def pending(self):
+        return self.filter(status=Status.PENDING)
+
+    def running(self):
+        return self.filter(status=Status.RUNNING)
+
+    def unfinished(self):
+        return self.filter(status__in=(Status.PENDING, Status.RUNNING))
+
+    def owned_by(self, viewer):
+        """The viewer's own generations (none for a stranger); `viewer`: an ownership.Viewer."""
+        return self.filter(viewer.own_sessions())
+
+    def visible_to(self, viewer):
+        """Its own, and those nobody owns (queued by the CLI or a script)."""
+        return self.filter(viewer.visible_sessions())
+
+    def with_queue_place(self):
+        """Where each row stands, as subqueries of the same query.
+
+        For a pending row its place and the work ahead (null for other rows); for a
+        running row whether its worker is alive.
+        """
+        pending = GenerationSession.objects.pending().order_by()
+        ahead = pending.filter(created_at__lt=OuterRef("created_at"))
+        running = GenerationSession.objects.running().order_by()
+
+        def if_pending(queryset, aggregate, output_field):
+            value = Subquery(
+                queryset.annotate(v=aggregate).values("v")[:1], output_field=output_field
+            )
+            return Case(When(status=Status.PENDING, then=value), default=None)
+
+        def total(expression):
+            return Func(expression, function="SUM", output_field=FloatField())
+
+        count = Func(F("pk"), function="COUNT", output_field=IntegerField())
+        # A job ahead with no estimate of its own counts as long as this one; a
+        # running job that has not timed a step yet counts its expected time.
+        ahead_seconds = total(Coalesce(F("expected_seconds"), OuterRef("expected_seconds")))
+        running_seconds = total(Coalesce(F("eta_seconds"), F("expected_seconds")))
+        alive = WorkerRecord.objects.alive()
+        return self.annotate(
+            queue_ahead=if_pending(ahead, count, IntegerField()),
+            queue_ahead_seconds=if_pending(ahead, ahead_seconds, FloatField()),
+            queue_running_seconds=if_pending(running, running_seconds, FloatField()),
+            queue_workers=if_pending(alive.order_by(), count, IntegerField()),
+            worker_alive=Exists(alive.filter(pk=OuterRef("worker_id"))),
+        )
 
 
 class GenerationSession(models.Model):
@@ -91,6 +170,8 @@ class GenerationSession(models.Model):
     )
     cancel_requested = models.BooleanField(default=False)
 
+    objects = SessionQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "created_at"], name="session_queue_idx")]
@@ -134,6 +215,12 @@ class GenerationSession(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def worker_lost(self) -> bool:
+        """Running, but its worker's heartbeat is older than the lease (rows read with
+        `.with_queue_place()`; a running row with no worker id was written by hand)."""
+        return self.status == Status.RUNNING and bool(self.worker_id) and not self.worker_alive
 
     @property
     def duration_seconds(self) -> float | None:

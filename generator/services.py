@@ -1,11 +1,26 @@
-"""Creating and reading generation sessions: the rules the web, the CLI and tests share."""
+"""The one door for session commands (create, cancel, requeue, delete) and the reads they share.
+
+The web, the dialects, the CLI and the admin call these; the worker's own
+writes (claims, steps, the result) live in `worker.claims`.
+"""
 
 import secrets
 
 from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
 
-from .estimates import expected_seconds
-from .models import GenerationSession, Status
+from .db import retry_on_locked
+from .estimates import expected_seconds, queue_place
+from .files import delete_files
+from .models import (
+    FINISHED_STATUSES,
+    FRESH_PROGRESS,
+    GenerationSession,
+    Status,
+    WorkerRecord,
+)
+from .notify import notify_session_changed
 from .pipelines.sources import DEMO_MODEL
 
 
@@ -54,9 +69,41 @@ def session_create(
     return session
 
 
-def session_as_dict(session: GenerationSession, queue_position: int | None = None) -> dict:
-    from .heartbeat import why_waiting
+WORKER_LOST_WAITING = (
+    "The worker running this job stopped answering; the job will be retried when a worker "
+    "is available."
+)
 
+START_WORKER = "`.venv/bin/python manage.py runworker`"
+"""The command that starts a worker after `make run`'s setup (the page shows it as code)."""
+
+
+def why_waiting(session) -> str | None:
+    """Why a session is not moving, in a sentence; None when nothing is wrong.
+
+    For a queued one: no live worker can take it. For a running one: its worker
+    stopped answering (its heartbeat is older than the lease).
+    """
+    if session.status == Status.RUNNING:
+        alive = WorkerRecord.objects.alive().filter(pk=session.worker_id)
+        if not session.worker_id or alive.exists():
+            return None
+        return WORKER_LOST_WAITING
+    if session.status != Status.PENDING:
+        return None
+    workers = [w for w in WorkerRecord.objects.alive() if w.serves(session.model, session.backend)]
+    if any(worker.ready for worker in workers):
+        return None
+    if workers:
+        return "A worker is starting (loading its libraries); the job begins when it is ready."
+    if WorkerRecord.objects.alive().exists():
+        return (
+            f"No running worker serves model {session.model!r} with the {session.backend} backend."
+        )
+    return f"No worker is running: start one with {START_WORKER}."
+
+
+def session_as_dict(session: GenerationSession, queue_position: int | None = None) -> dict:
     waiting_for = why_waiting(session)
     running = session.status == Status.RUNNING
     return {
@@ -78,24 +125,21 @@ def session_as_dict(session: GenerationSession, queue_position: int | None = Non
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,
         "parameters": session.parameters(),
-        "progress_url": f"/api/progress/{session.pk}",
+        "progress_url": reverse("generator:session-progress", args=[session.pk]),
     }
 
 
 def own_queue(viewer) -> list[dict]:
     """The viewer's queued and running sessions, oldest first, each with its place or bar."""
-    from .heartbeat import why_waiting
-    from .progress import queue_annotations, snapshot_of
-
     rows = (
-        GenerationSession.objects.filter(viewer.own_sessions())
-        .filter(status__in=(Status.PENDING, Status.RUNNING))
-        .annotate(**queue_annotations())
+        GenerationSession.objects.owned_by(viewer)
+        .unfinished()
+        .with_queue_place()
         .order_by("created_at")
     )
     queue = []
     for row in rows:
-        snapshot = snapshot_of(row, previews=False)
+        position, eta = queue_place(row)
         queue.append(
             {
                 "session_id": str(row.pk),
@@ -105,10 +149,74 @@ def own_queue(viewer) -> list[dict]:
                 "current_step": row.current_step,
                 "total_steps": row.total_steps,
                 "percentage": row.percentage,
-                "queue_position": snapshot.queue_position,
-                "eta_seconds": snapshot.eta_seconds,
-                "waiting_for": why_waiting(row) if snapshot.worker_lost else None,
+                "queue_position": position,
+                "eta_seconds": eta,
+                "waiting_for": WORKER_LOST_WAITING if row.worker_lost else None,
                 "url": row.get_absolute_url(),
             }
         )
     return queue
+
+
+class CancelOutcome:
+    CANCELLED = "cancelled"
+    """It was pending and is cancelled now."""
+    CANCELLING = "cancelling"
+    """It is running; its worker stops it at the next step."""
+    FINISHED = "finished"
+    """It had already ended; nothing changed."""
+    NOT_FOUND = "not found"
+
+
+@retry_on_locked
+def session_cancel(session_id) -> CancelOutcome:
+    sessions = GenerationSession.objects.filter(pk=session_id)
+    # Each branch is a compare-and-set, so a worker claiming the session at the
+    # same moment turns "pending" into "running" and the second branch applies.
+    for _ in range(3):
+        if sessions.filter(status=Status.PENDING).update(
+            status=Status.CANCELLED, finished_at=timezone.now(), cancel_requested=True
+        ):
+            notify_session_changed(session_id)
+            return CancelOutcome.CANCELLED
+        if sessions.filter(status=Status.RUNNING).update(cancel_requested=True):
+            return CancelOutcome.CANCELLING
+        status = sessions.values_list("status", flat=True).first()
+        if status is None:
+            return CancelOutcome.NOT_FOUND
+        if status in FINISHED_STATUSES:
+            return CancelOutcome.FINISHED
+    return CancelOutcome.CANCELLING
+
+
+REQUEUEABLE = (Status.FAILED, Status.CANCELLED)
+
+
+@retry_on_locked
+def session_requeue(session_ids) -> int:
+    """Put failed and cancelled sessions back in the queue, as if new; returns how many."""
+    rows = list(
+        GenerationSession.objects.filter(
+            pk__in=list(session_ids), status__in=REQUEUEABLE
+        ).values_list("pk", "preview")
+    )
+    ids = [pk for pk, _ in rows]
+    previews = [preview for _, preview in rows if preview]
+    count = GenerationSession.objects.filter(pk__in=ids, status__in=REQUEUEABLE).update(
+        status=Status.PENDING,
+        phase="",
+        error="",
+        attempts=0,
+        cancel_requested=False,
+        claim_token=None,
+        worker_id="",
+        started_at=None,
+        finished_at=None,
+        **FRESH_PROGRESS,
+        preview="",
+        preview_step=0,
+    )
+    delete_files(previews)
+    for pk in ids:
+        notify_session_changed(pk)
+    return count

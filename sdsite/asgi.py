@@ -6,7 +6,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 
 django_application = get_asgi_application()
 
-from generator.progress_asgi import is_progress_request, progress_app  # noqa: E402
+from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
 
 async def application(scope, receive, send):

@@ -63,7 +63,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "generator.api_errors.JsonApiErrorsMiddleware",
+    "generator.web.api_errors.JsonApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -74,7 +74,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-CSRF_FAILURE_VIEW = "generator.api_errors.csrf_failure"
+CSRF_FAILURE_VIEW = "generator.web.api_errors.csrf_failure"
 
 ROOT_URLCONF = "sdsite.urls"
 WSGI_APPLICATION = "sdsite.wsgi.application"

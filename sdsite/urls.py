@@ -5,7 +5,7 @@ from django.views.static import serve
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", include("generator.urls")),
+    path("", include("generator.web.urls")),
     # Generated images are served by the app itself, DEBUG on or off, so the
     # one-command install needs no separate file server. Put nginx in front in
     # production (docs/deploy.md).

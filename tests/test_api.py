@@ -21,12 +21,10 @@ def test_valid_request_queues_a_session_with_defaults(client):
     assert response.status_code == 202
     body = response.json()
     session = GenerationSession.objects.get(pk=body["session_id"])
-    assert body == {
-        "session_id": str(session.pk),
-        "status": "pending",
-        "total_steps": 20,
-        "progress_url": f"/api/progress/{session.pk}",
-    }
+    # The same session JSON as GET /api/sessions/<id>.
+    assert body == client.get(f"/api/sessions/{session.pk}").json()
+    assert (body["status"], body["total_steps"]) == ("pending", 20)
+    assert body["progress_url"] == f"/api/progress/{session.pk}"
     assert session.status == Status.PENDING
     assert (session.steps, session.guidance_scale) == (20, 7.5)
     assert (session.width, session.height) == (256, 256)  # the demo model's size

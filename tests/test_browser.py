@@ -325,8 +325,8 @@ def test_the_page_counts_down_says_when_the_worker_is_lost_and_when_the_job_rest
 ):
     from django.utils import timezone
 
-    from generator.heartbeat import register_worker
-    from generator.queue import claim_next, recover_lost_sessions
+    from generator.worker.claims import claim_next, recover_lost_sessions
+    from generator.worker.heartbeat import register_worker
 
     # History for an estimate, and a worker that is alive but claims nothing.
     for _ in range(3):
@@ -375,7 +375,7 @@ def test_the_admin_lists_fit_a_laptop_screen(new_page, web_server):
             prompt="a long prompt about a lighthouse at dawn, " * 10 + str(n),
             seed=n, backend="pytorch", model=long_model, steps=20, total_steps=20,
         )  # fmt: skip
-    from generator.heartbeat import register_worker
+    from generator.worker.heartbeat import register_worker
 
     register_worker(f"{'host-' * 12}:1234:abcdef12", {"models": [long_model]})
     page = new_page(viewport={"width": 1440, "height": 900})

@@ -7,10 +7,11 @@ import pytest
 from django.core.management import call_command
 
 from generator.estimates import measured_timing
-from generator.heartbeat import register_worker
-from generator.progress import read_snapshots
-from generator.queue import claim_next, request_cancel
-from generator.step_reporter import StepReporter
+from generator.services import session_cancel
+from generator.web.snapshots import read_snapshots
+from generator.worker.claims import claim_next
+from generator.worker.heartbeat import register_worker
+from generator.worker.step_reporter import StepReporter
 from tests.sse_client import iter_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,9 +86,9 @@ def test_the_stream_says_when_the_queue_position_changes(web_server, make_sessio
         events = iter_events(response.iter_lines())
         assert next(events).data["type"] == "connected"
         assert next(events).data == {"type": "queued", "position": 2, "eta_seconds": None}
-        request_cancel(ahead.pk)
+        session_cancel(ahead.pk)
         assert next(events).data == {"type": "queued", "position": 1, "eta_seconds": None}
-        request_cancel(mine.pk)
+        session_cancel(mine.pk)
         assert next(events).data == {"type": "cancelled"}
 
 

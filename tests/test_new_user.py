@@ -10,11 +10,11 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from generator.heartbeat import register_worker
-from generator.models import GenerationSession, Status, WorkerRecord
-from generator.progress import Snapshot, read_snapshots
-from generator.queue import WORKER_LOST, claim_next, recover_lost_sessions
-from generator.sse import Position, render
+from generator.models import WORKER_LOST, GenerationSession, Status, WorkerRecord
+from generator.web.snapshots import Snapshot, read_snapshots
+from generator.web.sse import Position, render
+from generator.worker.claims import claim_next, recover_lost_sessions
+from generator.worker.heartbeat import register_worker
 
 pytestmark = pytest.mark.django_db
 

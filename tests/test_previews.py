@@ -14,8 +14,8 @@ from PIL import Image
 
 from generator.models import GenerationSession, Status
 from generator.pipelines.previews import latents_to_image
-from generator.queue import claim_next
-from generator.step_reporter import StepReporter
+from generator.worker.claims import claim_next
+from generator.worker.step_reporter import StepReporter
 from tests.sse_client import iter_events
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,7 +5,8 @@ from django.test import Client
 from django.utils import timezone
 
 from generator.models import GenerationSession, Status, WorkerRecord
-from generator.queue import claim_next, recover_lost_sessions, request_cancel
+from generator.services import session_cancel
+from generator.worker.claims import claim_next, recover_lost_sessions
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -135,7 +136,7 @@ def test_cancel_of_a_finished_session_answers_409_and_changes_nothing(make_sessi
 def test_cancel_of_an_unknown_session_is_404():
     import uuid
 
-    assert request_cancel(uuid.uuid4()) == "not found"
+    assert session_cancel(uuid.uuid4()) == "not found"
     client, token = csrf_client()
     response = client.post(f"/api/sessions/{uuid.uuid4()}/cancel", headers={"X-CSRFToken": token})
     assert response.status_code == 404

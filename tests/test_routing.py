@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from generator.models import GenerationSession, Status, WorkerRecord
-from generator.worker import Worker
+from generator.worker.loop import Worker
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

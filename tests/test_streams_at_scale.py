@@ -10,8 +10,8 @@ import pytest
 from django.db import connection
 from django.test import AsyncClient, override_settings
 
-from generator.hub import ProgressHub, _db_thread
 from generator.models import GenerationSession, Status
+from generator.web.hub import ProgressHub, _db_thread
 from tests.processes import WebServer, wait_for
 from tests.sse_client import iter_events
 

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from generator.models import GenerationSession, Status
-from generator.worker import Worker
+from generator.worker.loop import Worker
 from tests.processes import WebServer, wait_for
 from tests.sse_client import iter_events
 

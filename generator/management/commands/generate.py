@@ -11,12 +11,10 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from generator.forms import GenerateForm
-from generator.heartbeat import START_WORKER, live_workers
-from generator.models import GenerationSession, Status
+from generator.models import GenerationSession, Status, WorkerRecord
 from generator.pipelines.schedulers import SCHEDULERS
-from generator.queue import request_cancel
-from generator.services import session_create
-from generator.worker import Worker
+from generator.services import START_WORKER, session_cancel, session_create
+from generator.worker.loop import Worker
 
 
 class Command(BaseCommand):
@@ -55,7 +53,7 @@ class Command(BaseCommand):
         if options["count"] < 1:
             raise CommandError("--count must be at least 1.")
         parameters = self.validated(options)
-        if not options["inline"] and not live_workers().exists():
+        if not options["inline"] and not WorkerRecord.objects.alive().exists():
             raise CommandError(
                 f"No worker is running: start one with {START_WORKER.strip('`')}, "
                 "or pass --inline to generate in this process."
@@ -190,7 +188,7 @@ class Command(BaseCommand):
                 answer = "y"
         if answer.startswith("y"):
             for session in unfinished:
-                request_cancel(session.pk)
+                session_cancel(session.pk)
             self.stderr.write("Cancelled.")
             return False
         if inline:

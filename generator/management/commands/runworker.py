@@ -3,7 +3,7 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from generator.heartbeat import new_worker_id, register_worker
+from generator.worker.heartbeat import new_worker_id, register_worker
 
 
 class Command(BaseCommand):
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         worker_id = new_worker_id()
         serves = {"models": models or [], "backends": backends or []}
         register_worker(worker_id, serves, ready=False)
-        from generator.worker import Worker
+        from generator.worker.loop import Worker
 
         Worker(
             worker_id=worker_id,

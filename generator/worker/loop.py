@@ -10,10 +10,10 @@ from collections import OrderedDict
 from django.conf import settings
 from django.db import close_old_connections
 
-from .estimates import measured_timing
+from ..estimates import measured_timing
+from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
+from .claims import ClaimedJob, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
-from .pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
-from .queue import ClaimedJob, claim_next, recover_lost_sessions
 from .step_reporter import StepReporter
 
 logger = logging.getLogger(__name__)

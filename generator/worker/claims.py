@@ -1,11 +1,10 @@
-"""The database is the queue: claims, a claimed job's writes, cancel and recovery.
+"""The database is the queue, worker side: claims, a claimed job's writes, recovery.
 
 Every write of a running job is conditional on the claim token, so a worker that
 lost its claim (recovered by another worker, released at shutdown) changes
 nothing. No transaction is held across a denoising step: each write stands alone.
 """
 
-import functools
 import io
 import logging
 import time
@@ -13,47 +12,23 @@ import uuid
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .files import delete_files
-from .metadata import png_info
-from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
-from .notify import notify_session_changed
+from ..db import retry_on_locked
+from ..metadata import png_info
+from ..models import (
+    FRESH_PROGRESS,
+    WORKER_LOST,
+    WORKER_STOPPED,
+    GenerationSession,
+    Status,
+    WorkerRecord,
+)
+from ..notify import notify_session_changed
 
 logger = logging.getLogger(__name__)
-
-
-def retry_on_locked(func, attempts: int = 8):
-    """Retry a write that SQLite refused with "database is locked" past its busy timeout."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        for attempt in range(attempts):
-            try:
-                return func(*args, **kwargs)
-            except OperationalError as exc:
-                if "locked" not in str(exc).lower() or attempt == attempts - 1:
-                    raise
-                logger.warning("Database locked in %s; retrying", func.__name__)
-                time.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    return wrapper
-
-
-FRESH_PROGRESS = {
-    "current_step": 0,
-    "step_recorded_at": None,
-    "step_seconds": [],
-    "eta_seconds": None,
-}
-"""A job's progress fields before its first step."""
-
-# Why a job went back to the queue; the page says "Restarted after a <reason>."
-WORKER_STOPPED = "worker shut down"
-WORKER_LOST = "lost worker"
 
 
 class ClaimedJob:
@@ -205,70 +180,6 @@ def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> 
     if claimed != 1:
         return None
     return ClaimedJob(GenerationSession.objects.get(pk=pk))
-
-
-class CancelOutcome:
-    CANCELLED = "cancelled"
-    """It was pending and is cancelled now."""
-    CANCELLING = "cancelling"
-    """It is running; its worker stops it at the next step."""
-    FINISHED = "finished"
-    """It had already ended; nothing changed."""
-    NOT_FOUND = "not found"
-
-
-@retry_on_locked
-def request_cancel(session_id) -> CancelOutcome:
-    sessions = GenerationSession.objects.filter(pk=session_id)
-    # Each branch is a compare-and-set, so a worker claiming the session at the
-    # same moment turns "pending" into "running" and the second branch applies.
-    for _ in range(3):
-        if sessions.filter(status=Status.PENDING).update(
-            status=Status.CANCELLED, finished_at=timezone.now(), cancel_requested=True
-        ):
-            notify_session_changed(session_id)
-            return CancelOutcome.CANCELLED
-        if sessions.filter(status=Status.RUNNING).update(cancel_requested=True):
-            return CancelOutcome.CANCELLING
-        status = sessions.values_list("status", flat=True).first()
-        if status is None:
-            return CancelOutcome.NOT_FOUND
-        if status in FINISHED_STATUSES:
-            return CancelOutcome.FINISHED
-    return CancelOutcome.CANCELLING
-
-
-REQUEUEABLE = (Status.FAILED, Status.CANCELLED)
-
-
-@retry_on_locked
-def requeue(session_ids) -> int:
-    """Put failed and cancelled sessions back in the queue, as if new; returns how many."""
-    rows = list(
-        GenerationSession.objects.filter(
-            pk__in=list(session_ids), status__in=REQUEUEABLE
-        ).values_list("pk", "preview")
-    )
-    ids = [pk for pk, _ in rows]
-    previews = [preview for _, preview in rows if preview]
-    count = GenerationSession.objects.filter(pk__in=ids, status__in=REQUEUEABLE).update(
-        status=Status.PENDING,
-        phase="",
-        error="",
-        attempts=0,
-        cancel_requested=False,
-        claim_token=None,
-        worker_id="",
-        started_at=None,
-        finished_at=None,
-        **FRESH_PROGRESS,
-        preview="",
-        preview_step=0,
-    )
-    delete_files(previews)
-    for pk in ids:
-        notify_session_changed(pk)
-    return count
 
 
 @retry_on_locked

@@ -10,18 +10,25 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .forms import GenerateForm
+from ..forms import GenerateForm
+from ..models import GenerationSession
+from ..ownership import owner_fields, viewer_of
+from ..services import (
+    DEMO_MODEL,
+    CancelOutcome,
+    default_size,
+    own_queue,
+    session_as_dict,
+    session_cancel,
+    session_create,
+)
 from .hub import get_hub
-from .models import GenerationSession
-from .ownership import owner_fields, viewer_of
-from .queue import CancelOutcome, request_cancel
-from .services import DEMO_MODEL, default_size, own_queue, session_as_dict, session_create
 from .sse import STREAM_HEADERS, open_stream
 
 
 def visible_sessions(request):
     """The sessions this browser may see; someone else's is as absent as a missing one."""
-    return GenerationSession.objects.filter(viewer_of(request).visible_sessions())
+    return GenerationSession.objects.visible_to(viewer_of(request))
 
 
 def visible_session_or_404(request, session_id) -> GenerationSession:
@@ -29,7 +36,7 @@ def visible_session_or_404(request, session_id) -> GenerationSession:
 
 
 def own_sessions(request):
-    return GenerationSession.objects.filter(viewer_of(request).own_sessions())
+    return GenerationSession.objects.owned_by(viewer_of(request))
 
 
 def own_session_or_404(request, session_id) -> GenerationSession:
@@ -124,15 +131,7 @@ def api_generate(request):
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
     session = session_create(**form.parameters(), **owner_fields(request))
-    return JsonResponse(
-        {
-            "session_id": str(session.pk),
-            "status": session.status,
-            "total_steps": session.total_steps,
-            "progress_url": f"/api/progress/{session.pk}",
-        },
-        status=202,
-    )
+    return JsonResponse(session_as_dict(session), status=202)
 
 
 @require_http_methods(["GET", "DELETE"])
@@ -146,7 +145,7 @@ def api_session(request, session_id):
 @require_POST
 def api_cancel(request, session_id):
     session = visible_session_or_404(request, session_id)
-    outcome = request_cancel(session.pk)
+    outcome = session_cancel(session.pk)
     if outcome == CancelOutcome.NOT_FOUND:
         raise Http404("No such session.")
     session.refresh_from_db(fields=["status"])
@@ -162,7 +161,7 @@ def api_cancel(request, session_id):
 
 @require_GET
 async def api_progress(request, session_id):
-    # Under uvicorn, sdsite.asgi serves this URL from generator.progress_asgi
+    # Under uvicorn, sdsite.asgi serves this URL from generator.web.lean_route
     # (the same stream without a thread per request); this view serves it
     # under any other server.
     viewer = await sync_to_async(viewer_of)(request)

@@ -14,9 +14,9 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ..ownership import Viewer
 from .hub import ProgressHub, get_hub
-from .ownership import Viewer
-from .progress import Snapshot, messages_between
+from .snapshots import Snapshot, messages_between
 
 RETRY_MS = 2000
 KEEPALIVE = b": keepalive\n\n"

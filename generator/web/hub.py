@@ -19,10 +19,10 @@ from contextlib import asynccontextmanager, suppress
 from django.conf import settings
 from django.db import connections
 
-from .models import Status
-from .notify import listen_for_changes, listener_conninfo
-from .ownership import Viewer, viewer_from_session_key
-from .progress import Snapshot, read_snapshots
+from ..models import Status
+from ..notify import listen_for_changes, listener_conninfo
+from ..ownership import Viewer, viewer_from_session_key
+from .snapshots import Snapshot, read_snapshots
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ import logging
 import math
 import time
 
-from .estimates import remaining_seconds
-from .pipelines.previews import encode_preview, latents_to_image
+from ..estimates import remaining_seconds
+from ..pipelines.previews import encode_preview, latents_to_image
 
 logger = logging.getLogger(__name__)
 

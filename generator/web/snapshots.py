@@ -5,22 +5,10 @@ import functools
 from dataclasses import dataclass, field
 
 from django.core.files.storage import default_storage
-from django.db.models import (
-    Case,
-    Exists,
-    F,
-    FloatField,
-    Func,
-    IntegerField,
-    OuterRef,
-    Subquery,
-    When,
-)
-from django.db.models.functions import Coalesce
 
-from .estimates import queue_eta
-from .heartbeat import WORKER_LOST_WAITING, live_workers
-from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord, percentage
+from ..estimates import queue_place
+from ..models import FINISHED_STATUSES, GenerationSession, Status, percentage
+from ..services import WORKER_LOST_WAITING
 
 SNAPSHOT_FIELDS = (
     "id",
@@ -78,59 +66,16 @@ def read_snapshots(session_ids) -> dict:
     rows = (
         GenerationSession.objects.filter(pk__in=list(session_ids))
         .only(*SNAPSHOT_FIELDS)
-        .annotate(**queue_annotations())
+        .with_queue_place()
     )
     return {row.pk: snapshot_of(row) for row in rows}
 
 
-def queue_annotations() -> dict:
-    """Where a row stands, as subqueries of the same query.
-
-    For a pending row its place and the work ahead (null for other rows); for a
-    running row whether its worker is alive.
-    """
-    pending = GenerationSession.objects.filter(status=Status.PENDING).order_by()
-    ahead = pending.filter(created_at__lt=OuterRef("created_at"))
-    running = GenerationSession.objects.filter(status=Status.RUNNING).order_by()
-
-    def if_pending(queryset, aggregate, output_field):
-        value = Subquery(queryset.annotate(v=aggregate).values("v")[:1], output_field=output_field)
-        return Case(When(status=Status.PENDING, then=value), default=None)
-
-    def total(expression):
-        return Func(expression, function="SUM", output_field=FloatField())
-
-    count = Func(F("pk"), function="COUNT", output_field=IntegerField())
-    # A job ahead with no estimate of its own counts as long as this one; a
-    # running job that has not timed a step yet counts its expected time.
-    ahead_seconds = total(Coalesce(F("expected_seconds"), OuterRef("expected_seconds")))
-    running_seconds = total(Coalesce(F("eta_seconds"), F("expected_seconds")))
-    return {
-        "queue_ahead": if_pending(ahead, count, IntegerField()),
-        "queue_ahead_seconds": if_pending(ahead, ahead_seconds, FloatField()),
-        "queue_running_seconds": if_pending(running, running_seconds, FloatField()),
-        "queue_workers": if_pending(live_workers().order_by(), count, IntegerField()),
-        "worker_alive": Exists(WorkerRecord.objects.alive().filter(pk=OuterRef("worker_id"))),
-    }
-
-
 def snapshot_of(session: GenerationSession, previews: bool = True) -> Snapshot:
-    """The snapshot of a row read with `queue_annotations()`."""
-    position = eta = None
+    """The snapshot of a row read with `.with_queue_place()`."""
     running = session.status == Status.RUNNING
-    if session.status == Status.PENDING:
-        position = (session.queue_ahead or 0) + 1
-        if session.queue_workers:
-            eta = queue_eta(
-                session.expected_seconds,
-                session.queue_ahead_seconds or 0.0,
-                session.queue_running_seconds or 0.0,
-                session.queue_workers,
-            )
-    # (A running row with no worker id was written by hand, as in the tests.)
-    worker_lost = running and bool(session.worker_id) and not session.worker_alive
-    if running and not worker_lost:
-        eta = session.eta_seconds
+    position, eta = queue_place(session)
+    worker_lost = session.worker_lost
     return Snapshot(
         status=session.status,
         phase=session.phase,

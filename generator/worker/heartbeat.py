@@ -13,13 +13,9 @@ import uuid
 from django.db import connections
 from django.utils import timezone
 
-from .models import Status, WorkerRecord
-from .queue import recover_lost_sessions, retry_on_locked
-
-WORKER_LOST_WAITING = (
-    "The worker running this job stopped answering; the job will be retried when a worker "
-    "is available."
-)
+from ..db import retry_on_locked
+from ..models import WorkerRecord
+from .claims import recover_lost_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -54,39 +50,6 @@ def beat(worker_id: str, serves: dict) -> None:
         # Another worker took this one for dead (a pause longer than the lease)
         # and removed the row: come back.
         register_worker(worker_id, serves)
-
-
-def live_workers():
-    return WorkerRecord.objects.alive()
-
-
-START_WORKER = "`.venv/bin/python manage.py runworker`"
-"""The command that starts a worker after `make run`'s setup (the page shows it as code)."""
-
-
-def why_waiting(session) -> str | None:
-    """Why a session is not moving, in a sentence; None when nothing is wrong.
-
-    For a queued one: no live worker can take it. For a running one: its worker
-    stopped answering (its heartbeat is older than the lease).
-    """
-    if session.status == Status.RUNNING:
-        alive = WorkerRecord.objects.alive().filter(pk=session.worker_id)
-        if not session.worker_id or alive.exists():
-            return None
-        return WORKER_LOST_WAITING
-    if session.status != Status.PENDING:
-        return None
-    workers = [w for w in live_workers() if w.serves(session.model, session.backend)]
-    if any(worker.ready for worker in workers):
-        return None
-    if workers:
-        return "A worker is starting (loading its libraries); the job begins when it is ready."
-    if live_workers().exists():
-        return (
-            f"No running worker serves model {session.model!r} with the {session.backend} backend."
-        )
-    return f"No worker is running: start one with {START_WORKER}."
 
 
 @retry_on_locked

@@ -1,0 +1,1 @@
+"""The worker side: the loop, claims, the heartbeat and step reporting."""
