@@ -4,15 +4,19 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
 from django.utils.translation import ngettext
 
 from .metadata import a1111_parameters
 from .models import GenerationSession, Status, WorkerRecord
+from .params import NAMES
 from .services import CancelOutcome, session_cancel, session_requeue
 from .step_chart import step_chart_svg
+
+SHOWN_ELSEWHERE = ("prompt", "negative_prompt", "model", "backend")
+"""Parameters the admin shows in other fieldsets than "Parameters"."""
 
 
 @admin.register(GenerationSession)
@@ -37,6 +41,7 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     actions = ("cancel_sessions", "requeue_sessions")
     readonly_fields = (
         "image_preview",
+        "input_images",
         "a1111_parameters",
         "step_chart",
         "owner_label",
@@ -47,18 +52,9 @@ class GenerationSessionAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "prompt", "negative_prompt", "image_preview", "owner_label")}),
         (
             "Parameters",
-            {
-                "fields": (
-                    "steps",
-                    "guidance_scale",
-                    "width",
-                    "height",
-                    "seed",
-                    "scheduler",
-                    "a1111_parameters",
-                )
-            },
+            {"fields": (*(n for n in NAMES if n not in SHOWN_ELSEWHERE), "a1111_parameters")},
         ),
+        ("Image inputs", {"fields": ("input_images", "batch_id")}),
         ("Model", {"fields": ("backend", "model")}),
         (
             "Progress",
@@ -194,6 +190,17 @@ class GenerationSessionAdmin(admin.ModelAdmin):
     def step_chart(self, obj):
         # Built from numbers only, so it is safe to mark as such.
         return mark_safe(step_chart_svg(obj.step_seconds)) if obj.step_seconds else "—"
+
+    @admin.display(description="input image and mask")
+    def input_images(self, obj):
+        files = [f for f in (obj.init_image, obj.mask_image) if f]
+        if not files:
+            return "— (text to image)"
+        return format_html_join(
+            " ",
+            '<a href="{0}"><img src="{0}" alt="{1}" style="max-width:256px"></a>',
+            ((f.url, f.field.name) for f in files),
+        )
 
     @admin.display(description="image")
     def image_preview(self, obj):

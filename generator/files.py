@@ -1,4 +1,8 @@
-"""A session's files (the image, the last live preview) go with its row, whoever deletes it."""
+"""A session's files (image, last preview, inputs) go with its row, whoever deletes it.
+
+The input images of a batch are one file shared by its sessions: they go with
+the last session that uses them.
+"""
 
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -9,7 +13,12 @@ from .models import GenerationSession
 
 
 def file_names(session: GenerationSession) -> list[str]:
-    return [f.name for f in (session.image, session.preview) if f]
+    names = [f.name for f in (session.image, session.preview) if f]
+    for field in ("init_image", "mask_image"):
+        name = getattr(session, field).name
+        if name and not GenerationSession.objects.filter(**{field: name}).exists():
+            names.append(name)
+    return names
 
 
 def delete_files(names) -> None:

@@ -1,53 +1,142 @@
+"""The generation form, built from the parameter spec, plus the image inputs and the count."""
+
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from .images import output_size, read_upload
 from .models import Backend
-from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULER_CHOICES
+from .params import IMAGE_ONLY, PARAMETERS, Parameter
 
-MAX_SEED = 2**32 - 1
+FORM_FIELDS = {
+    "text": forms.CharField,
+    "int": forms.IntegerField,
+    "float": forms.FloatField,
+    "choice": forms.ChoiceField,
+}
 
 
-def multiple_of_8(value: int) -> None:
-    if value % 8:
-        raise ValidationError("Must be a multiple of 8.", code="multiple_of_8")
+def form_field(parameter: Parameter) -> forms.Field:
+    """The form field of one parameter: blank optional fields take the defaults."""
+    options = {
+        "label": parameter.label,
+        "help_text": parameter.help,
+        "required": parameter.name == "prompt",
+        "validators": parameter.validators(),
+    }
+    attrs = {}
+    if parameter.kind == "text":
+        options["max_length"] = parameter.max_length
+        attrs = {"rows": 3 if parameter.name == "prompt" else 2}
+        if parameter.name == "prompt":
+            attrs["placeholder"] = "a lighthouse at dawn, oil painting"
+        options["widget"] = forms.Textarea(attrs=attrs)
+    elif parameter.kind == "choice":
+        options["choices"] = parameter.choices
+    else:
+        for key, value in (("min", parameter.minimum), ("max", parameter.maximum)):
+            if value is not None:
+                attrs[key] = value
+        attrs["step"] = parameter.step or (1 if parameter.kind == "int" else "any")
+        if parameter.name == "seed":
+            attrs["placeholder"] = "random"
+        options["widget"] = forms.NumberInput(attrs=attrs)
+    return FORM_FIELDS[parameter.kind](**options)
+
+
+def steps_to_run(steps: int, strength: float) -> int:
+    """How many steps an image-to-image job runs: diffusers skips the first (1 - strength)."""
+    return min(int(steps * strength), steps)
 
 
 class GenerateForm(forms.Form):
-    """The parameters of POST /api/generate; blank optional fields take the defaults."""
+    """The parameters of POST /api/generate, the page's form and the CLI's options."""
 
-    prompt = forms.CharField(
-        min_length=1,
-        max_length=1000,
-        widget=forms.Textarea(
-            attrs={"rows": 3, "placeholder": "a lighthouse at dawn, oil painting"}
-        ),
+    init_image = forms.FileField(
+        required=False,
+        label="Start from an image",
+        help_text="PNG, JPEG or WebP: image-to-image, or inpainting with a mask.",
     )
-    negative_prompt = forms.CharField(
-        max_length=1000, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    mask_image = forms.FileField(
+        required=False, label="Mask", help_text="White: repaint; black: keep."
     )
-    steps = forms.IntegerField(min_value=1, max_value=150, required=False)
-    guidance_scale = forms.FloatField(min_value=0, max_value=30, required=False)
-    width = forms.IntegerField(
-        min_value=64, max_value=2048, required=False, validators=[multiple_of_8]
-    )
-    height = forms.IntegerField(
-        min_value=64, max_value=2048, required=False, validators=[multiple_of_8]
-    )
-    seed = forms.IntegerField(min_value=0, max_value=MAX_SEED, required=False)
-    scheduler = forms.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
-    model = forms.ChoiceField(required=False)
-    backend = forms.ChoiceField(choices=Backend.choices, required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["backend"].initial = settings.SD_BACKEND
-        self.fields["scheduler"].initial = DEFAULT_SCHEDULER
+        for parameter in PARAMETERS:
+            self.fields[parameter.name] = form_field(parameter)
         self.fields["model"].choices = [(m, m) for m in settings.SD_MODELS]
         self.fields["model"].initial = settings.SD_MODEL
+        self.fields["backend"].choices = Backend.choices
+        self.fields["backend"].initial = settings.SD_BACKEND
+        self.fields["count"] = forms.IntegerField(
+            required=False,
+            min_value=1,
+            max_value=settings.SD_MAX_COUNT,
+            label="Images",
+            help_text="How many images, with seeds seed, seed+1, ...",
+        )
+        self.fields["init_image"].widget.attrs["accept"] = "image/png,image/jpeg,image/webp"
+        self.images = {}
+
+    @property
+    def group(self) -> dict:
+        """The bound fields the page shows together: {"prompt": [...], "advanced", "image"}."""
+        groups = {"prompt": [], "advanced": [], "image": []}
+        for parameter in PARAMETERS:
+            groups[parameter.group].append(self[parameter.name])
+        groups["advanced"].append(self["count"])
+        return groups
+
+    def _clean_image(self, field: str, kind: str):
+        upload = self.cleaned_data.get(field)
+        if not upload:
+            return None
+        try:
+            self.images[field] = read_upload(upload, kind=kind)
+        except ValidationError as error:
+            self.add_error(field, error)
+        return upload
+
+    def clean_init_image(self):
+        return self._clean_image("init_image", "RGB")
+
+    def clean_mask_image(self):
+        return self._clean_image("mask_image", "L")
+
+    def clean(self):
+        data = super().clean()
+        image, mask = self.images.get("init_image"), self.images.get("mask_image")
+        image_failed = "init_image" in self.errors
+        if data.get("mask_image") and not data.get("init_image") and not image_failed:
+            self.add_error("mask_image", "A mask needs an image to paint on (init_image).")
+        if image is not None and mask is not None and image.size != mask.size:
+            self.add_error(
+                "mask_image",
+                f"The mask is {mask.width}x{mask.height}; it must be the image's size "
+                f"({image.width}x{image.height}).",
+            )
+        if image is not None:
+            if not data.get("width") and not data.get("height") and "width" not in self.errors:
+                data["width"], data["height"] = output_size(image)
+            steps = data.get("steps") or 20
+            strength = data.get("strength") or 0.75
+            from_noise = mask is not None and data.get("inpainting_fill") == "latent noise"
+            if not from_noise and steps_to_run(steps, strength) < 1:
+                self.add_error(
+                    "strength",
+                    f"Strength {strength:g} of {steps} steps runs no step: raise either.",
+                )
+        return data
 
     def parameters(self) -> dict:
-        """The cleaned values, without the ones left blank (so defaults apply)."""
-        return {k: v for k, v in self.cleaned_data.items() if v not in (None, "")} | {
-            "negative_prompt": self.cleaned_data.get("negative_prompt", "")
+        """The cleaned parameters, without the ones left blank (so defaults apply)."""
+        values = {
+            p.name: self.cleaned_data.get(p.name)
+            for p in PARAMETERS
+            if self.cleaned_data.get(p.name) not in (None, "")
         }
+        values["negative_prompt"] = self.cleaned_data.get("negative_prompt", "")
+        if "init_image" not in self.images:
+            values = {k: v for k, v in values.items() if k not in IMAGE_ONLY}
+        return values

@@ -17,15 +17,21 @@ FORMATS = ("PNG", "JPEG", "WEBP")
 
 def read_upload(upload, *, kind: str = "RGB") -> Image.Image:
     """The uploaded file as a decoded image in mode `kind`, or a ValidationError saying why not."""
+    image = open_upload(upload)
+    return ImageOps.exif_transpose(image).convert(kind)
+
+
+def open_upload(upload) -> Image.Image:
+    """The uploaded image, checked in bytes and pixels before its pixels are decoded."""
     limit = settings.SD_MAX_UPLOAD_MB * 1024 * 1024
     if upload.size > limit:
         raise ValidationError(
             f"The file is larger than {settings.SD_MAX_UPLOAD_MB:g} MB.", code="too_large"
         )
-    data = upload.read(limit + 1)
+    data = upload.read(int(limit) + 1)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise ValidationError("Not an image: send a PNG, JPEG or WebP.", code="not_image") from None
     width, height = image.size
     if width * height > settings.SD_MAX_UPLOAD_PIXELS:
@@ -38,7 +44,7 @@ def read_upload(upload, *, kind: str = "RGB") -> Image.Image:
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError):
         raise ValidationError("The image is damaged or truncated.", code="damaged") from None
-    return ImageOps.exif_transpose(image).convert(kind)
+    return image
 
 
 def as_png(image: Image.Image) -> bytes:

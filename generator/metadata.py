@@ -1,9 +1,12 @@
 """PNG metadata: A1111's `parameters` text, which existing tools read, and sdsite's own JSON."""
 
+import contextlib
 import json
 import re
 
 from PIL.PngImagePlugin import PngInfo
+
+from .params import PARAMETERS
 
 A1111_KEY = "parameters"
 SDSITE_KEY = "sdsite"
@@ -11,18 +14,20 @@ SDSITE_KEY = "sdsite"
 
 def a1111_parameters(session) -> str:
     """`prompt`, `Negative prompt: ...`, then the settings line, as A1111 writes them."""
-    lines = [session.prompt]
-    if session.negative_prompt:
-        lines.append(f"Negative prompt: {session.negative_prompt}")
-    settings = {
-        "Steps": session.steps,
-        "Sampler": session.scheduler,
-        "CFG scale": f"{session.guidance_scale:g}",
-        "Seed": session.seed,
-        "Size": f"{session.width}x{session.height}",
-        "Model": session.model,
-        "Backend": session.backend,
-    }
+    values = session.parameters()
+    lines = [values.pop("prompt")]
+    if values.get("negative_prompt"):
+        lines.append(f"Negative prompt: {values['negative_prompt']}")
+    settings = {}
+    for parameter in PARAMETERS:
+        if parameter.name == "width":
+            settings["Size"] = f"{values['width']}x{values['height']}"
+        if not parameter.a1111 or parameter.name not in values or parameter.name == "prompt":
+            continue
+        if parameter.name == "negative_prompt":
+            continue
+        value = values[parameter.name]
+        settings[parameter.a1111] = f"{value:g}" if isinstance(value, float) else value
     lines.append(", ".join(f"{key}: {value}" for key, value in settings.items()))
     return "\n".join(lines)
 
@@ -48,3 +53,44 @@ def parse_a1111(text: str) -> dict:
             break
     settings = {key.strip(): value.strip() for key, value in SETTING.findall(settings_line)}
     return {"prompt": "\n".join(prompt_lines), "negative_prompt": negative, **settings}
+
+
+def read_parameters(image) -> tuple[str, dict]:
+    """(source, parameters): the generation parameters an image carries, by sdsite's names.
+
+    sdsite's own chunk first; then A1111, ComfyUI, InvokeAI, Fooocus and others
+    through sd-parsers. ("", {}) for an image without any.
+    """
+    from .params import BY_NAME
+    from .pipelines.schedulers import SCHEDULERS
+
+    own = image.info.get(SDSITE_KEY)
+    if own:
+        try:
+            values = json.loads(own)
+        except ValueError:
+            values = None
+        if isinstance(values, dict):
+            return "sdsite", {k: v for k, v in values.items() if k in BY_NAME}
+    from sd_parsers import ParserManager
+
+    try:
+        info = ParserManager().parse(image)
+    except Exception:  # a reader's failure is "no settings", never an error
+        info = None
+    if info is None or not (info.samplers or info.full_prompt):
+        return "", {}
+    found = {"prompt": info.full_prompt, "negative_prompt": info.full_negative_prompt}
+    if info.samplers:
+        sampler = info.samplers[0]
+        if sampler.name in SCHEDULERS:
+            found["scheduler"] = sampler.name
+        named = {"steps": ("steps", int), "cfg_scale": ("guidance_scale", float)}
+        named["seed"] = ("seed", int)
+        for key, (name, kind) in named.items():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                found[name] = kind(sampler.parameters[key])
+    size = str(info.metadata.get("Size", ""))
+    if re.fullmatch(r"\d+x\d+", size):
+        found["width"], found["height"] = (int(side) for side in size.split("x"))
+    return info.generator.name.lower(), {k: v for k, v in found.items() if v not in ("", None)}

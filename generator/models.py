@@ -17,6 +17,9 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
+from .params import IMAGE_ONLY, MASK_ONLY, NAMES
+from .params import parameter as P
+
 
 class Backend(models.TextChoices):
     PYTORCH = "pytorch", "PyTorch"
@@ -118,17 +121,32 @@ class GenerationSession(models.Model):
     )
     owner_key = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
 
-    # What was asked for.
-    prompt = models.TextField(max_length=1000)
-    negative_prompt = models.TextField(max_length=1000, blank=True)
-    steps = models.PositiveSmallIntegerField(default=20)
-    guidance_scale = models.FloatField(default=7.5)
-    width = models.PositiveSmallIntegerField(default=256)
-    height = models.PositiveSmallIntegerField(default=256)
-    seed = models.BigIntegerField()
-    scheduler = models.CharField(max_length=32, default="Euler", help_text="A1111 sampler name.")
-    backend = models.CharField(max_length=16, choices=Backend.choices)
-    model = models.CharField(max_length=500)
+    # What was asked for: each field's default, bounds and help come from the
+    # parameter spec (params.py).
+    prompt = models.TextField(**P("prompt").model_options())
+    negative_prompt = models.TextField(blank=True, **P("negative_prompt").model_options())
+    steps = models.PositiveSmallIntegerField(**P("steps").model_options())
+    guidance_scale = models.FloatField(**P("guidance_scale").model_options())
+    width = models.PositiveSmallIntegerField(**P("width").model_options())
+    height = models.PositiveSmallIntegerField(**P("height").model_options())
+    seed = models.BigIntegerField(**P("seed").model_options())
+    scheduler = models.CharField(max_length=32, **P("scheduler").model_options())
+    backend = models.CharField(
+        max_length=16, choices=Backend.choices, **P("backend").model_options()
+    )
+    model = models.CharField(max_length=500, **P("model").model_options())
+    strength = models.FloatField(**P("strength").model_options())
+    resize_mode = models.CharField(max_length=20, **P("resize_mode").model_options())
+    mask_blur = models.PositiveSmallIntegerField(**P("mask_blur").model_options())
+    inpainting_fill = models.CharField(max_length=20, **P("inpainting_fill").model_options())
+    # Image inputs (re-encoded PNGs of the uploads), deleted with the session.
+    init_image = models.ImageField(upload_to="inputs/", blank=True)
+    mask_image = models.ImageField(
+        upload_to="inputs/", blank=True, help_text="White: repaint; black: keep."
+    )
+    batch_id = models.UUIDField(
+        null=True, blank=True, db_index=True, help_text="Sessions queued by one request."
+    )
 
     # Where it stands; written by the worker that holds the claim.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -184,18 +202,17 @@ class GenerationSession(models.Model):
 
     def parameters(self) -> dict:
         """What was asked for: the API, the PNG metadata and the CLI describe it alike."""
-        return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "width": self.width,
-            "height": self.height,
-            "seed": self.seed,
-            "scheduler": self.scheduler,
-            "backend": self.backend,
-            "model": self.model,
-        }
+        values = {name: getattr(self, name) for name in NAMES}
+        # Image settings mean nothing without an image, mask settings without a mask.
+        unused = () if self.mask_image else IMAGE_ONLY if not self.init_image else MASK_ONLY
+        return {name: value for name, value in values.items() if name not in unused}
+
+    @property
+    def mode(self) -> str:
+        """`txt2img`, `img2img` or `inpaint`."""
+        if self.mask_image:
+            return "inpaint"
+        return "img2img" if self.init_image else "txt2img"
 
     @property
     def percentage(self) -> int:

@@ -54,6 +54,8 @@ class Parameter:
     """The key in A1111's infotext ("CFG scale"); empty where A1111 writes none."""
     group: str = "advanced"
     """Where the page shows it: `prompt`, `advanced` or `image` (image-to-image, inpainting)."""
+    needs: str = ""
+    """`image` or `mask`: it means something only with an input image, or a mask."""
     request: bool = True
     """Whether the pipeline gets it (the model and backend choose the pipeline instead)."""
     cli: str = ""
@@ -102,6 +104,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         default="",
         max_length=1000,
         a1111="Negative prompt",
+        group="prompt",
         cli="--negative",
     ),
     Parameter(
@@ -115,6 +118,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         a1111="Steps",
     ),
     Parameter(
+        "scheduler",
+        "Sampler",
+        "choice",
+        help="The sampler, by its A1111 name.",
+        default=DEFAULT_SCHEDULER,
+        choices=tuple(SCHEDULER_CHOICES),
+        a1111="Sampler",
+    ),
+    Parameter(
         "guidance_scale",
         "Guidance scale",
         "float",
@@ -125,6 +137,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         step=0.5,
         a1111="CFG scale",
         cli="--cfg",
+    ),
+    Parameter(
+        "seed",
+        "Seed",
+        "int",
+        help="The same seed and settings give the same image (default: random).",
+        minimum=0,
+        maximum=MAX_SEED,
+        a1111="Seed",
     ),
     Parameter(
         "width",
@@ -143,24 +164,6 @@ PARAMETERS: tuple[Parameter, ...] = (
         minimum=64,
         maximum=2048,
         step=8,
-    ),
-    Parameter(
-        "seed",
-        "Seed",
-        "int",
-        help="The same seed and settings give the same image (default: random).",
-        minimum=0,
-        maximum=MAX_SEED,
-        a1111="Seed",
-    ),
-    Parameter(
-        "scheduler",
-        "Sampler",
-        "choice",
-        help="The sampler, by its A1111 name.",
-        default=DEFAULT_SCHEDULER,
-        choices=tuple(SCHEDULER_CHOICES),
-        a1111="Sampler",
     ),
     Parameter(
         "model",
@@ -189,6 +192,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         step=0.05,
         a1111="Denoising strength",
         group="image",
+        needs="image",
     ),
     Parameter(
         "resize_mode",
@@ -198,6 +202,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         default=RESIZE_MODES[0],
         choices=tuple((mode, mode.capitalize()) for mode in RESIZE_MODES),
         group="image",
+        needs="image",
     ),
     Parameter(
         "mask_blur",
@@ -209,6 +214,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         maximum=64,
         a1111="Mask blur",
         group="image",
+        needs="mask",
     ),
     Parameter(
         "inpainting_fill",
@@ -218,14 +224,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         default=INPAINTING_FILLS[0],
         choices=tuple((fill, fill.capitalize()) for fill in INPAINTING_FILLS),
         group="image",
+        needs="mask",
     ),
 )
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 NAMES = tuple(BY_NAME)
 REQUEST_NAMES = tuple(p.name for p in PARAMETERS if p.request)
-IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.group == "image")
+IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.needs)
 """Parameters that mean something only with an input image."""
+MASK_ONLY = tuple(p.name for p in PARAMETERS if p.needs == "mask")
 
 
 def parameter(name: str) -> Parameter:

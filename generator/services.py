@@ -5,14 +5,20 @@ writes (claims, steps, the result) live in `worker.claims`.
 """
 
 import secrets
+import uuid
 
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from .db import retry_on_locked
 from .estimates import expected_seconds, queue_place
 from .files import delete_files
+from .forms import steps_to_run
+from .images import as_png
 from .models import (
     FINISHED_STATUSES,
     FRESH_PROGRESS,
@@ -21,6 +27,7 @@ from .models import (
     WorkerRecord,
 )
 from .notify import notify_session_changed
+from .params import MAX_SEED, PARAMETERS
 from .pipelines.sources import DEMO_MODEL
 
 
@@ -31,42 +38,70 @@ def default_size(model: str) -> int:
 
 def session_create(
     *,
-    prompt: str,
-    negative_prompt: str = "",
-    steps: int = 20,
-    guidance_scale: float = 7.5,
-    width: int | None = None,
-    height: int | None = None,
-    seed: int | None = None,
-    scheduler: str = "Euler",
-    backend: str | None = None,
-    model: str | None = None,
     owner=None,
     owner_key: str = "",
+    init_image: str = "",
+    mask_image: str = "",
+    batch_id=None,
+    **parameters,
 ) -> GenerationSession:
-    model = model or settings.SD_MODEL
-    backend = backend or settings.SD_BACKEND
-    width = width or default_size(model)
-    height = height or default_size(model)
+    """Queue one session. `parameters` are named in params.py; missing ones take their defaults.
+
+    `init_image` and `mask_image` are stored file names (see `session_create_batch`).
+    """
+    values = {p.name: p.default for p in PARAMETERS if p.default is not None}
+    values |= {name: value for name, value in parameters.items() if value is not None}
+    values.setdefault("model", settings.SD_MODEL)
+    values.setdefault("backend", settings.SD_BACKEND)
+    values.setdefault("width", default_size(values["model"]))
+    values.setdefault("height", default_size(values["model"]))
+    values.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
+    total_steps = values["steps"]
+    starts_from_image = init_image and not (
+        mask_image and values["inpainting_fill"] == "latent noise"
+    )
+    if starts_from_image:
+        total_steps = steps_to_run(values["steps"], values["strength"])
     session = GenerationSession(
         owner=owner,
         owner_key=owner_key,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        width=width,
-        height=height,
-        seed=secrets.randbelow(2**32) if seed is None else seed,
-        scheduler=scheduler,
-        backend=backend,
-        model=model,
-        total_steps=steps,
-        expected_seconds=expected_seconds(model, backend, width, height, steps),
+        init_image=init_image,
+        mask_image=mask_image,
+        batch_id=batch_id,
+        total_steps=total_steps,
+        expected_seconds=expected_seconds(
+            values["model"], values["backend"], values["width"], values["height"], total_steps
+        ),
+        **values,
     )
     session.full_clean()
     session.save()
     return session
+
+
+def session_create_batch(*, count: int = 1, images: dict | None = None, **parameters) -> list:
+    """Queue `count` sessions with seeds seed, seed+1, ... (a random seed too); inputs stored once.
+
+    `images`: {"init_image": PIL image, "mask_image": PIL image}, already checked.
+    """
+    names = {
+        field: default_storage.save(f"inputs/{uuid.uuid4()}.png", ContentFile(as_png(image)))
+        for field, image in (images or {}).items()
+    }
+    seed = parameters.pop("seed", None)
+    seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+    batch_id = uuid.uuid4() if count > 1 else None
+    try:
+        with transaction.atomic():
+            return [
+                session_create(
+                    seed=(seed + index) % (MAX_SEED + 1), batch_id=batch_id, **names, **parameters
+                )
+                for index in range(count)
+            ]
+    except BaseException:
+        delete_files(names.values())
+        raise
 
 
 WORKER_LOST_WAITING = (

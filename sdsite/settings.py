@@ -162,6 +162,14 @@ SD_DEVICE = os.environ.get("SD_DEVICE", "cpu")
 # session gets at most SD_MAX_ATTEMPTS workers before it is failed.
 SD_WORKER_LEASE = env_float("SD_WORKER_LEASE", 30.0)
 SD_MAX_ATTEMPTS = int(os.environ.get("SD_MAX_ATTEMPTS", "2"))
+# Uploads (image-to-image, inpainting, PNG info): bytes before decoding, pixels
+# from the header before the pixels are decoded. Several images per request.
+SD_MAX_UPLOAD_MB = env_float("SD_MAX_UPLOAD_MB", 10.0)
+SD_MAX_UPLOAD_PIXELS = int(os.environ.get("SD_MAX_UPLOAD_PIXELS", str(4096 * 4096)))
+SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "8"))
+# Django refuses bigger form bodies before any view reads them.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(2 * SD_MAX_UPLOAD_MB * 1024 * 1024) + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 # Seconds a stopping worker gives its current job before it hands it back.
 SD_WORKER_GRACE = env_float("SD_WORKER_GRACE", 30.0)
 SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")

@@ -22,7 +22,9 @@ def test_valid_request_queues_a_session_with_defaults(client):
     body = response.json()
     session = GenerationSession.objects.get(pk=body["session_id"])
     # The same session JSON as GET /api/sessions/<id>.
-    assert body == client.get(f"/api/sessions/{session.pk}").json()
+    assert body == client.get(f"/api/sessions/{session.pk}").json() | {
+        "session_ids": [str(session.pk)]
+    }
     assert (body["status"], body["total_steps"]) == ("pending", 20)
     assert body["progress_url"] == f"/api/progress/{session.pk}"
     assert session.status == Status.PENDING

@@ -2,6 +2,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..images import filled, pasted_back
 from .schedulers import make_scheduler
 
 StepHook = Callable[..., bool]
@@ -16,6 +17,8 @@ class GenerationInterrupted(Exception):
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """What the pipeline is asked for: the session's values of the spec's `request` parameters."""
+
     prompt: str
     negative_prompt: str
     steps: int
@@ -24,6 +27,20 @@ class GenerationRequest:
     height: int
     seed: int
     scheduler: str = "Euler"
+    strength: float = 0.75
+    resize_mode: str = "just resize"
+    mask_blur: int = 4
+    inpainting_fill: str = "original"
+    init_image: object = None
+    """A PIL image, already at the output size (image-to-image and inpainting)."""
+    mask_image: object = None
+    """A PIL "L" image at the output size, already blurred: white is repainted."""
+
+    @property
+    def mode(self) -> str:
+        if self.mask_image is not None:
+            return "inpaint"
+        return "img2img" if self.init_image is not None else "txt2img"
 
 
 def step_callback(on_step: StepHook):
@@ -45,7 +62,6 @@ def step_callback(on_step: StepHook):
 class PipelineBackend(ABC):
     """One model on one device, loaded once and kept warm between jobs."""
 
-    name: str
     scheduler_config: dict
     """The model's own scheduler config, which every job's scheduler starts from."""
 
@@ -59,7 +75,7 @@ class PipelineBackend(ABC):
 
     @abstractmethod
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
-        """The loaded pipeline, ready for this request's size."""
+        """The loaded pipeline for this request's mode (`request.mode`) and size."""
 
     @abstractmethod
     def random_generator(self, seed: int):
@@ -88,5 +104,24 @@ class PipelineBackend(ABC):
             height=request.height,
             generator=self.random_generator(request.seed),
             callback_on_step_end=step_callback(on_step),
+            **image_inputs(request),
         )
-        return result.images[0]
+        image = result.images[0]
+        if request.mode == "inpaint":
+            # Outside the mask the result is the original, exactly (as A1111 does).
+            image = pasted_back(image, request.init_image, request.mask_image)
+        return image
+
+
+def image_inputs(request: GenerationRequest) -> dict:
+    """The pipeline's extra arguments for image-to-image and inpainting."""
+    if request.mode == "txt2img":
+        return {}
+    inputs = {"image": request.init_image, "strength": request.strength}
+    if request.mode == "inpaint":
+        inputs["mask_image"] = request.mask_image
+        if request.inpainting_fill == "fill":
+            inputs["image"] = filled(request.init_image, request.mask_image)
+        elif request.inpainting_fill == "latent noise":
+            inputs["strength"] = 1.0  # the masked area starts from pure noise
+    return inputs

@@ -28,8 +28,6 @@ def openvino_device(name: str) -> str:
 class OpenVINOBackend(PipelineBackend):
     """optimum-intel's OpenVINO pipelines, compiled for static shapes and kept per size."""
 
-    name = "openvino"
-
     def __init__(self, model: str, device: str):
         super().__init__(model, device)
         self.precision = settings.SD_OPENVINO_PRECISION
@@ -37,7 +35,7 @@ class OpenVINOBackend(PipelineBackend):
         self.ov_device: str | None = None
         # Static shapes run much faster on CPU than dynamic ones, so each size
         # gets its own compiled pipeline; the least recently used is dropped.
-        self.compiled: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.compiled: OrderedDict[tuple[str, int, int], object] = OrderedDict()
         self.max_compiled = settings.SD_OPENVINO_COMPILED_SIZES
 
     def load(self, on_phase: PhaseHook) -> None:
@@ -54,14 +52,24 @@ class OpenVINOBackend(PipelineBackend):
         self.ir_dir = str(cache_dir)
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
-        size = (request.width, request.height)
-        if size in self.compiled:
-            self.compiled.move_to_end(size)
-            return self.compiled[size]
-        from optimum.intel import OVPipelineForText2Image
+        key = (request.mode, request.width, request.height)
+        if key in self.compiled:
+            self.compiled.move_to_end(key)
+            return self.compiled[key]
+        from optimum.intel import (
+            OVPipelineForImage2Image,
+            OVPipelineForInpainting,
+            OVPipelineForText2Image,
+        )
 
         on_phase("compiling OpenVINO model")
-        pipe = OVPipelineForText2Image.from_pretrained(
+        # The same exported IR serves the three tasks (it has the VAE encoder).
+        task = {
+            "txt2img": OVPipelineForText2Image,
+            "img2img": OVPipelineForImage2Image,
+            "inpaint": OVPipelineForInpainting,
+        }[request.mode]
+        pipe = task.from_pretrained(
             self.ir_dir,
             export=False,
             device=self.ov_device,
@@ -75,7 +83,7 @@ class OpenVINOBackend(PipelineBackend):
         pipe.compile()
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
-        self.compiled[size] = pipe
+        self.compiled[key] = pipe
         while len(self.compiled) > self.max_compiled:
             self.compiled.popitem(last=False)
         return pipe

@@ -5,11 +5,10 @@ from .sources import resolve_model
 class TorchBackend(PipelineBackend):
     """diffusers on PyTorch: CPU, CUDA or MPS, whatever `SD_DEVICE` names."""
 
-    name = "pytorch"
-
     def __init__(self, model: str, device: str):
         super().__init__(model, device)
         self.pipe = None
+        self.by_mode = {}
 
     def load(self, on_phase: PhaseHook) -> None:
         import torch
@@ -32,7 +31,21 @@ class TorchBackend(PipelineBackend):
         self.pipe = pipe.to(device)
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
-        return self.pipe
+        # Image-to-image and inpainting pipelines share the loaded components:
+        # no second copy of the weights. A 4-channel UNet inpaints too (diffusers
+        # blends the masked latents); a 9-channel inpainting model does it better.
+        if request.mode not in self.by_mode:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = {
+                "txt2img": None,
+                "img2img": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting,
+            }[request.mode]
+            pipe = self.pipe if auto is None else auto.from_pipe(self.pipe)
+            pipe.set_progress_bar_config(disable=True)
+            self.by_mode[request.mode] = pipe
+        return self.by_mode[request.mode]
 
     def random_generator(self, seed: int):
         import torch

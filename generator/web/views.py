@@ -4,6 +4,7 @@ import uuid
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -11,8 +12,11 @@ from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..forms import GenerateForm
+from ..images import open_upload
+from ..metadata import read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, viewer_of
+from ..params import PARAMETERS
 from ..services import (
     DEMO_MODEL,
     CancelOutcome,
@@ -20,7 +24,7 @@ from ..services import (
     own_queue,
     session_as_dict,
     session_cancel,
-    session_create,
+    session_create_batch,
 )
 from .hub import get_hub
 from .sse import STREAM_HEADERS, open_stream
@@ -63,7 +67,7 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
     values = form_values(settings_from, same_seed)
     return {
         "form": GenerateForm(initial=values),
-        "values": values,
+        "parameter_labels": {p.name: p.label for p in PARAMETERS},
         "session": follow,
         "session_json": session_as_dict(follow) if follow else None,
         "model": settings.SD_MODEL,
@@ -92,6 +96,37 @@ def history_delete(request, session_id):
     messages.success(request, "Deleted the generation and its files.")
     page = request.POST.get("page", "")
     return redirect(f"/history?page={page}" if page.isdigit() else "/history")
+
+
+@require_POST
+def api_png_info(request):
+    """The generation parameters an uploaded image carries (the page's "drop a PNG")."""
+    upload = request.FILES.get("image")
+    if upload is None:
+        return errors_response({"image": ["Send the image as the `image` field."]})
+    try:
+        image = open_upload(upload)
+    except ValidationError as error:
+        return errors_response({"image": error.messages})
+    source, parameters = read_parameters(image)
+    return JsonResponse(
+        {
+            "source": source or None,
+            "parameters": parameters,
+            "message": None if parameters else "The image carries no generation settings.",
+        }
+    )
+
+
+@require_GET
+def api_sessions(request):
+    """Several of the viewer's visible sessions at once: `?ids=<uuid>,<uuid>` (a batch)."""
+    try:
+        ids = [uuid.UUID(part) for part in request.GET.get("ids", "").split(",") if part][:64]
+    except ValueError:
+        return errors_response({"ids": ["Comma-separated session ids."]})
+    sessions = visible_sessions(request).filter(pk__in=ids).order_by("seed", "created_at")
+    return JsonResponse({"sessions": [session_as_dict(session) for session in sessions]})
 
 
 @require_GET
@@ -127,11 +162,18 @@ def api_generate(request):
     data, errors = parse_body(request)
     if errors:
         return errors_response(errors)
-    form = GenerateForm(data)
+    form = GenerateForm(data, request.FILES)
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
-    session = session_create(**form.parameters(), **owner_fields(request))
-    return JsonResponse(session_as_dict(session), status=202)
+    sessions = session_create_batch(
+        count=form.cleaned_data.get("count") or 1,
+        images=form.images,
+        **form.parameters(),
+        **owner_fields(request),
+    )
+    body = session_as_dict(sessions[0])
+    body["session_ids"] = [str(session.pk) for session in sessions]
+    return JsonResponse(body, status=202)
 
 
 @require_http_methods(["GET", "DELETE"])

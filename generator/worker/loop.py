@@ -9,8 +9,11 @@ from collections import OrderedDict
 
 from django.conf import settings
 from django.db import close_old_connections
+from PIL import Image
 
 from ..estimates import measured_timing
+from ..images import blurred_mask, fitted
+from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from .claims import ClaimedJob, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
@@ -176,16 +179,20 @@ class Worker:
 
 
 def request_of(session) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=session.prompt,
-        negative_prompt=session.negative_prompt,
-        steps=session.steps,
-        guidance_scale=session.guidance_scale,
-        width=session.width,
-        height=session.height,
-        seed=session.seed,
-        scheduler=session.scheduler,
-    )
+    """The pipeline's request: the session's values of the spec's `request` parameters,
+    with its input images fitted to the output size (and the mask blurred)."""
+    values = {name: getattr(session, name) for name in REQUEST_NAMES}
+    if session.init_image:
+        size = (session.width, session.height)
+        with session.init_image.open("rb") as file:
+            image = Image.open(file).convert("RGB")
+        values["init_image"] = fitted(image, size, session.resize_mode)
+        if session.mask_image:
+            with session.mask_image.open("rb") as file:
+                mask = Image.open(file).convert("L")
+            mask = fitted(mask, size, session.resize_mode)
+            values["mask_image"] = blurred_mask(mask, session.mask_blur)
+    return GenerationRequest(**values)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

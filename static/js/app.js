@@ -31,6 +31,8 @@
     saving: "Saving the image",
   };
   const QUEUE_REFRESH_MS = 1000;
+  const LABELS = JSON.parse(document.getElementById("parameter-labels").textContent);
+  const batchGrid = document.getElementById("batch-grid");
 
   let source = null;
   let waitingCheck = null;
@@ -189,15 +191,10 @@
     const p = session.parameters;
     resultCaption.textContent = p.prompt;
     resultImage.alt = `The generated image: ${p.prompt}`;
-    const rows = [
-      ["Seed", p.seed],
-      ["Steps", p.steps],
-      ["Sampler", p.scheduler],
-      ["CFG scale", p.guidance_scale],
-      ["Size", `${p.width}×${p.height}`],
-      ["Model", `${p.model} (${p.backend})`],
-    ];
-    if (p.negative_prompt) rows.unshift(["Negative prompt", p.negative_prompt]);
+    // Every parameter the session has, labelled as the form labels it.
+    const rows = Object.entries(p)
+      .filter(([name, value]) => name !== "prompt" && value !== "" && value !== null)
+      .map(([name, value]) => [LABELS[name] || name, value]);
     const list = document.getElementById("result-parameters");
     list.replaceChildren(
       ...rows.flatMap(([name, value]) => {
@@ -357,6 +354,49 @@
     if (sessions.length) queueTimer = setTimeout(refreshQueue, QUEUE_REFRESH_MS);
   }
 
+  // Several images per request: a tile each, with its own bar, preview and image.
+  let batchTimer = null;
+  function showBatch(ids) {
+    clearTimeout(batchTimer);
+    batchGrid.replaceChildren();
+    batchGrid.hidden = ids.length < 2;
+    if (ids.length < 2) return;
+    for (const id of ids) {
+      const tile = document.createElement("li");
+      tile.dataset.sessionId = id;
+      tile.innerHTML =
+        '<a><img alt="" width="128" height="128"></a>' +
+        '<div class="progress mini" role="progressbar" aria-valuemin="0" aria-valuemax="100" ' +
+        'aria-valuenow="0"><div class="progress-fill"></div></div><span class="tile-state"></span>';
+      tile.querySelector("a").href = `/s/${id}`;
+      batchGrid.append(tile);
+    }
+    refreshBatch(ids);
+  }
+
+  async function refreshBatch(ids) {
+    const response = await fetch(`/api/sessions?ids=${ids.join(",")}`).catch(() => null);
+    if (!response || !response.ok) return;
+    const { sessions } = await response.json();
+    let open = 0;
+    for (const session of sessions) {
+      const tile = batchGrid.querySelector(`[data-session-id="${session.session_id}"]`);
+      if (!tile) continue;
+      const picture = session.image_url || session.preview_url;
+      const img = tile.querySelector("img");
+      if (picture && img.getAttribute("src") !== picture) img.src = picture;
+      img.alt = `Seed ${session.parameters.seed}`;
+      const miniBar = tile.querySelector(".progress");
+      miniBar.setAttribute("aria-valuenow", String(session.percentage));
+      miniBar.querySelector(".progress-fill").style.width = `${session.percentage}%`;
+      tile.querySelector(".tile-state").textContent =
+        `seed ${session.parameters.seed}: ${session.status === "running" ? `${session.percentage} %` : session.status}`;
+      tile.dataset.status = session.status;
+      if (!["completed", "failed", "cancelled"].includes(session.status)) open += 1;
+    }
+    if (open) batchTimer = setTimeout(() => refreshBatch(ids), QUEUE_REFRESH_MS);
+  }
+
   // On a phone the form fills the screen: bring the progress into view.
   function revealOutput() {
     const top = output.getBoundingClientRect().top;
@@ -372,9 +412,11 @@
     setStatus("Sending…");
     let response;
     try {
+      const body = new FormData(form);
+      await window.sdsiteInputs.addTo(body);
       response = await fetch(form.action, {
         method: "POST",
-        body: new FormData(form),
+        body,
         headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
         credentials: "same-origin",
       });
@@ -387,6 +429,7 @@
       // The address bar names the newest generation, so it can be reloaded or shared.
       history.pushState({ sessionId: data.session_id }, "", `/s/${data.session_id}`);
       follow(data.session_id, data.total_steps);
+      showBatch(data.session_ids || []);
       refreshQueue();
       revealOutput();
     } else {

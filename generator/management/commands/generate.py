@@ -7,14 +7,17 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from generator.forms import GenerateForm
 from generator.models import GenerationSession, Status, WorkerRecord
-from generator.pipelines.schedulers import SCHEDULERS
-from generator.services import START_WORKER, session_cancel, session_create
+from generator.params import PARAMETERS
+from generator.services import START_WORKER, session_cancel, session_create_batch
 from generator.worker.loop import Worker
+
+OPTION_TYPES = {"text": str, "int": int, "float": float, "choice": str}
 
 
 class Command(BaseCommand):
@@ -25,17 +28,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("prompt", help="What to draw.")
-        parser.add_argument("--negative", default="", help="Negative prompt.")
-        parser.add_argument("--steps", type=int, help="Denoising steps (1..150, default 20).")
-        parser.add_argument("--cfg", type=float, help="Guidance scale (0..30, default 7.5).")
-        parser.add_argument("--seed", type=int, help="Seed; with --count, image i uses seed+i.")
-        parser.add_argument("--width", type=int, help="Width, a multiple of 8.")
-        parser.add_argument("--height", type=int, help="Height, a multiple of 8.")
-        parser.add_argument("--backend", help="pytorch or openvino (default SD_BACKEND).")
-        parser.add_argument(
-            "--scheduler", help=f"Sampler by its A1111 name: {', '.join(SCHEDULERS)}."
-        )
-        parser.add_argument("--model", help="Model (default SD_MODEL).")
+        for parameter in PARAMETERS[1:]:  # every parameter of the spec, as an option
+            flags = [f"--{parameter.name.replace('_', '-')}"]
+            if parameter.cli:
+                flags.insert(0, parameter.cli)
+            choices = [value for value, _ in parameter.choices] or None
+            number = OPTION_TYPES[parameter.kind]
+            bounds = (
+                f" ({number(parameter.minimum)}..{number(parameter.maximum)})"
+                if parameter.maximum is not None and parameter.minimum is not None
+                else ""
+            )
+            default = "" if parameter.default in (None, "") else f", default {parameter.default}"
+            description = f"{parameter.help.rstrip('.')}{bounds}{default}."
+            parser.add_argument(
+                *flags,
+                dest=parameter.name,
+                type=OPTION_TYPES[parameter.kind],
+                choices=None if parameter.name == "model" else choices,
+                help=description.replace("%", "%%"),
+            )
+        parser.add_argument("--init-image", help="Start from this image (image-to-image).")
+        parser.add_argument("--mask-image", help="Inpainting mask (white: repaint).")
         parser.add_argument("--count", type=int, default=1, help="How many images (default 1).")
         parser.add_argument(
             "--output", help="Copy the image here (with --count, NAME-1.png, NAME-2.png, ...)."
@@ -52,18 +66,14 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["count"] < 1:
             raise CommandError("--count must be at least 1.")
-        parameters = self.validated(options)
+        parameters, images = self.validated(options)
         if not options["inline"] and not WorkerRecord.objects.alive().exists():
             raise CommandError(
                 f"No worker is running: start one with {START_WORKER.strip('`')}, "
                 "or pass --inline to generate in this process."
             )
         log_file = self.keep_logs_off_the_terminal(options["verbosity"])
-        sessions = []
-        for index in range(options["count"]):
-            seed = parameters.get("seed")
-            extra = {"seed": seed + index} if seed is not None else {}
-            sessions.append(session_create(**(parameters | extra)))
+        sessions = session_create_batch(count=options["count"], images=images, **parameters)
         worker_thread = self.start_inline_worker(sessions) if options["inline"] else None
         try:
             failures = self.follow_all(sessions, options, inline=worker_thread is not None)
@@ -108,25 +118,22 @@ class Command(BaseCommand):
                 if not self.offer_to_cancel(sessions, inline):
                     sys.exit(130)
 
-    def validated(self, options) -> dict:
-        form = GenerateForm(
-            {
-                "prompt": options["prompt"],
-                "negative_prompt": options["negative"],
-                "steps": options["steps"],
-                "guidance_scale": options["cfg"],
-                "width": options["width"],
-                "height": options["height"],
-                "seed": options["seed"],
-                "backend": options["backend"],
-                "scheduler": options["scheduler"],
-                "model": options["model"],
-            }
-        )
+    def validated(self, options) -> tuple[dict, dict]:
+        """(parameters, input images), checked by the same form as the web page's."""
+        data = {p.name: options[p.name] for p in PARAMETERS if options[p.name] is not None}
+        files = {}
+        for field in ("init_image", "mask_image"):
+            if options[field]:
+                try:
+                    content = Path(options[field]).read_bytes()
+                except OSError as error:
+                    raise CommandError(f"{field}: {error.strerror}: {options[field]}") from None
+                files[field] = SimpleUploadedFile(Path(options[field]).name, content)
+        form = GenerateForm(data, files)
         if not form.is_valid():
             problems = "; ".join(f"{field}: {' '.join(m)}" for field, m in form.errors.items())
             raise CommandError(f"Invalid parameters: {problems}")
-        return form.parameters()
+        return form.parameters(), form.images
 
     def start_inline_worker(self, sessions) -> threading.Thread:
         worker = Worker(poll_interval=0.05, session_ids=[s.pk for s in sessions])
