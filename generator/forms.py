@@ -23,6 +23,7 @@ def form_field(parameter: Parameter) -> forms.Field:
         "help_text": parameter.help,
         "required": parameter.name == "prompt",
         "validators": parameter.validators(),
+        "initial": parameter.default,
     }
     attrs = {}
     if parameter.kind == "text":

@@ -207,6 +207,14 @@ class GenerationSession(models.Model):
         unused = () if self.mask_image else IMAGE_ONLY if not self.init_image else MASK_ONLY
         return {name: value for name, value in values.items() if name not in unused}
 
+    def parameter_items(self) -> list[tuple[str, object]]:
+        """(label, value) of each parameter but the prompt, for the history and the page."""
+        return [
+            (P(name).label, value)
+            for name, value in self.parameters().items()
+            if name != "prompt" and value not in ("", None)
+        ]
+
     @property
     def mode(self) -> str:
         """`txt2img`, `img2img` or `inpaint`."""

@@ -389,3 +389,70 @@ def test_the_admin_lists_fit_a_laptop_screen(new_page, web_server):
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 1440, f"{changelist}: {width} px wide"
     screenshot(page, "admin-workers.png")
+
+
+def test_drop_a_png_for_its_settings_upload_an_image_paint_a_mask_and_inpaint_a_batch(
+    new_page, web_server, start_worker, tmp_path
+):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    start_worker()
+    page = new_page()
+    page.goto(web_server.url)
+
+    # A PNG dropped on the form gives its settings ("use these settings").
+    info = PngInfo()
+    info.add_text("parameters", "a red square\nSteps: 6, Sampler: Euler, CFG scale: 7, Seed: 5")
+    carrier = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(carrier, format="PNG", pnginfo=info)
+    transfer = page.evaluate_handle(
+        """b64 => {
+          const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], "earlier.png", {type: "image/png"}));
+          return transfer;
+        }""",
+        base64.b64encode(carrier.getvalue()).decode(),
+    )
+    page.dispatch_event("#id_prompt", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("document.getElementById('id_prompt').value === 'a red square'")
+    assert page.input_value("#id_steps") == "6" and page.input_value("#id_seed") == "5"
+
+    # Start from an image and paint a mask over its middle.
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "start.png")
+    page.click("#image-inputs summary")
+    page.set_input_files("#id_init_image", str(tmp_path / "start.png"))
+    page.wait_for_selector("#mask-editor", state="visible")
+    page.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.65, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.fill("#id_strength", "1")
+    page.click("text=Advanced settings")
+    page.fill("#id_count", "2")
+    page.click("#generate-button")
+    wait_for_status(page, "Done.")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#batch-grid li')]"
+        ".every(li => li.dataset.status === 'completed')"
+    )
+    screenshot(page, "inpainted-batch.png", full_page=True)
+
+    sessions = list(GenerationSession.objects.order_by("seed"))
+    assert [(s.mode, s.seed, s.status) for s in sessions] == [
+        ("inpaint", 5, Status.COMPLETED),
+        ("inpaint", 6, Status.COMPLETED),
+    ]
+    mask = np.asarray(Image.open(sessions[0].mask_image.path))
+    assert mask.shape == (96, 96)
+    assert mask[48, 48] == 255 and mask[5, 5] == 0  # painted in the middle only
+    result = np.asarray(Image.open(sessions[0].image.path).convert("RGB"))
+    assert (result[:10, :10] == pixels[:10, :10]).all()  # untouched outside the mask

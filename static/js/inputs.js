@@ -29,6 +29,10 @@ window.sdsiteInputs = (() => {
     preview.onload = () => {
       canvas.width = preview.naturalWidth;
       canvas.height = preview.naturalHeight;
+      // The output takes the image's size (in multiples of 8), as in A1111.
+      const fit = (side) => Math.max(64, Math.min(2048, Math.floor(side / 8) * 8));
+      form.elements.width.value = fit(preview.naturalWidth);
+      form.elements.height.value = fit(preview.naturalHeight);
       clearMask();
       editor.hidden = false;
       document.getElementById("image-inputs").open = true;
