@@ -10,7 +10,7 @@ from django.utils.timezone import localtime
 from django.utils.translation import ngettext
 
 from .metadata import a1111_parameters
-from .models import GenerationSession, Status, WorkerRecord
+from .models import ApiKey, GenerationSession, Status, WorkerRecord
 from .params import NAMES
 from .services import CancelOutcome, session_cancel, session_requeue
 from .step_chart import step_chart_svg
@@ -272,3 +272,23 @@ class WorkerRecordAdmin(admin.ModelAdmin):
     @admin.display(description="last seen", ordering="last_seen_at")
     def last_seen(self, obj):
         return f"{(timezone.now() - obj.last_seen_at).total_seconds():.0f} s ago"
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are made with `manage.py apikey create`, which shows the key once; here: revoke."""
+
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("user__username", "name", "prefix")
+    readonly_fields = ("user", "prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("user", "name", "prefix", "default_model", "created_at", "last_used_at", "revoked_at")
+    actions = ("revoke_keys",)
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke_keys(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, ngettext("Revoked %d key.", "Revoked %d keys.", count) % count)

@@ -15,6 +15,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .params import IMAGE_ONLY, MASK_ONLY, NAMES
@@ -300,6 +301,45 @@ class WorkerRecord(models.Model):
 
         lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds
         return (timezone.now() - self.last_seen_at).total_seconds() <= lease
+
+
+SHOWN_KEY_CHARACTERS = 12
+"""Characters of an API key kept in the clear, to list and revoke it (apikeys.py)."""
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True, user__is_active=True)
+
+
+class ApiKey(models.Model):
+    """A user's key; only its digest is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100, blank=True, help_text="What the key is for.")
+    prefix = models.CharField(max_length=SHOWN_KEY_CHARACTERS, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    default_model = models.CharField(
+        max_length=500, blank=True, help_text="The key's own default model (A1111's options)."
+    )
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user}{', ' + self.name if self.name else ''})"
+
+    def revoke(self) -> None:
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])
 
 
 def percentage(current_step: int, total_steps: int) -> int:

@@ -70,6 +70,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "generator.apikeys.ApiKeyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -167,6 +168,9 @@ SD_MAX_ATTEMPTS = int(os.environ.get("SD_MAX_ATTEMPTS", "2"))
 SD_MAX_UPLOAD_MB = env_float("SD_MAX_UPLOAD_MB", 10.0)
 SD_MAX_UPLOAD_PIXELS = int(os.environ.get("SD_MAX_UPLOAD_PIXELS", str(4096 * 4096)))
 SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "8"))
+# The A1111 (/sdapi/v1) and OpenAI (/v1) endpoints need an API key unless this
+# is "off": only for a trusted single-user box, never on a network.
+SD_API_AUTH = os.environ.get("SD_API_AUTH", "on").strip().lower() not in {"off", "0", "false"}
 # Django refuses bigger form bodies before any view reads them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(2 * SD_MAX_UPLOAD_MB * 1024 * 1024) + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -102,7 +102,7 @@ def new_page(chromium):
 def generate(page, server, prompt: str, steps: int):
     page.goto(server.url)
     page.fill("#id_prompt", prompt)
-    page.click("summary")
+    page.click("text=Advanced settings")
     page.fill("#id_steps", str(steps))
     page.click("#generate-button")
     page.wait_for_url(re.compile(r"/s/[0-9a-f-]{36}$"))
@@ -252,8 +252,8 @@ def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
 
     page.focus("#id_prompt")
     page.keyboard.type(" ")  # blank after trimming: the server refuses it
-    page.keyboard.press("Tab")  # to "Advanced settings"
-    page.keyboard.press("Tab")  # to the Generate button
+    for _ in ("negative prompt", "start from an image", "advanced settings", "Generate"):
+        page.keyboard.press("Tab")
     page.keyboard.press("Enter")
 
     page.wait_for_function("document.getElementById('alert').textContent.length > 0")
@@ -269,7 +269,7 @@ def test_each_click_queues_and_the_page_lists_and_finishes_ones_own_queue(
     start_worker()
     page = new_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     page.goto(web_server.url)
-    page.click("summary")  # Advanced open: on a phone the output is far below
+    page.click("text=Advanced settings")  # Advanced open: on a phone the output is far below
     page.fill("#id_steps", "25")
     page.fill("#id_prompt", "first")
     page.click("#generate-button")
@@ -331,7 +331,8 @@ def test_the_page_counts_down_says_when_the_worker_is_lost_and_when_the_job_rest
     # History for an estimate, and a worker that is alive but claims nothing.
     for _ in range(3):
         done = GenerationSession.objects.create(
-            prompt="earlier", seed=1, backend="pytorch", model="demo", steps=20,
+            prompt="earlier", seed=1, backend="pytorch", model="demo", steps=20, width=256,
+            height=256,
             status=Status.COMPLETED, step_seconds=[1.0] * 20, total_steps=20,
         )  # fmt: skip
         GenerationSession.objects.filter(pk=done.pk).update(
@@ -373,7 +374,8 @@ def test_the_admin_lists_fit_a_laptop_screen(new_page, web_server):
     for n in range(3):
         GenerationSession.objects.create(
             prompt="a long prompt about a lighthouse at dawn, " * 10 + str(n),
-            seed=n, backend="pytorch", model=long_model, steps=20, total_steps=20,
+            seed=n, backend="pytorch", model=long_model, steps=20, total_steps=20, width=256,
+            height=256,
         )  # fmt: skip
     from generator.worker.heartbeat import register_worker
 

@@ -1,0 +1,90 @@
+"""API keys: how other tools (A1111 and OpenAI clients, scripts) act for a user.
+
+A key is shown once, when it is made; the database keeps its SHA-256 and its
+first characters (to list and revoke it). A request carries it as
+`Authorization: Bearer <key>`, or as HTTP Basic with the username and the key
+as password (Open WebUI and webuiapi send Basic). Such a request acts for the
+key's user and needs no CSRF token: a cross-site page cannot set that header.
+"""
+
+import base64
+import binascii
+import hashlib
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from .models import SHOWN_KEY_CHARACTERS as SHOWN
+from .models import ApiKey
+
+PREFIX = "sdk_"
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def issue_key(user, name: str = "") -> tuple[ApiKey, str]:
+    """A new key for `user`: (the row, the key itself, which is not stored)."""
+    key = PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey.objects.create(user=user, name=name, prefix=key[:SHOWN], digest=digest(key))
+    return row, key
+
+
+def key_of(request) -> str | None:
+    """The key an Authorization header carries (Bearer, or Basic's password), if any."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def authenticate(request) -> ApiKey | None:
+    """The active key the request carries, or None; marks it used."""
+    key = key_of(request)
+    if not key:
+        return None
+    row = ApiKey.objects.active().select_related("user").filter(digest=digest(key)).first()
+    if row is not None:
+        now = timezone.now()
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            ApiKey.objects.filter(pk=row.pk).update(last_used_at=now)
+    return row
+
+
+def user_for(username: str):
+    """The user named so, made (without a password) if there is none."""
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+class ApiKeyMiddleware:
+    """A request with a valid key acts for the key's user, without a CSRF token.
+
+    Put after AuthenticationMiddleware. A request with an Authorization header
+    that holds no valid key stays anonymous; the dialects answer it 401.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.api_key = None
+        if "Authorization" in request.headers:
+            row = authenticate(request)
+            if row is not None:
+                request.api_key = row
+                request.user = row.user
+                request._dont_enforce_csrf_checks = True
+        return self.get_response(request)

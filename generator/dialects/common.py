@@ -1,0 +1,112 @@
+"""What the dialects share: the key check, queueing through the one form, waiting, images.
+
+Each dialect translates its request into sdsite's parameters, queues through
+`services.session_create_batch` (the page's queue, workers and progress rows),
+waits for the sessions without holding a thread, and translates the result back.
+"""
+
+import asyncio
+import base64
+import binascii
+import functools
+from collections.abc import Callable
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http import JsonResponse
+
+from ..forms import GenerateForm
+from ..models import GenerationSession
+from ..services import session_create_batch
+
+WAIT_INTERVAL = 0.2
+"""Seconds between two reads of the waited sessions."""
+
+
+def unauthorized(body: dict) -> JsonResponse:
+    response = JsonResponse(body, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="sdsite", Basic realm="sdsite"'
+    return response
+
+
+def require_key(error_body: Callable[[str], dict]):
+    """Views of a dialect answer 401 without a valid API key, unless SD_API_AUTH=off.
+
+    `error_body(message)` shapes the error as the dialect's clients expect it.
+    """
+    message = "A valid API key is required: Authorization: Bearer <key> (manage.py apikey)."
+
+    def decorate(view):
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def checked_async(request, *args, **kwargs):
+                if settings.SD_API_AUTH and request.api_key is None:
+                    return unauthorized(error_body(message))
+                return await view(request, *args, **kwargs)
+
+            return checked_async
+
+        @functools.wraps(view)
+        def checked(request, *args, **kwargs):
+            if settings.SD_API_AUTH and request.api_key is None:
+                return unauthorized(error_body(message))
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def owner_of(request) -> dict:
+    """Jobs queued with a key belong to its user; with SD_API_AUTH=off and no key, to nobody."""
+    return {"owner": request.api_key.user if request.api_key else None, "owner_key": ""}
+
+
+def own_sessions(request):
+    if request.api_key is not None:
+        return GenerationSession.objects.filter(owner=request.api_key.user)
+    return GenerationSession.objects.filter(owner__isnull=True, owner_key="")
+
+
+def decode_image(value: str, field: str) -> SimpleUploadedFile:
+    """A base64 image (with or without a data: URL prefix) as an upload for the form."""
+    if "," in value[:100] and value.startswith("data:"):
+        value = value.split(",", 1)[1]
+    try:
+        data = base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError):
+        data = b""
+    return SimpleUploadedFile(f"{field}.png", data)
+
+
+def queue(data: dict, files: dict, count: int, owner: dict) -> tuple[list, dict]:
+    """Validate with the page's own form and queue: (sessions, {}) or ([], {field: [errors]})."""
+    form = GenerateForm(data | {"count": count}, files)
+    if not form.is_valid():
+        return [], {field: list(messages) for field, messages in form.errors.items()}
+    sessions = session_create_batch(
+        count=form.cleaned_data.get("count") or 1, images=form.images, **form.parameters(), **owner
+    )
+    return sessions, {}
+
+
+def _read(ids) -> list:
+    return list(GenerationSession.objects.filter(pk__in=ids).order_by("seed", "created_at"))
+
+
+async def wait_for_sessions(ids, timeout: float = 3600.0) -> list:
+    """The sessions once all have ended, read every WAIT_INTERVAL s on the event loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        sessions = await sync_to_async(_read)(ids)
+        if all(session.is_finished for session in sessions) or loop.time() > deadline:
+            return sessions
+        await asyncio.sleep(WAIT_INTERVAL)
+
+
+def image_base64(session) -> str:
+    with session.image.open("rb") as file:
+        return base64.b64encode(file.read()).decode("ascii")
