@@ -6,6 +6,9 @@ from django.views.static import serve
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("generator.web.urls")),
+    # Other tools' dialects: AUTOMATIC1111's and OpenAI's image APIs.
+    path("sdapi/v1/", include("generator.dialects.a1111")),
+    path("v1/", include("generator.dialects.openai")),
     # Generated images are served by the app itself, DEBUG on or off, so the
     # one-command install needs no separate file server. Put nginx in front in
     # production (docs/deploy.md).

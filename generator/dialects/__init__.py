@@ -1,0 +1,1 @@
+"""Other tools' APIs as thin adapters over the same services, queue and progress rows."""

@@ -1,0 +1,372 @@
+"""AUTOMATIC1111's `/sdapi/v1`, for Open WebUI, SillyTavern, chaiNNer, Krita plugins and webuiapi.
+
+Field names and shapes follow A1111's `modules/api/models.py`: the request
+models ignore keys they do not know (clients rely on it: SillyTavern sends its
+own `url` and `auth`), and what sdsite cannot do (hires fix, face restoration,
+scripts) is ignored as A1111 ignores what it cannot do, and listed in the
+answer's `info` under `ignored`. Unlike A1111's, `progress` and `interrupt`
+are per key: a caller sees and stops only its own jobs.
+"""
+
+import json
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import JsonResponse
+from django.urls import path
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from ..images import open_upload
+from ..metadata import a1111_parameters, read_parameters
+from ..models import Status
+from ..params import INPAINTING_FILLS, RESIZE_MODES
+from ..pipelines.schedulers import SCHEDULERS
+from ..services import session_cancel
+from ..web.snapshots import preview_data_url
+from .common import decode_image, image_base64, own_sessions, owner_of, queue, require_key
+from .common import wait_for_sessions as wait
+
+VERSION = "sdsite"
+# A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent noise"}
+SCHEDULE_TYPES = {"karras": " Karras"}
+"""A1111 >= 1.9 names the schedule apart: `DPM++ 2M` with `scheduler: Karras`."""
+IGNORED_IF_SET = (
+    "enable_hr",
+    "restore_faces",
+    "tiling",
+    "script_name",
+    "alwayson_scripts",
+    "styles",
+    "subseed_strength",
+    "inpaint_full_res",
+    "refiner_checkpoint",
+)
+
+
+def error(message: str) -> dict:
+    return {"error": "HTTPException", "detail": message, "errors": message}
+
+
+keyed = require_key(error)
+
+
+def body_of(request) -> dict | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def sampler_of(body: dict) -> str | None:
+    """The sdsite sampler for A1111's names, old (`DPM++ 2M Karras`) and new (+ `scheduler`)."""
+    name = body.get("sampler_name") or body.get("sampler_index") or "Euler"
+    schedule = str(body.get("scheduler") or "").lower()
+    name = f"{name}{SCHEDULE_TYPES.get(schedule, '')}" if not name.endswith("Karras") else name
+    return name if name in SCHEDULERS else None
+
+
+def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, dict]:
+    """(form data, files, ignored keys, errors) for an A1111 request body."""
+    errors, ignored = {}, []
+    sampler = sampler_of(body)
+    if sampler is None:
+        errors["sampler_name"] = [f"Sampler not found: use one of {', '.join(SCHEDULERS)}."]
+    model = (body.get("override_settings") or {}).get("sd_model_checkpoint")
+    if model is None and request.api_key is not None and request.api_key.default_model:
+        model = request.api_key.default_model
+    ignored += [key for key in IGNORED_IF_SET if body.get(key)]
+    ignored += [
+        f"override_settings.{key}"
+        for key in (body.get("override_settings") or {})
+        if key != "sd_model_checkpoint"
+    ]
+    seed = body.get("seed", -1)
+    data = {
+        "prompt": body.get("prompt", ""),
+        "negative_prompt": body.get("negative_prompt") or "",
+        "steps": body.get("steps", 20),
+        "guidance_scale": body.get("cfg_scale", 7.0),
+        "seed": None if seed in (-1, None, "") else seed,
+        "scheduler": sampler,
+        "model": model,
+        "width": body.get("width"),
+        "height": body.get("height"),
+    }
+    files = {}
+    if image_mode:
+        images = body.get("init_images") or []
+        if not images:
+            errors["init_images"] = ["Send one image (base64) in init_images."]
+        else:
+            files["init_image"] = decode_image(images[0], "init_image")
+        if body.get("mask"):
+            files["mask_image"] = decode_image(body["mask"], "mask_image")
+            if body.get("inpainting_mask_invert"):
+                ignored.append("inpainting_mask_invert")
+        data["strength"] = body.get("denoising_strength", 0.75)
+        data["mask_blur"] = body.get("mask_blur", 4)
+        data["inpainting_fill"] = FILLS.get(body.get("inpainting_fill", 1), INPAINTING_FILLS[0])
+        data["resize_mode"] = RESIZE_MODES[min(int(body.get("resize_mode") or 0), 2)]
+    return {k: v for k, v in data.items() if v is not None}, files, ignored, errors
+
+
+def info_of(sessions, body: dict, ignored: list) -> dict:
+    first = sessions[0]
+    seeds = [session.seed for session in sessions]
+    return {
+        "prompt": first.prompt,
+        "all_prompts": [session.prompt for session in sessions],
+        "negative_prompt": first.negative_prompt,
+        "all_negative_prompts": [session.negative_prompt for session in sessions],
+        "seed": seeds[0],
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * len(seeds),
+        "subseed_strength": 0,
+        "width": first.width,
+        "height": first.height,
+        "sampler_name": first.scheduler,
+        "cfg_scale": first.guidance_scale,
+        "steps": first.steps,
+        "batch_size": body.get("batch_size", 1),
+        "restore_faces": False,
+        "sd_model_name": first.model,
+        "sd_model_hash": None,
+        "denoising_strength": first.strength if first.init_image else None,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [a1111_parameters(session) for session in sessions],
+        "styles": [],
+        "job_timestamp": first.created_at.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": VERSION,
+        "ignored": ignored,
+        "session_ids": [str(session.pk) for session in sessions],
+        "errors": [s.error for s in sessions if s.status == Status.FAILED],
+    }
+
+
+async def generate(request, image_mode: bool):
+    body = body_of(request)
+    if body is None:
+        return JsonResponse(error("The body must be a JSON object."), status=422)
+    data, files, ignored, errors = translate(request, body, image_mode)
+    count = int(body.get("batch_size") or 1) * int(body.get("n_iter") or 1)
+    if not errors:
+        sessions, errors = await sync_to_async(queue)(data, files, count, owner_of(request))
+    if errors:
+        return JsonResponse(error(json.dumps(errors)) | {"fields": errors}, status=422)
+    finished = await wait([session.pk for session in sessions])
+    done = [session for session in finished if session.status == Status.COMPLETED]
+    if not done and any(session.status == Status.FAILED for session in finished):
+        message = next(s.error for s in finished if s.status == Status.FAILED)
+        return JsonResponse(error(message), status=500)
+    images = [await sync_to_async(image_base64)(session) for session in done]
+    info = await sync_to_async(info_of)(finished, body, ignored)
+    return JsonResponse({"images": images, "parameters": body, "info": json.dumps(info)})
+
+
+@csrf_exempt
+@require_POST
+@keyed
+async def txt2img(request):
+    return await generate(request, image_mode=False)
+
+
+@csrf_exempt
+@require_POST
+@keyed
+async def img2img(request):
+    return await generate(request, image_mode=True)
+
+
+@require_GET
+@keyed
+def progress(request):
+    """The caller's current job, from the same rows as the SSE stream."""
+    unfinished = list(own_sessions(request).unfinished().order_by("created_at"))
+    running = next((s for s in unfinished if s.status == Status.RUNNING), None)
+    state = {
+        "skipped": False,
+        "interrupted": False,
+        "job": "",
+        "job_count": len(unfinished),
+        "job_timestamp": timezone.now().strftime("%Y%m%d%H%M%S"),
+        "job_no": 0,
+        "sampling_step": 0,
+        "sampling_steps": 0,
+    }
+    if running is None:
+        return JsonResponse(
+            {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
+             "textinfo": None if not unfinished else "Waiting...", "current_task": None}
+        )  # fmt: skip
+    state |= {
+        "job": str(running.pk),
+        "job_timestamp": running.created_at.strftime("%Y%m%d%H%M%S"),
+        "sampling_step": running.current_step,
+        "sampling_steps": running.total_steps,
+    }
+    image = None
+    if request.GET.get("skip_current_image", "false").lower() != "true" and running.preview:
+        url = preview_data_url(running.preview.name)
+        image = url.split(",", 1)[1] if url else None
+    return JsonResponse(
+        {
+            "progress": running.current_step / running.total_steps if running.total_steps else 0,
+            "eta_relative": running.eta_seconds or 0.0,
+            "state": state,
+            "current_image": image,
+            "textinfo": running.phase or None,
+            "current_task": str(running.pk),
+        }
+    )
+
+
+def stop(request, whole_batch: bool) -> JsonResponse:
+    running = list(own_sessions(request).running())
+    targets = {session.pk for session in running}
+    if whole_batch:  # interrupt stops the rest of the batch too, skip only the current image
+        batches = {session.batch_id for session in running if session.batch_id}
+        targets |= set(
+            own_sessions(request)
+            .pending()
+            .filter(batch_id__in=batches)
+            .values_list("pk", flat=True)
+        )
+    for pk in targets:
+        session_cancel(pk)
+    return JsonResponse({})
+
+
+@csrf_exempt
+@require_POST
+@keyed
+def interrupt(request):
+    return stop(request, whole_batch=True)
+
+
+@csrf_exempt
+@require_POST
+@keyed
+def skip(request):
+    return stop(request, whole_batch=False)
+
+
+@require_GET
+@keyed
+def sd_models(request):
+    return JsonResponse(
+        [
+            {"title": model, "model_name": model.rstrip("/").rsplit("/", 1)[-1], "hash": None,
+             "sha256": None, "filename": model, "config": None}
+            for model in settings.SD_MODELS
+        ],
+        safe=False,
+    )  # fmt: skip
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+@keyed
+def options(request):
+    """`sd_model_checkpoint` is the caller's default model (per key, not global)."""
+    key = request.api_key
+    if request.method == "POST":
+        body = body_of(request) or {}
+        model = body.get("sd_model_checkpoint")
+        if model is not None:
+            if model not in settings.SD_MODELS:
+                return JsonResponse(error(f"Model not found: {model}"), status=422)
+            if key is not None:
+                key.default_model = model
+                key.save(update_fields=["default_model"])
+        return JsonResponse(None, safe=False)
+    model = (key.default_model if key else "") or settings.SD_MODEL
+    return JsonResponse(
+        {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "samples_format": "png",
+         "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
+    )  # fmt: skip
+
+
+@require_GET
+@keyed
+def samplers(request):
+    names = [name for name in SCHEDULERS if not name.endswith(" Karras")]
+    return JsonResponse([{"name": n, "aliases": [], "options": {}} for n in names], safe=False)
+
+
+@require_GET
+@keyed
+def schedulers(request):
+    return JsonResponse(
+        [
+            {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1,
+             "need_inner_model": False},
+            {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
+             "need_inner_model": False},
+        ],
+        safe=False,
+    )  # fmt: skip
+
+
+@require_GET
+@keyed
+def empty_list(request):
+    return JsonResponse([], safe=False)
+
+
+@require_GET
+@keyed
+def cmd_flags(request):
+    return JsonResponse({"api": True, "listen": False, "nowebui": True})
+
+
+@require_GET
+@keyed
+def scripts(request):
+    return JsonResponse({"txt2img": [], "img2img": []})
+
+
+@csrf_exempt
+@require_POST
+@keyed
+def png_info(request):
+    body = body_of(request) or {}
+    upload = decode_image(str(body.get("image") or ""), "image")
+    try:
+        image = open_upload(upload)
+    except Exception as exc:  # A1111 answers what it could not read with an empty info
+        return JsonResponse(error(f"image: {exc}"), status=422)
+    text = image.info.get("parameters", "")
+    _, parameters = read_parameters(image)
+    items = {k: v for k, v in image.info.items() if isinstance(v, str)}
+    return JsonResponse({"info": text, "items": items, "parameters": parameters})
+
+
+urlpatterns = [
+    path("txt2img", txt2img),
+    path("img2img", img2img),
+    path("progress", progress),
+    path("interrupt", interrupt),
+    path("skip", skip),
+    path("sd-models", sd_models),
+    path("options", options),
+    path("samplers", samplers),
+    path("schedulers", schedulers),
+    path("upscalers", empty_list),
+    path("latent-upscale-modes", empty_list),
+    path("sd-vae", empty_list),
+    path("loras", empty_list),
+    path("hypernetworks", empty_list),
+    path("face-restorers", empty_list),
+    path("prompt-styles", empty_list),
+    path("cmd-flags", cmd_flags),
+    path("scripts", scripts),
+    path("png-info", png_info),
+]
