@@ -61,7 +61,7 @@ def read_parameters(image) -> tuple[str, dict]:
     sdsite's own chunk first; then A1111, ComfyUI, InvokeAI, Fooocus and others
     through sd-parsers. ("", {}) for an image without any.
     """
-    from .params import BY_NAME
+    from .params import BY_A1111_API, BY_NAME
     from .pipelines.schedulers import SCHEDULERS
 
     own = image.info.get(SDSITE_KEY)
@@ -85,11 +85,12 @@ def read_parameters(image) -> tuple[str, dict]:
         sampler = info.samplers[0]
         if sampler.name in SCHEDULERS:
             found["scheduler"] = sampler.name
-        named = {"steps": ("steps", int), "cfg_scale": ("guidance_scale", float)}
-        named["seed"] = ("seed", int)
-        for key, (name, kind) in named.items():
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                found[name] = kind(sampler.parameters[key])
+        kinds = {"int": int, "float": float}
+        for key, value in sampler.parameters.items():
+            known = BY_A1111_API.get(key)
+            if known is not None and known.kind in kinds:
+                with contextlib.suppress(TypeError, ValueError):
+                    found[known.name] = kinds[known.kind](value)
     size = str(info.metadata.get("Size", ""))
     if re.fullmatch(r"\d+x\d+", size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))

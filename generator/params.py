@@ -52,6 +52,8 @@ class Parameter:
     """(value, label) pairs; the model and backend lists come from settings instead."""
     a1111: str = ""
     """The key in A1111's infotext ("CFG scale"); empty where A1111 writes none."""
+    a1111_api: str = ""
+    """The field in A1111's API (`cfg_scale`), which sd-parsers also reads; empty: none."""
     group: str = "advanced"
     """Where the page shows it: `prompt`, `advanced` or `image` (image-to-image, inpainting)."""
     needs: str = ""
@@ -95,6 +97,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         help="What to draw.",
         max_length=1000,
         group="prompt",
+        a1111_api="prompt",
     ),
     Parameter(
         "negative_prompt",
@@ -106,6 +109,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         a1111="Negative prompt",
         group="prompt",
         cli="--negative",
+        a1111_api="negative_prompt",
     ),
     Parameter(
         "steps",
@@ -116,6 +120,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         minimum=1,
         maximum=150,
         a1111="Steps",
+        a1111_api="steps",
     ),
     Parameter(
         "scheduler",
@@ -137,6 +142,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         step=0.5,
         a1111="CFG scale",
         cli="--cfg",
+        a1111_api="cfg_scale",
     ),
     Parameter(
         "seed",
@@ -146,6 +152,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         minimum=0,
         maximum=MAX_SEED,
         a1111="Seed",
+        a1111_api="seed",
     ),
     Parameter(
         "width",
@@ -155,6 +162,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         minimum=64,
         maximum=2048,
         step=8,
+        a1111_api="width",
     ),
     Parameter(
         "height",
@@ -164,6 +172,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         minimum=64,
         maximum=2048,
         step=8,
+        a1111_api="height",
     ),
     Parameter(
         "model",
@@ -193,6 +202,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         a1111="Denoising strength",
         group="image",
         needs="image",
+        a1111_api="denoising_strength",
     ),
     Parameter(
         "resize_mode",
@@ -215,6 +225,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         a1111="Mask blur",
         group="image",
         needs="mask",
+        a1111_api="mask_blur",
     ),
     Parameter(
         "inpainting_fill",
@@ -234,6 +245,9 @@ REQUEST_NAMES = tuple(p.name for p in PARAMETERS if p.request)
 IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.needs)
 """Parameters that mean something only with an input image."""
 MASK_ONLY = tuple(p.name for p in PARAMETERS if p.needs == "mask")
+
+
+BY_A1111_API = {p.a1111_api: p for p in PARAMETERS if p.a1111_api}
 
 
 def parameter(name: str) -> Parameter:

@@ -193,6 +193,12 @@ def own_queue(viewer) -> list[dict]:
     return queue
 
 
+def session_delete(session: GenerationSession) -> None:
+    """Delete a session; its files go once the delete is committed (files.py), and a
+    running job stops at its next step (its writes find no row)."""
+    session.delete()
+
+
 class CancelOutcome:
     CANCELLED = "cancelled"
     """It was pending and is cancelled now."""

@@ -75,3 +75,36 @@ def test_deleting_in_the_admin_removes_the_files(
     assert response.status_code == 302
     assert not GenerationSession.objects.filter(pk=session.pk).exists()
     assert not default_storage.exists(name)
+
+
+def test_a_finished_job_shows_no_eta_and_times_read_as_dates(admin_client, make_session):
+    session = finished(make_session, eta_seconds=19.0, step_recorded_at=1_764_000_000.5)
+    page = admin_client.get(f"{CHANGELIST}{session.pk}/change/").content.decode()
+    assert "19.0 s" not in page  # the estimate meant something only while it ran
+    assert "2025-11-24 16:00:00" in page and "1764000000" not in page
+
+
+def test_action_messages_are_grammatical(admin_client, make_session):
+    done = finished(make_session)
+    failed = finished(make_session, status=Status.FAILED)
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "requeue_sessions", "_selected_action": [done.pk, failed.pk]},
+        follow=True,
+    )
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "Re-queued 1 generation." in text
+    assert "1 was not failed or cancelled, so it stays as it is." in text
+
+
+def test_api_keys_are_listed_and_revoked_in_the_admin(admin_client):
+    from generator.apikeys import issue_key, user_for
+
+    row, _ = issue_key(user_for("tool"), "open webui")
+    page = admin_client.get("/admin/generator/apikey/").content.decode()
+    assert row.prefix in page and "open webui" in page
+    admin_client.post(
+        "/admin/generator/apikey/", {"action": "revoke_keys", "_selected_action": [row.pk]}
+    )
+    row.refresh_from_db()
+    assert row.revoked_at is not None

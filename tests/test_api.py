@@ -166,3 +166,18 @@ def test_admin_lists_and_shows_sessions(admin_client, make_session):
     assert detail.status_code == 200
     assert "history entry" in detail.content.decode()
     assert "Sampler: Euler, CFG scale: 7.5" in detail.content.decode()  # the PNG metadata
+
+
+def test_a_key_request_needs_no_csrf_token_and_a_cookie_request_still_does():
+    from generator.apikeys import issue_key, user_for
+
+    _, key = issue_key(user_for("tool"))
+    client = Client(enforce_csrf_checks=True)
+    with_key = post_json(client, {"prompt": "x"}, headers={"Authorization": f"Bearer {key}"})
+    assert with_key.status_code == 202
+    session = GenerationSession.objects.get(pk=with_key.json()["session_id"])
+    assert session.owner.username == "tool"  # the key's user owns it
+
+    bad_key = post_json(client, {"prompt": "x"}, headers={"Authorization": "Bearer nope"})
+    assert bad_key.status_code == 403  # no key, so the CSRF check applies
+    assert post_json(client, {"prompt": "x"}).status_code == 403

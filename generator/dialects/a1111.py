@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from ..images import open_upload
 from ..metadata import a1111_parameters, read_parameters
 from ..models import Status
-from ..params import INPAINTING_FILLS, RESIZE_MODES
+from ..params import INPAINTING_FILLS, PARAMETERS, RESIZE_MODES
 from ..pipelines.schedulers import SCHEDULERS
 from ..services import session_cancel
 from ..web.snapshots import preview_data_url
@@ -84,18 +84,13 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
         for key in (body.get("override_settings") or {})
         if key != "sd_model_checkpoint"
     ]
-    seed = body.get("seed", -1)
-    data = {
-        "prompt": body.get("prompt", ""),
-        "negative_prompt": body.get("negative_prompt") or "",
-        "steps": body.get("steps", 20),
-        "guidance_scale": body.get("cfg_scale", 7.0),
-        "seed": None if seed in (-1, None, "") else seed,
-        "scheduler": sampler,
-        "model": model,
-        "width": body.get("width"),
-        "height": body.get("height"),
-    }
+    # A1111's own field names, read through the parameter spec.
+    data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.a1111_api in body}
+    if data.get("seed") in (-1, ""):
+        del data["seed"]  # random
+    data |= {"scheduler": sampler, "model": model}
+    data.setdefault("steps", 20)
+    data.setdefault("negative_prompt", "")
     files = {}
     if image_mode:
         images = body.get("init_images") or []
@@ -107,10 +102,10 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
             files["mask_image"] = decode_image(body["mask"], "mask_image")
             if body.get("inpainting_mask_invert"):
                 ignored.append("inpainting_mask_invert")
-        data["strength"] = body.get("denoising_strength", 0.75)
-        data["mask_blur"] = body.get("mask_blur", 4)
         data["inpainting_fill"] = FILLS.get(body.get("inpainting_fill", 1), INPAINTING_FILLS[0])
         data["resize_mode"] = RESIZE_MODES[min(int(body.get("resize_mode") or 0), 2)]
+    if not image_mode:  # txt2img's denoising_strength is the hires fix's, which sdsite lacks
+        data.pop("strength", None)
     return {k: v for k, v in data.items() if v is not None}, files, ignored, errors
 
 
@@ -118,25 +113,19 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
     first = sessions[0]
     seeds = [session.seed for session in sessions]
     return {
-        "prompt": first.prompt,
+        **{p.a1111_api: getattr(first, p.name) for p in PARAMETERS if p.a1111_api},
         "all_prompts": [session.prompt for session in sessions],
-        "negative_prompt": first.negative_prompt,
         "all_negative_prompts": [session.negative_prompt for session in sessions],
         "seed": seeds[0],
         "all_seeds": seeds,
         "subseed": -1,
         "all_subseeds": [-1] * len(seeds),
         "subseed_strength": 0,
-        "width": first.width,
-        "height": first.height,
         "sampler_name": first.scheduler,
-        "cfg_scale": first.guidance_scale,
-        "steps": first.steps,
         "batch_size": body.get("batch_size", 1),
         "restore_faces": False,
         "sd_model_name": first.model,
         "sd_model_hash": None,
-        "denoising_strength": first.strength if first.init_image else None,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [a1111_parameters(session) for session in sessions],

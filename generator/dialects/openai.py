@@ -21,7 +21,7 @@ from .common import image_base64, owner_of, queue, require_key
 from .common import wait_for_sessions as wait
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
-FIELDS = {"guidance_scale": "size", "width": "size", "height": "size", "count": "n"}
+FIELDS = {"width": "size", "height": "size", "count": "n"}
 """sdsite's field names in OpenAI's terms, for the `param` of an error."""
 
 

@@ -10,6 +10,7 @@ from django.db.models import F, Func, IntegerField, OuterRef, Subquery
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..forms import GenerateForm
@@ -26,6 +27,7 @@ from ..services import (
     session_as_dict,
     session_cancel,
     session_create_batch,
+    session_delete,
 )
 from .hub import get_hub
 from .sse import STREAM_HEADERS, open_stream
@@ -79,7 +81,8 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
 def form_values(session=None, same_seed: bool = True) -> dict:
     if session is None:
         size = default_size(settings.SD_MODEL)
-        return {"steps": 20, "guidance_scale": 7.5, "width": size, "height": size, "seed": ""}
+        defaults = {p.name: p.default for p in PARAMETERS if p.default not in (None, "")}
+        return defaults | {"width": size, "height": size, "seed": ""}
     return session.parameters() | ({} if same_seed else {"seed": ""})
 
 
@@ -93,11 +96,11 @@ def history(request):
 
 @require_POST
 def history_delete(request, session_id):
-    session = own_session_or_404(request, session_id)
-    session.delete()
+    session_delete(own_session_or_404(request, session_id))
     messages.success(request, "Deleted the generation and its files.")
     page = request.POST.get("page", "")
-    return redirect(f"/history?page={page}" if page.isdigit() else "/history")
+    history_url = reverse("generator:history")
+    return redirect(f"{history_url}?page={page}" if page.isdigit() else history_url)
 
 
 @require_POST
@@ -181,7 +184,7 @@ def api_generate(request):
 @require_http_methods(["GET", "DELETE"])
 def api_session(request, session_id):
     if request.method == "DELETE":
-        own_session_or_404(request, session_id).delete()
+        session_delete(own_session_or_404(request, session_id))
         return HttpResponse(status=204)
     return JsonResponse(session_as_dict(visible_session_or_404(request, session_id)))
 

@@ -23,7 +23,6 @@
   const PHASES = {
     starting: "Starting",
     "loading model": "Loading the model",
-    "building demo model": "Building the demo model (first use)",
     "preparing OpenVINO model (first use)": "Preparing the OpenVINO model (first use)",
     "compiling OpenVINO model": "Compiling the OpenVINO model for this size",
     denoising: "Denoising",
