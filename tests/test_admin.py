@@ -6,7 +6,8 @@ from django.core.files.storage import default_storage
 
 from generator.models import GenerationSession, Status
 
-pytestmark = pytest.mark.django_db
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db, pytest.mark.any_database]
 
 CHANGELIST = "/admin/generator/generationsession/"
 

@@ -15,7 +15,8 @@ import pytest
 from generator.models import GenerationSession, Status
 from tests.processes import ROOT
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 CHROMIUM = os.environ.get("SDSITE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("SDSITE_TEST_ARTIFACTS", ROOT / "test-artifacts"))

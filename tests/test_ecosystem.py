@@ -12,7 +12,8 @@ from generator.models import Status
 from generator.pipelines import GenerationRequest, create_backend
 from generator.pipelines.schedulers import SCHEDULERS
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 
 @pytest.fixture(scope="module")

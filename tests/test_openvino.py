@@ -14,7 +14,8 @@ from generator.pipelines import GenerationRequest, create_backend
 from generator.pipelines.openvino_ir import ir_cache_dir
 from tests.processes import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 # Measured on the demo model (256x256, 20 steps, seed 123): the two backends'
 # PNGs differ by 0.74 on average (0..255 scale), 6 at most. The bound leaves

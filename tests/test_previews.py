@@ -18,7 +18,8 @@ from generator.worker.claims import claim_next
 from generator.worker.step_reporter import StepReporter
 from tests.sse_client import iter_events
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 
 def test_latents_become_a_small_rgb_picture():

@@ -9,7 +9,8 @@ import pytest
 from generator.models import GenerationSession, Status
 from tests.processes import ROOT, process_env, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 
 def test_ctrl_c_gives_the_worker_its_grace_instead_of_killing_it_after_5_s(tmp_path, make_session):
