@@ -15,22 +15,42 @@ from PIL import Image
 
 from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession, Status
-from tests.processes import wait_for
+from tests.processes import WebServer, WorkerProcess, wait_for
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, django_db_setup, django_db_blocker):
+    """One web server and one worker for the module: the tests' rows come and go under them."""
+    tmp_path = tmp_path_factory.mktemp("dialects")
+    with django_db_blocker.unblock():
+        web, worker = WebServer(tmp_path), WorkerProcess(tmp_path)
+    yield web
+    worker.stop()
+    web.stop()
+
+
 @pytest.fixture
-def api_key():
+def api_key(server):
     _, key = issue_key(user_for("tool"), "tests")
     return key
 
 
 @pytest.fixture
-def a1111(web_server, start_worker, api_key):
-    start_worker()
-    port = int(web_server.url.rsplit(":", 1)[1])
+def web_server(server):
+    return server
+
+
+@pytest.fixture
+def start_worker():
+    return lambda *args, **env: None  # the module's worker serves every test
+
+
+@pytest.fixture
+def a1111(server, api_key):
+    port = int(server.url.rsplit(":", 1)[1])
     return webuiapi.WebUIApi(host="127.0.0.1", port=port, username="tool", password=api_key)
 
 
@@ -122,9 +142,7 @@ def test_without_a_key_the_dialects_answer_401_with_a_json_error(web_server):
     assert not GenerationSession.objects.exists()
 
 
-def test_sd_api_auth_off_opens_them_for_a_trusted_box(tmp_path, start_worker):
-    from tests.processes import WebServer
-
+def test_sd_api_auth_off_opens_them_for_a_trusted_box(tmp_path):
     server = WebServer(tmp_path, SD_API_AUTH="off")
     try:
         assert httpx.get(f"{server.url}/sdapi/v1/sd-models").status_code == 200

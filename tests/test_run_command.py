@@ -17,13 +17,13 @@ def test_ctrl_c_gives_the_worker_its_grace_instead_of_killing_it_after_5_s(tmp_p
     procfile = tmp_path / "Procfile"
     procfile.write_text(f"worker: {sys.executable} manage.py runworker --poll-interval 0.05\n")
     # Longer than honcho's own 5 s before SIGKILL, well within the grace.
-    session = make_session(steps=100, width=256, height=256)
+    session = make_session(steps=60, width=256, height=256)
     log_path = tmp_path / "honcho.log"
     with open(log_path, "wb") as log:
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "sdsite.procfile", "start", "-f", str(procfile)],
             cwd=ROOT,
-            env=process_env(SD_WORKER_GRACE="120"),
+            env=process_env(SD_WORKER_GRACE="600"),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -34,7 +34,7 @@ def test_ctrl_c_gives_the_worker_its_grace_instead_of_killing_it_after_5_s(tmp_p
             message="the job to start",
         )
         supervisor.send_signal(signal.SIGINT)  # what Ctrl-C sends to `make run`
-        supervisor.wait(timeout=240)
+        supervisor.wait(timeout=250)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
