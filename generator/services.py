@@ -138,7 +138,8 @@ def why_waiting(session) -> str | None:
     return f"No worker is running: start one with {START_WORKER}."
 
 
-def session_as_dict(session: GenerationSession, queue_position: int | None = None) -> dict:
+def session_as_dict(session: GenerationSession) -> dict:
+    """The session as the API answers it (POST /api/generate, GET /api/sessions/<id>, the page)."""
     waiting_for = why_waiting(session)
     running = session.status == Status.RUNNING
     return {
@@ -152,7 +153,7 @@ def session_as_dict(session: GenerationSession, queue_position: int | None = Non
         "image_url": session.image_url,
         "error": session.error or None,
         "eta_seconds": session.eta_seconds if running and not waiting_for else None,
-        "queue_position": queue_position,
+        "mode": session.mode,
         "restarts": session.restarts,
         "restart_reason": session.restart_reason or None,
         "preview_url": session.preview.url if session.preview else None,
@@ -261,3 +262,18 @@ def session_requeue(session_ids) -> int:
     for pk in ids:
         notify_session_changed(pk)
     return count
+
+
+def readiness_problem() -> str | None:
+    """Why this process cannot serve (the database does not answer, migrations are missing)."""
+    from django.db import DatabaseError, connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    try:
+        executor = MigrationExecutor(connection)
+        missing = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as error:
+        return f"The database does not answer: {type(error).__name__}."
+    if missing:
+        return f"{len(missing)} migration(s) not applied: run manage.py migrate."
+    return None

@@ -18,5 +18,6 @@ urlpatterns = [
     path("api/progress/<uuid:session_id>", views.api_progress, name="session-progress"),
     path("api/stats/progress", views.api_progress_stats, name="progress-stats"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("favicon.ico", views.favicon, name="favicon"),
 ]

@@ -24,6 +24,7 @@ from ..services import (
     CancelOutcome,
     default_size,
     own_queue,
+    readiness_problem,
     session_as_dict,
     session_cancel,
     session_create_batch,
@@ -229,4 +230,13 @@ async def api_progress_stats(request):
 
 
 def healthz(request):
+    """Liveness: the process answers; no database access."""
     return HttpResponse("ok", content_type="text/plain")
+
+
+def readyz(request):
+    """Readiness: the database answers and every migration is applied (503 with a reason)."""
+    problem = readiness_problem()
+    if problem:
+        return JsonResponse({"ready": False, "reason": problem}, status=503)
+    return JsonResponse({"ready": True})
