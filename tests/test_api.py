@@ -181,3 +181,34 @@ def test_a_key_request_needs_no_csrf_token_and_a_cookie_request_still_does():
     bad_key = post_json(client, {"prompt": "x"}, headers={"Authorization": "Bearer nope"})
     assert bad_key.status_code == 403  # no key, so the CSRF check applies
     assert post_json(client, {"prompt": "x"}).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"prompt": True}, "prompt", "Must be a string."),
+        ({"prompt": "x", "steps": "2"}, "steps", "Must be an integer."),
+        ({"prompt": "x", "steps": True}, "steps", "Must be an integer."),
+        ({"prompt": "x", "guidance_scale": "7"}, "guidance_scale", "Must be a number."),
+        ({"prompt": "x", "cout": 10000}, "cout", "Unknown field."),
+        ({"prompt": "\ud800"}, "prompt", "Not valid Unicode text."),
+    ],
+)
+def test_a_json_body_is_strict_about_types_text_and_field_names(client, body, field, message):
+    response = post_json(client, body)
+    assert response.status_code == 400
+    assert response.json()["errors"][field] == [message]
+    assert not GenerationSession.objects.exists()
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client):
+    response = client.post(
+        "/api/generate", data="[" * 100_000 + "]" * 100_000, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"]["__all__"] == ["The body is not valid JSON."]
+
+
+def test_a_json_number_may_be_an_integer_where_a_float_is_asked():
+    response = post_json(Client(), {"prompt": "x", "guidance_scale": 7, "steps": 3})
+    assert response.status_code == 202

@@ -18,7 +18,7 @@ from ..images import open_upload
 from ..metadata import read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, viewer_of
-from ..params import PARAMETERS
+from ..params import BY_NAME, PARAMETERS
 from ..services import (
     DEMO_MODEL,
     CancelOutcome,
@@ -149,18 +149,52 @@ def errors_response(errors: dict) -> JsonResponse:
     return JsonResponse({"errors": errors}, status=400)
 
 
+JSON_TYPES = {"text": (str,), "choice": (str,), "int": (int,), "float": (int, float)}
+JSON_TYPE_NAMES = {
+    "text": "a string",
+    "choice": "a string",
+    "int": "an integer",
+    "float": "a number",
+}
+
+
 def parse_body(request) -> tuple[dict, dict]:
-    """The submitted fields (JSON body or form) and the errors found before validation."""
+    """The submitted fields (JSON body or form) and the errors found before validation.
+
+    Form posts carry strings, which the form converts. A JSON body is strict:
+    each field has its JSON type (`"steps": "2"` and `"prompt": true` are
+    refused, not converted), text must be valid Unicode, and unknown fields are
+    errors rather than silently dropped.
+    """
     if request.content_type != "application/json":
         return request.POST, {}
     try:
         data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}, {"__all__": ["The body is not valid JSON."]}
     if not isinstance(data, dict):
         return {}, {"__all__": ["The body must be a JSON object."]}
-    nested = [key for key, value in data.items() if isinstance(value, list | dict)]
-    return data, {key: ["Must be a single value."] for key in nested}
+    errors = {}
+    for key, value in data.items():
+        parameter = BY_NAME.get(key)
+        kind = parameter.kind if parameter else "int" if key == "count" else None
+        if kind is None:
+            errors[key] = ["Unknown field."]
+        elif value is None:
+            continue
+        elif isinstance(value, bool) or not isinstance(value, JSON_TYPES[kind]):
+            errors[key] = [f"Must be {JSON_TYPE_NAMES[kind]}."]
+        elif isinstance(value, str) and not is_valid_text(value):
+            errors[key] = ["Not valid Unicode text."]
+    return data, errors
+
+
+def is_valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") that JSON let through
+        return False
+    return True
 
 
 @require_POST
