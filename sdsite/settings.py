@@ -147,7 +147,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"generator": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+    "loggers": {
+        "generator": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Every 500 is logged with its traceback (the answer itself is JSON, no details).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
 
 # --- Generation ---------------------------------------------------------------

@@ -212,3 +212,19 @@ def test_deeply_nested_json_is_a_400_not_a_500(client):
 def test_a_json_number_may_be_an_integer_where_a_float_is_asked():
     response = post_json(Client(), {"prompt": "x", "guidance_scale": 7, "steps": 3})
     assert response.status_code == 202
+
+
+def test_progress_stats_are_for_staff_and_this_machine_only(admin_client):
+    assert Client().get("/api/stats/progress").status_code == 200  # the test client is local
+    elsewhere = Client(REMOTE_ADDR="203.0.113.7").get("/api/stats/progress")
+    assert elsewhere.status_code == 403 and elsewhere.json()["message"]
+    assert admin_client.get("/api/stats/progress", REMOTE_ADDR="203.0.113.7").status_code == 200
+
+
+def test_errors_shown_to_users_carry_no_server_paths():
+    from generator.worker.loop import describe_error
+
+    error = OSError(2, "No such file or directory", "/tmp/sdsite-x/media/previews/abc-3.jpg")
+    assert describe_error(error) == (
+        "FileNotFoundError: [Errno 2] No such file or directory: 'abc-3.jpg'"
+    )

@@ -30,6 +30,7 @@ from ..services import (
     session_create_batch,
     session_delete,
 )
+from .api_errors import error_response
 from .hub import get_hub
 from .sse import STREAM_HEADERS, open_stream
 
@@ -258,8 +259,14 @@ async def api_progress(request, session_id):
     return response
 
 
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
 async def api_progress_stats(request):
-    """The progress hub of this web process: open streams and reads, for monitoring."""
+    """The progress hub of this web process (streams, reads): for staff and this machine only."""
+    user = await request.auser()
+    if not user.is_staff and request.META.get("REMOTE_ADDR") not in LOOPBACK:
+        return error_response(403, "For staff, or from this machine, only.")
     return JsonResponse(get_hub().stats())
 
 

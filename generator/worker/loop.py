@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -209,8 +210,16 @@ def free_accelerator_memory() -> None:
         pass
 
 
+SERVER_PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
+
+
+def without_paths(text: str) -> str:
+    """`text` with each absolute server path cut to its last part: users see no paths."""
+    return SERVER_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
 def describe_error(exc: BaseException) -> str:
-    message = str(exc).strip()
+    message = without_paths(str(exc).strip())
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if is_out_of_memory(exc):
         text = f"Out of memory: try a smaller image or fewer steps. ({text})"
