@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -83,3 +84,31 @@ def test_the_worker_stops_cleanly_on_sigterm(start_worker):
     worker = start_worker()
     wait_for(lambda: "ready" in worker.log(), timeout=60, message="the worker to start")
     assert worker.stop() == 0
+
+
+def test_a_missing_model_folder_gives_its_real_reason(make_session):
+    session = make_session(steps=2, model="/srv/models/not-here")
+    run_one_job()
+    session.refresh_from_db()
+    assert session.status == Status.FAILED
+    assert "does not exist" in session.error and "huggingface" not in session.error
+
+
+def test_a_preview_that_cannot_be_written_does_not_stop_the_job(make_session, monkeypatch):
+    # A full disk cannot be made here: the storage refuses the preview as one would.
+    from django.core.files.storage import default_storage
+
+    real_save = default_storage.save
+
+    def save(name, content, *args, **kwargs):
+        if name.startswith("previews/"):
+            raise OSError(28, "No space left on device")
+        return real_save(name, content, *args, **kwargs)
+
+    monkeypatch.setattr(default_storage, "save", save)
+    monkeypatch.setattr(settings, "SD_PREVIEW_INTERVAL", 0)
+    session = make_session(steps=3, width=64, height=64)
+    run_one_job()
+    session.refresh_from_db()
+    assert session.status == Status.COMPLETED, session.error
+    assert not session.preview

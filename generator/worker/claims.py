@@ -81,7 +81,11 @@ class ClaimedJob:
             return self._update(**fields)
         # Each preview gets a new file, so a reader never sees one half-written;
         # the one it replaces goes once the row points at the new one.
-        name = default_storage.save(preview_name(self.session.pk, step), ContentFile(preview))
+        try:
+            name = default_storage.save(preview_name(self.session.pk, step), ContentFile(preview))
+        except OSError:  # a full disk, say: previews are a nicety, the step is not
+            logger.warning("Could not write the preview of session %s", self.session.pk)
+            return self._update(**fields)
         written = self._update(**fields, preview=name, preview_step=step)
         stale, self.preview_name = (
             (self.preview_name, name) if written else (name, self.preview_name)
