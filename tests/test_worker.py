@@ -12,7 +12,8 @@ from PIL import Image
 from generator.models import GenerationSession, Status
 from tests.processes import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 
 def run_one_job():
