@@ -9,10 +9,12 @@ key's user and needs no CSRF token: a cross-site page cannot set that header.
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import secrets
 
 from django.contrib.auth import get_user_model
+from django.db import OperationalError
 from django.utils import timezone
 
 from .models import SHOWN_KEY_CHARACTERS as SHOWN
@@ -56,7 +58,9 @@ def authenticate(request) -> ApiKey | None:
     if row is not None:
         now = timezone.now()
         if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-            ApiKey.objects.filter(pk=row.pk).update(last_used_at=now)
+            # Bookkeeping: a busy database skips it rather than fail the request.
+            with contextlib.suppress(OperationalError):
+                ApiKey.objects.filter(pk=row.pk).update(last_used_at=now)
     return row
 
 

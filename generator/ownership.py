@@ -61,6 +61,8 @@ def viewer_of(request) -> Viewer:
 
 def owner_fields(request) -> dict:
     """The owner of a generation this request creates; gives the browser a key on first use."""
+    if getattr(request, "api_key", None) is not None:  # a tool with a key: its user, no cookie
+        return {"owner": request.user, "owner_key": ""}
     key = request.session.get(OWNER_KEY)
     if not key:
         key = request.session[OWNER_KEY] = secrets.token_urlsafe(24)

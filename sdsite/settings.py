@@ -111,7 +111,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
             "transaction_mode": "IMMEDIATE",
-            "timeout": 30,
+            # Seconds a write waits for another writer; past it the API answers 503.
+            "timeout": env_float("SD_SQLITE_TIMEOUT", 30.0),
         }
     )
 

@@ -2,6 +2,7 @@ import json
 import uuid
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from generator.models import GenerationSession, Status
@@ -228,3 +229,36 @@ def test_errors_shown_to_users_carry_no_server_paths():
     assert describe_error(error) == (
         "FileNotFoundError: [Errno 2] No such file or directory: 'abc-3.jpg'"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
+def test_a_locked_sqlite_database_is_a_503_with_retry_after(tmp_path):
+    import sqlite3
+
+    import httpx
+
+    from generator.apikeys import issue_key, user_for
+    from tests.processes import WebServer
+
+    _, key = issue_key(user_for("tool"))
+    server = WebServer(tmp_path, SD_SQLITE_TIMEOUT="0.5")
+    holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        response = httpx.post(
+            f"{server.url}/api/generate", json={"prompt": "x"},
+            headers={"Authorization": f"Bearer {key}"}, timeout=30,
+        )  # fmt: skip
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "busy" in response.json()["message"]
+        holder.execute("ROLLBACK")
+        retried = httpx.post(
+            f"{server.url}/api/generate", json={"prompt": "x"},
+            headers={"Authorization": f"Bearer {key}"}, timeout=30,
+        )  # fmt: skip
+        assert retried.status_code == 202  # the client retries, and nothing was lost
+    finally:
+        holder.close()
+        server.stop()

@@ -119,3 +119,15 @@ def test_unchanged_rows_send_nothing_but_keepalives(tmp_path, make_session):
 def test_unknown_session_gets_404(web_server):
     response = httpx.get(f"{web_server.url}/api/progress/{uuid.uuid4()}")
     assert response.status_code == 404
+
+
+def test_the_stream_checks_the_host_and_carries_the_security_headers(web_server, make_session):
+    session = make_session(steps=3)
+    advance(session, status=Status.CANCELLED)
+    url = f"{web_server.url}/api/progress/{session.pk}"
+    refused = httpx.get(url, headers={"Host": "evil.example"})
+    assert refused.status_code == 400 and refused.json()["message"] == "Unknown host."
+    served = httpx.get(url)
+    assert served.status_code == 200
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert served.headers["x-frame-options"] == "DENY"

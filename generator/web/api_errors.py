@@ -6,16 +6,19 @@ so an API client never has to parse HTML.
 """
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
 API_PREFIX = "/api/"
+RETRY_AFTER_SECONDS = 5
 MESSAGES = {
     400: "Bad request.",
     403: "Forbidden.",
     404: "Not found: no such session, or not yours.",
     405: "Method not allowed.",
     413: "The request is too large.",
+    503: "The service is unavailable: try again in a few seconds.",
     500: "Internal server error: the server logged it.",
 }
 
@@ -61,6 +64,22 @@ class JsonApiErrorsMiddleware:
 
     async def __acall__(self, request):
         return _as_json(request, await self.get_response(request))
+
+    def process_exception(self, request, exception):
+        """A database that is busy (SQLite locked past its timeout) or away: 503, retry later."""
+        if not request.path.startswith(API_PREFIX):
+            return None
+        if isinstance(exception, OperationalError | InterfaceError):
+            busy = "locked" in str(exception).lower()
+            message = (
+                "The database is busy: try again in a few seconds."
+                if busy
+                else "The database does not answer: try again in a few seconds."
+            )
+            response = error_response(503, message)
+            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        return None
 
 
 def csrf_failure(request, reason=""):

@@ -15,6 +15,7 @@ import uuid
 
 from django.conf import settings
 from django.http.cookie import parse_cookie
+from django.http.request import split_domain_port, validate_host
 
 from .hub import get_hub
 from .sse import STREAM_HEADERS, open_stream
@@ -31,18 +32,44 @@ NOT_FOUND = json.dumps(
 ).encode()
 
 
+BAD_HOST = json.dumps(
+    {"message": "Unknown host.", "errors": {"__all__": ["Unknown host (ALLOWED_HOSTS)."]}}
+).encode()
+# What Django's SecurityMiddleware and XFrameOptionsMiddleware add to every
+# other response; this route runs without them.
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def host_allowed(headers: dict) -> bool:
+    """Django's own ALLOWED_HOSTS check, which this route would otherwise skip."""
+    host, _ = split_domain_port(headers.get(b"host", b"").decode("latin-1"))
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(host) and validate_host(host, allowed)
+
+
 async def respond(send, status: int, body: bytes = b"") -> None:
     headers = [(b"content-type", b"application/json")] if body else []
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + SECURITY_HEADERS}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def progress_app(scope, receive, send) -> None:
+    headers = dict(scope["headers"])
+    if not host_allowed(headers):
+        return await respond(send, 400, BAD_HOST)
     try:
         session_id = uuid.UUID(scope["path"][len(PREFIX) :])
     except ValueError:
         return await respond(send, 404, NOT_FOUND)
-    headers = dict(scope["headers"])
     last_event_id = headers.get(b"last-event-id", b"").decode("latin-1")
     cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
     viewer = await get_hub().read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
@@ -55,7 +82,8 @@ async def progress_app(scope, receive, send) -> None:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS],
+                "headers": [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS]
+                + SECURITY_HEADERS,
             }
         )
         async for text in events:
