@@ -244,9 +244,17 @@ class GenerationSession(models.Model):
 
     @property
     def worker_lost(self) -> bool:
-        """Running, but its worker's heartbeat is older than the lease (rows read with
-        `.with_queue_place()`; a running row with no worker id was written by hand)."""
-        return self.status == Status.RUNNING and bool(self.worker_id) and not self.worker_alive
+        """Running, but its worker's heartbeat is older than the lease.
+
+        Rows read with `.with_queue_place()` know it already; others ask. (A running
+        row with no worker id was written by hand.)
+        """
+        if self.status != Status.RUNNING or not self.worker_id:
+            return False
+        alive = getattr(self, "worker_alive", None)
+        if alive is None:
+            alive = WorkerRecord.objects.alive().filter(pk=self.worker_id).exists()
+        return not alive
 
     @property
     def duration_seconds(self) -> float | None:
@@ -255,13 +263,16 @@ class GenerationSession(models.Model):
         return None
 
 
+def lease_cutoff(lease_seconds: float | None = None):
+    """The oldest heartbeat of a live worker: now less the lease (SD_WORKER_LEASE)."""
+    lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds
+    return timezone.now() - timezone.timedelta(seconds=lease)
+
+
 class WorkerQuerySet(models.QuerySet):
     def alive(self, lease_seconds: float | None = None):
         """Workers whose heartbeat is younger than the lease (SD_WORKER_LEASE)."""
-        from django.utils import timezone
-
-        lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds
-        return self.filter(last_seen_at__gte=timezone.now() - timezone.timedelta(seconds=lease))
+        return self.filter(last_seen_at__gte=lease_cutoff(lease_seconds))
 
 
 class WorkerRecord(models.Model):
@@ -297,10 +308,7 @@ class WorkerRecord(models.Model):
         return (not models or model in models) and (not backends or backend in backends)
 
     def is_alive(self, lease_seconds: float | None = None) -> bool:
-        from django.utils import timezone
-
-        lease = settings.SD_WORKER_LEASE if lease_seconds is None else lease_seconds
-        return (timezone.now() - self.last_seen_at).total_seconds() <= lease
+        return self.last_seen_at >= lease_cutoff(lease_seconds)
 
 
 SHOWN_KEY_CHARACTERS = 12

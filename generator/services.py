@@ -120,18 +120,16 @@ def why_waiting(session) -> str | None:
     stopped answering (its heartbeat is older than the lease).
     """
     if session.status == Status.RUNNING:
-        alive = WorkerRecord.objects.alive().filter(pk=session.worker_id)
-        if not session.worker_id or alive.exists():
-            return None
-        return WORKER_LOST_WAITING
+        return WORKER_LOST_WAITING if session.worker_lost else None
     if session.status != Status.PENDING:
         return None
-    workers = [w for w in WorkerRecord.objects.alive() if w.serves(session.model, session.backend)]
+    alive = list(WorkerRecord.objects.alive())
+    workers = [w for w in alive if w.serves(session.model, session.backend)]
     if any(worker.ready for worker in workers):
         return None
     if workers:
         return "A worker is starting (loading its libraries); the job begins when it is ready."
-    if WorkerRecord.objects.alive().exists():
+    if alive:
         return (
             f"No running worker serves model {session.model!r} with the {session.backend} backend."
         )

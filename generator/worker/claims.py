@@ -155,7 +155,7 @@ def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> 
     `session_ids`, `models` and `backends` restrict what it may take (None: any).
     """
     with transaction.atomic():
-        candidates = GenerationSession.objects.filter(status=Status.PENDING).order_by("created_at")
+        candidates = GenerationSession.objects.pending().order_by("created_at")
         if session_ids is not None:
             candidates = candidates.filter(pk__in=session_ids)
         if models:
@@ -193,9 +193,7 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
     Returns {session id: new status}.
     """
     live_workers = WorkerRecord.objects.alive(lease_seconds).values("id")
-    lost = GenerationSession.objects.filter(status=Status.RUNNING).exclude(
-        worker_id__in=live_workers
-    )
+    lost = GenerationSession.objects.running().exclude(worker_id__in=live_workers)
     outcomes = {}
     for pk, token, attempts, cancel_requested, worker in lost.values_list(
         "pk", "claim_token", "attempts", "cancel_requested", "worker_id"
