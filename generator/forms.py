@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 
 from .images import output_size, read_upload
 from .models import Backend
-from .params import IMAGE_ONLY, PARAMETERS, Parameter
+from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
 
 FORM_FIELDS = {
     "text": forms.CharField,
@@ -43,11 +43,6 @@ def form_field(parameter: Parameter) -> forms.Field:
             attrs["placeholder"] = "random"
         options["widget"] = forms.NumberInput(attrs=attrs)
     return FORM_FIELDS[parameter.kind](**options)
-
-
-def steps_to_run(steps: int, strength: float) -> int:
-    """How many steps an image-to-image job runs: diffusers skips the first (1 - strength)."""
-    return min(int(steps * strength), steps)
 
 
 class GenerateForm(forms.Form):
@@ -120,10 +115,16 @@ class GenerateForm(forms.Form):
         if image is not None:
             if not data.get("width") and not data.get("height") and "width" not in self.errors:
                 data["width"], data["height"] = output_size(image)
-            steps = data.get("steps") or 20
-            strength = data.get("strength") or 0.75
-            from_noise = mask is not None and data.get("inpainting_fill") == "latent noise"
-            if not from_noise and steps_to_run(steps, strength) < 1:
+            steps = data.get("steps") or BY_NAME["steps"].default
+            strength = data.get("strength") or BY_NAME["strength"].default
+            runs = steps_to_run(
+                steps,
+                strength,
+                image=True,
+                mask=mask is not None,
+                inpainting_fill=data.get("inpainting_fill") or BY_NAME["inpainting_fill"].default,
+            )
+            if runs < 1:
                 self.add_error(
                     "strength",
                     f"Strength {strength:g} of {steps} steps runs no step: raise either.",

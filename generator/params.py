@@ -252,3 +252,13 @@ BY_A1111_API = {p.a1111_api: p for p in PARAMETERS if p.a1111_api}
 
 def parameter(name: str) -> Parameter:
     return BY_NAME[name]
+
+
+def steps_to_run(
+    steps: int, strength: float, *, image: bool, mask: bool, inpainting_fill: str
+) -> int:
+    """How many steps a job runs. From an image diffusers skips the first (1 - strength) of
+    them; from text, or inpainting from latent noise (strength 1), it runs them all."""
+    if not image or (mask and inpainting_fill == "latent noise"):
+        return steps
+    return min(int(steps * strength), steps)

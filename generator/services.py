@@ -17,7 +17,6 @@ from django.utils import timezone
 from .db import retry_on_locked
 from .estimates import expected_seconds, queue_place
 from .files import delete_files
-from .forms import steps_to_run
 from .images import as_png
 from .models import (
     FINISHED_STATUSES,
@@ -27,7 +26,7 @@ from .models import (
     WorkerRecord,
 )
 from .notify import notify_session_changed
-from .params import MAX_SEED, PARAMETERS
+from .params import MAX_SEED, PARAMETERS, steps_to_run
 from .pipelines.sources import DEMO_MODEL
 
 
@@ -56,12 +55,13 @@ def session_create(
     values.setdefault("width", default_size(values["model"]))
     values.setdefault("height", default_size(values["model"]))
     values.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
-    total_steps = values["steps"]
-    starts_from_image = init_image and not (
-        mask_image and values["inpainting_fill"] == "latent noise"
+    total_steps = steps_to_run(
+        values["steps"],
+        values["strength"],
+        image=bool(init_image),
+        mask=bool(mask_image),
+        inpainting_fill=values["inpainting_fill"],
     )
-    if starts_from_image:
-        total_steps = steps_to_run(values["steps"], values["strength"])
     session = GenerationSession(
         owner=owner,
         owner_key=owner_key,

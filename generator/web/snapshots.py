@@ -71,11 +71,10 @@ def read_snapshots(session_ids) -> dict:
     return {row.pk: snapshot_of(row) for row in rows}
 
 
-def snapshot_of(session: GenerationSession, previews: bool = True) -> Snapshot:
+def snapshot_of(session: GenerationSession) -> Snapshot:
     """The snapshot of a row read with `.with_queue_place()`."""
     running = session.status == Status.RUNNING
     position, eta = queue_place(session)
-    worker_lost = session.worker_lost
     return Snapshot(
         status=session.status,
         phase=session.phase,
@@ -87,10 +86,10 @@ def snapshot_of(session: GenerationSession, previews: bool = True) -> Snapshot:
         eta_seconds=eta,
         queue_position=position,
         preview_step=session.preview_step if session.preview else 0,
-        preview=preview_data_url(session.preview.name) if running and previews else None,
+        preview=preview_data_url(session.preview.name) if running else None,
         restarts=session.restarts,
         restart_reason=session.restart_reason,
-        worker_lost=worker_lost,
+        worker_lost=session.worker_lost,
         owner_id=session.owner_id,
         owner_key=session.owner_key,
     )

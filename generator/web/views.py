@@ -81,10 +81,10 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
 
 
 def form_values(session=None, same_seed: bool = True) -> dict:
+    """The form's values beyond the spec's defaults (which its fields carry already)."""
     if session is None:
         size = default_size(settings.SD_MODEL)
-        defaults = {p.name: p.default for p in PARAMETERS if p.default not in (None, "")}
-        return defaults | {"width": size, "height": size, "seed": ""}
+        return {"width": size, "height": size}
     return session.parameters() | ({} if same_seed else {"seed": ""})
 
 
