@@ -56,6 +56,10 @@ WORKER_STOPPED = "worker shut down"
 WORKER_LOST = "lost worker"
 
 
+COUNT = Func(F("pk"), function="COUNT", output_field=IntegerField())
+"""COUNT(*) in a subquery (Count() would add a GROUP BY there)."""
+
+
 class SessionQuerySet(models.QuerySet):
     """The rules several places read: what is queued, running, whose, and where it stands."""
 
@@ -76,6 +80,12 @@ class SessionQuerySet(models.QuerySet):
         """Its own, and those nobody owns (queued by the CLI or a script)."""
         return self.filter(viewer.visible_sessions())
 
+    def with_batch_size(self):
+        """`batch_size`: how many sessions the request that queued each one made."""
+        batch = GenerationSession.objects.filter(batch_id=OuterRef("batch_id")).order_by()
+        size = batch.annotate(n=COUNT).values("n")[:1]
+        return self.annotate(batch_size=Subquery(size, output_field=IntegerField()))
+
     def with_queue_place(self):
         """Where each row stands, as subqueries of the same query.
 
@@ -95,7 +105,7 @@ class SessionQuerySet(models.QuerySet):
         def total(expression):
             return Func(expression, function="SUM", output_field=FloatField())
 
-        count = Func(F("pk"), function="COUNT", output_field=IntegerField())
+        count = COUNT
         # A job ahead with no estimate of its own counts as long as this one; a
         # running job that has not timed a step yet counts its expected time.
         ahead_seconds = total(Coalesce(F("expected_seconds"), OuterRef("expected_seconds")))

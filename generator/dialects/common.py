@@ -18,6 +18,7 @@ from django.http import JsonResponse
 
 from ..forms import GenerateForm
 from ..models import GenerationSession
+from ..ownership import Viewer
 from ..services import session_create_batch
 
 WAIT_INTERVAL = 0.2
@@ -65,8 +66,9 @@ def owner_of(request) -> dict:
 
 
 def own_sessions(request):
+    """The key's user's sessions; with SD_API_AUTH=off and no key, those nobody owns."""
     if request.api_key is not None:
-        return GenerationSession.objects.filter(owner=request.api_key.user)
+        return GenerationSession.objects.owned_by(Viewer(user_id=request.api_key.user_id))
     return GenerationSession.objects.filter(owner__isnull=True, owner_key="")
 
 

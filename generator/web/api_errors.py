@@ -23,11 +23,13 @@ MESSAGES = {
 }
 
 
-def error_response(status: int, message: str, **extra) -> JsonResponse:
+def error_body(message: str) -> dict:
     """The API's error shape: `{"message": ..., "errors": {"__all__": [...]}}`."""
-    return JsonResponse(
-        {"message": message, "errors": {"__all__": [message]}, **extra}, status=status
-    )
+    return {"message": message, "errors": {"__all__": [message]}}
+
+
+def error_response(status: int, message: str, **extra) -> JsonResponse:
+    return JsonResponse(error_body(message) | extra, status=status)
 
 
 def _as_json(request, response):

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
+from .api_errors import error_body
 from .hub import get_hub
 from .sse import STREAM_HEADERS, open_stream
 
@@ -27,14 +28,8 @@ def is_progress_request(scope) -> bool:
     return scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX)
 
 
-NOT_FOUND = json.dumps(
-    {"message": "No such session.", "errors": {"__all__": ["No such session."]}}
-).encode()
-
-
-BAD_HOST = json.dumps(
-    {"message": "Unknown host.", "errors": {"__all__": ["Unknown host (ALLOWED_HOSTS)."]}}
-).encode()
+NOT_FOUND = json.dumps(error_body("No such session.")).encode()
+BAD_HOST = json.dumps(error_body("Unknown host.")).encode()
 # What Django's SecurityMiddleware and XFrameOptionsMiddleware add to every
 # other response; this route runs without them.
 SECURITY_HEADERS = [

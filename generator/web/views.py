@@ -6,7 +6,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db.models import F, Func, IntegerField, OuterRef, Subquery
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
@@ -89,9 +88,7 @@ def form_values(session=None, same_seed: bool = True) -> dict:
 
 
 def history(request):
-    batch = GenerationSession.objects.filter(batch_id=OuterRef("batch_id")).order_by()
-    size = batch.annotate(n=Func(F("pk"), function="COUNT")).values("n")[:1]
-    sessions = own_sessions(request).annotate(batch_size=Subquery(size, IntegerField()))
+    sessions = own_sessions(request).with_batch_size()
     page = Paginator(sessions, settings.SD_HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "generator/history.html", {"page": page})
 
