@@ -301,6 +301,26 @@
     return response !== null && response.status < 400;
   }
 
+  // A small bar for one job of the queue or of a batch.
+  function miniBar(label) {
+    const element = document.createElement("div");
+    element.className = "progress mini";
+    element.setAttribute("role", "progressbar");
+    element.setAttribute("aria-label", label);
+    element.setAttribute("aria-valuemin", "0");
+    element.setAttribute("aria-valuemax", "100");
+    const part = document.createElement("div");
+    part.className = "progress-fill";
+    element.append(part);
+    setMiniBar(element, 0);
+    return element;
+  }
+
+  function setMiniBar(element, percent) {
+    element.setAttribute("aria-valuenow", String(percent));
+    element.firstChild.style.width = `${percent}%`;
+  }
+
   // The browser's own queue: every job it has waiting or running, each with its
   // place or its bar and a Cancel button. Polled while anything is in it.
   function queueItem(job) {
@@ -318,17 +338,8 @@
     } else {
       state.textContent = job.waiting_for || `${PHASES[job.phase] || job.phase || "Running"}: ${job.percentage} %`;
     }
-    const miniBar = document.createElement("div");
-    miniBar.className = "progress mini";
-    miniBar.setAttribute("role", "progressbar");
-    miniBar.setAttribute("aria-label", `Progress of “${job.prompt}”`);
-    miniBar.setAttribute("aria-valuemin", "0");
-    miniBar.setAttribute("aria-valuemax", "100");
-    miniBar.setAttribute("aria-valuenow", String(job.percentage));
-    const miniFill = document.createElement("div");
-    miniFill.className = "progress-fill";
-    miniFill.style.width = `${job.percentage}%`;
-    miniBar.append(miniFill);
+    const jobBar = miniBar(`Progress of “${job.prompt}”`);
+    setMiniBar(jobBar, job.percentage);
     const button = document.createElement("button");
     button.type = "button";
     button.className = "secondary";
@@ -339,7 +350,7 @@
       await cancel(job.session_id);
       refreshQueue();
     });
-    item.append(link, state, miniBar, button);
+    item.append(link, state, jobBar, button);
     return item;
   }
 
@@ -363,11 +374,9 @@
     for (const id of ids) {
       const tile = document.createElement("li");
       tile.dataset.sessionId = id;
-      tile.innerHTML =
-        '<a><img alt="" width="128" height="128"></a>' +
-        '<div class="progress mini" role="progressbar" aria-valuemin="0" aria-valuemax="100" ' +
-        'aria-valuenow="0"><div class="progress-fill"></div></div><span class="tile-state"></span>';
+      tile.innerHTML = '<a><img alt="" width="128" height="128"></a><span class="tile-state"></span>';
       tile.querySelector("a").href = `/s/${id}`;
+      tile.querySelector("a").after(miniBar("Progress of this image"));
       batchGrid.append(tile);
     }
     refreshBatch(ids);
@@ -385,9 +394,7 @@
       const img = tile.querySelector("img");
       if (picture && img.getAttribute("src") !== picture) img.src = picture;
       img.alt = `Seed ${session.parameters.seed}`;
-      const miniBar = tile.querySelector(".progress");
-      miniBar.setAttribute("aria-valuenow", String(session.percentage));
-      miniBar.querySelector(".progress-fill").style.width = `${session.percentage}%`;
+      setMiniBar(tile.querySelector(".progress"), session.percentage);
       tile.querySelector(".tile-state").textContent =
         `seed ${session.parameters.seed}: ${session.status === "running" ? `${session.percentage} %` : session.status}`;
       tile.dataset.status = session.status;
