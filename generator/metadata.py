@@ -20,11 +20,11 @@ def a1111_parameters(session) -> str:
         lines.append(f"Negative prompt: {values['negative_prompt']}")
     settings = {}
     for parameter in PARAMETERS:
-        if parameter.name == "width":
+        if parameter.name == "width":  # A1111 writes the two sides as one setting
             settings["Size"] = f"{values['width']}x{values['height']}"
-        if not parameter.a1111 or parameter.name not in values or parameter.name == "prompt":
-            continue
-        if parameter.name == "negative_prompt":
+        # The negative prompt has its own line above; unused image settings are left out.
+        skipped = parameter.name == "negative_prompt" or parameter.name not in values
+        if not parameter.a1111 or skipped:
             continue
         value = values[parameter.name]
         settings[parameter.a1111] = f"{value:g}" if isinstance(value, float) else value

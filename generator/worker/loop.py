@@ -183,15 +183,16 @@ def request_of(session) -> GenerationRequest:
     """The pipeline's request: the session's values of the spec's `request` parameters,
     with its input images fitted to the output size (and the mask blurred)."""
     values = {name: getattr(session, name) for name in REQUEST_NAMES}
+    size = (session.width, session.height)
+
+    def input_image(field, mode: str):
+        with field.open("rb") as file:
+            return fitted(Image.open(file).convert(mode), size, session.resize_mode)
+
     if session.init_image:
-        size = (session.width, session.height)
-        with session.init_image.open("rb") as file:
-            image = Image.open(file).convert("RGB")
-        values["init_image"] = fitted(image, size, session.resize_mode)
+        values["init_image"] = input_image(session.init_image, "RGB")
         if session.mask_image:
-            with session.mask_image.open("rb") as file:
-                mask = Image.open(file).convert("L")
-            mask = fitted(mask, size, session.resize_mode)
+            mask = input_image(session.mask_image, "L")
             values["mask_image"] = blurred_mask(mask, session.mask_blur)
     return GenerationRequest(**values)
 
