@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from .images import output_size, read_upload
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
+from .webhooks import check_callback_url
 
 FORM_FIELDS = {
     "text": forms.CharField,
@@ -72,6 +73,12 @@ class GenerateForm(forms.Form):
             label="Images",
             help_text="How many images, with seeds seed, seed+1, ...",
         )
+        self.fields["callback_url"] = forms.URLField(
+            required=False,
+            max_length=2000,
+            assume_scheme="https",
+            help_text="Where to POST the result when the job ends (a webhook).",
+        )
         self.fields["init_image"].widget.attrs["accept"] = "image/png,image/jpeg,image/webp"
         self.images = {}
 
@@ -93,6 +100,10 @@ class GenerateForm(forms.Form):
         except ValidationError as error:
             self.add_error(field, error)
         return upload
+
+    def clean_callback_url(self):
+        url = self.cleaned_data.get("callback_url")
+        return check_callback_url(url) if url else ""
 
     def clean_init_image(self):
         return self._clean_image("init_image", "RGB")
@@ -130,6 +141,14 @@ class GenerateForm(forms.Form):
                     f"Strength {strength:g} of {steps} steps runs no step: raise either.",
                 )
         return data
+
+    def queue_options(self) -> dict:
+        """What the queue needs beyond the parameters: the count and the webhook."""
+        return {
+            "count": self.cleaned_data.get("count") or 1,
+            "images": self.images,
+            "callback_url": self.cleaned_data.get("callback_url") or "",
+        }
 
     def parameters(self) -> dict:
         """The cleaned parameters, without the ones left blank (so defaults apply)."""

@@ -199,6 +199,13 @@ class GenerationSession(models.Model):
     )
     cancel_requested = models.BooleanField(default=False)
 
+    # The webhook (webhooks.py): where to post when it ends, and how that went.
+    callback_url = models.URLField(max_length=2000, blank=True)
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    webhook_next_at = models.DateTimeField(null=True, blank=True)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_error = models.CharField(max_length=500, blank=True)
+
     objects = SessionQuerySet.as_manager()
 
     class Meta:

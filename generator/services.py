@@ -6,6 +6,8 @@ writes (claims, steps, the result) live in `worker.claims`.
 
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -28,6 +30,7 @@ from .models import (
 from .notify import notify_session_changed
 from .params import MAX_SEED, PARAMETERS, steps_to_run
 from .pipelines.sources import DEMO_MODEL
+from .retention import check_media_quota
 
 
 def default_size(model: str) -> int:
@@ -42,6 +45,7 @@ def session_create(
     init_image: str = "",
     mask_image: str = "",
     batch_id=None,
+    callback_url: str = "",
     **parameters,
 ) -> GenerationSession:
     """Queue one session. `parameters` are named in params.py; missing ones take their defaults.
@@ -68,6 +72,7 @@ def session_create(
         init_image=init_image,
         mask_image=mask_image,
         batch_id=batch_id,
+        callback_url=callback_url,
         total_steps=total_steps,
         expected_seconds=expected_seconds(
             values["model"], values["backend"], values["width"], values["height"], total_steps
@@ -84,6 +89,7 @@ def session_create_batch(*, count: int = 1, images: dict | None = None, **parame
 
     `images`: {"init_image": PIL image, "mask_image": PIL image}, already checked.
     """
+    check_media_quota()
     names = {
         field: default_storage.save(f"inputs/{uuid.uuid4()}.png", ContentFile(as_png(image)))
         for field, image in (images or {}).items()
@@ -255,6 +261,10 @@ def session_requeue(session_ids) -> int:
         **FRESH_PROGRESS,
         preview="",
         preview_step=0,
+        webhook_attempts=0,
+        webhook_next_at=None,
+        webhook_delivered_at=None,
+        webhook_error="",
     )
     delete_files(previews)
     for pk in ids:
@@ -262,9 +272,27 @@ def session_requeue(session_ids) -> int:
     return count
 
 
+READINESS_TIMEOUT = 1.0
+"""Seconds the database has to answer a readiness probe."""
+_readiness_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readiness")
+
+
 def readiness_problem() -> str | None:
-    """Why this process cannot serve (the database does not answer, migrations are missing)."""
-    from django.db import DatabaseError, connection
+    """Why this process cannot serve (the database does not answer within a second,
+    migrations are missing); None when it can.
+
+    The check runs on a small thread pool of its own, so a database that hangs
+    (a pool waiting for a connection) makes the probe fail in a second rather
+    than hang the probe, and stuck checks never pile up beyond the pool.
+    """
+    try:
+        return _readiness_checks.submit(_readiness_check).result(timeout=READINESS_TIMEOUT)
+    except FutureTimeout:
+        return f"The database did not answer within {READINESS_TIMEOUT:g} s."
+
+
+def _readiness_check() -> str | None:
+    from django.db import DatabaseError, connection, connections
     from django.db.migrations.executor import MigrationExecutor
 
     try:
@@ -272,6 +300,8 @@ def readiness_problem() -> str | None:
         missing = executor.migration_plan(executor.loader.graph.leaf_nodes())
     except DatabaseError as error:
         return f"The database does not answer: {type(error).__name__}."
+    finally:
+        connections.close_all()
     if missing:
         return f"{len(missing)} migration(s) not applied: run manage.py migrate."
     return None

@@ -192,3 +192,34 @@ SD_KEEPALIVE_SECONDS = env_float("SD_KEEPALIVE_SECONDS", 15.0)
 SD_PREVIEWS = env_bool("SD_PREVIEWS", True)
 SD_PREVIEW_INTERVAL = env_float("SD_PREVIEW_INTERVAL", 0.5)
 SD_HISTORY_PAGE_SIZE = int(os.environ.get("SD_HISTORY_PAGE_SIZE", "24"))
+
+# --- Operations (docs/operations.md) --------------------------------------------
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
+
+
+# GET /metrics answers only these networks (403 elsewhere).
+SD_METRICS_ALLOWED = env_list("SD_METRICS_ALLOWED", "127.0.0.0/8,::1/128")
+# Retention: `manage.py prune` (and the worker, hourly) deletes ended sessions
+# older than this many days; unset keeps them for ever.
+SD_KEEP_DAYS = env_float("SD_KEEP_DAYS", 0.0) or None
+# New jobs are refused (507) while media/ holds more than this; unset: no quota.
+SD_MEDIA_QUOTA_GB = env_float("SD_MEDIA_QUOTA_GB", 0.0) or None
+# Webhooks (callback_url): the hosts they may go to (names, *.wildcards or IP
+# networks; empty: webhooks off), the HMAC secret that signs them, and how many
+# attempts each gets.
+SD_WEBHOOK_HOSTS = env_list("SD_WEBHOOK_HOSTS")
+SD_WEBHOOK_SECRET = os.environ.get("SD_WEBHOOK_SECRET", "")
+SD_WEBHOOK_ATTEMPTS = int(os.environ.get("SD_WEBHOOK_ATTEMPTS", "5"))
+# The address users reach this site at: webhooks carry absolute image URLs.
+SD_PUBLIC_URL = os.environ.get(
+    "SD_PUBLIC_URL", f"http://127.0.0.1:{os.environ.get('SDSITE_PORT', '8000')}"
+).rstrip("/")
+# Logs: "text" (default) or "json" (one object per line, for log shippers).
+SD_LOG_FORMAT = os.environ.get("SD_LOG_FORMAT", "text").strip().lower()
+if SD_LOG_FORMAT == "json":
+    LOGGING["formatters"]["plain"] = {"()": "generator.logs.JsonFormatter"}
+LOGGING["handlers"]["console"]["filters"] = ["context"]
+LOGGING["filters"] = {"context": {"()": "generator.logs.ContextFilter"}}

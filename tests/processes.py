@@ -1,9 +1,11 @@
 """Real processes for the tests: a uvicorn web server and runworker workers."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,3 +116,63 @@ class WorkerProcess(Process):
         args = [sys.executable, "manage.py", "runworker", "--poll-interval", "0.05", *extra_args]
         log = tmp_path / f"worker-{WorkerProcess.count}.log"
         super().__init__(args, process_env(**env), log)
+
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster of a test's own, to stop and start (bin/with-postgres's
+    steps). Skips the test where the server binaries are missing."""
+
+    def __init__(self, folder: Path):
+        import pytest
+
+        if not (PG_BIN / "initdb").exists():
+            pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
+        self.dir = Path(tempfile.mkdtemp(prefix="sdsite-pg-test."))
+        self.as_owner = []
+        if os.getuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self._run(
+            "initdb", "-D", f"{self.dir}/data", "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+        self.start()
+        self._run("createdb", "-h", str(self.dir), "-U", "postgres", "sdsite")
+        self.url = f"postgres://postgres@{str(self.dir).replace('/', '%2F')}/sdsite"
+
+    def _run(self, tool: str, *args):
+        subprocess.run([*self.as_owner, str(PG_BIN / tool), *args], check=True, capture_output=True)
+
+    def start(self):
+        options = f"-c listen_addresses='' -k {self.dir} -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            f"{self.dir}/data",
+            "-l",
+            f"{self.dir}/log",
+            "-w",
+            "-o",
+            options,
+            "start",
+        )
+
+    def stop(self):
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "-w", "stop")
+
+    def remove(self):
+        subprocess.run(
+            [
+                *self.as_owner,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                f"{self.dir}/data",
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
+        shutil.rmtree(self.dir, ignore_errors=True)

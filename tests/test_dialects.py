@@ -202,5 +202,9 @@ def test_openai_images_generate_and_models_list(web_server, start_worker, api_ke
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.generate(prompt="a fox", size="65x65")
     assert refused.value.body["param"] == "size"
+    # sdsite's webhook rides in extra_body, checked like POST /api/generate's.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(prompt="a fox", extra_body={"callback_url": "http://10.0.0.1/"})
+    assert refused.value.body["param"] == "callback_url"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{web_server.url}/v1", api_key="wrong").models.list()

@@ -88,7 +88,7 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.a1111_api in body}
     if data.get("seed") in (-1, ""):
         del data["seed"]  # random
-    data |= {"scheduler": sampler, "model": model}
+    data |= {"scheduler": sampler, "model": model, "callback_url": body.get("callback_url")}
     data.setdefault("steps", 20)
     data.setdefault("negative_prompt", "")
     files = {}

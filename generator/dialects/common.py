@@ -88,9 +88,7 @@ def queue(data: dict, files: dict, count: int, owner: dict) -> tuple[list, dict]
     form = GenerateForm(data | {"count": count}, files)
     if not form.is_valid():
         return [], {field: list(messages) for field, messages in form.errors.items()}
-    sessions = session_create_batch(
-        count=form.cleaned_data.get("count") or 1, images=form.images, **form.parameters(), **owner
-    )
+    sessions = session_create_batch(**form.queue_options(), **form.parameters(), **owner)
     return sessions, {}
 
 

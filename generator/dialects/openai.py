@@ -53,7 +53,8 @@ async def generations(request):
         return invalid("The body is not valid JSON.")
     if not isinstance(body, dict):
         return invalid("The body must be a JSON object.")
-    data = {"prompt": body.get("prompt") or ""}
+    # callback_url: sdsite's webhook (the openai client sends it through extra_body).
+    data = {"prompt": body.get("prompt") or "", "callback_url": body.get("callback_url") or ""}
     model = body.get("model")
     if model and model in settings.SD_MODELS:
         data["model"] = model

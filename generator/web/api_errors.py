@@ -10,6 +10,8 @@ from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
+from ..retention import MediaQuotaExceeded
+
 API_PREFIX = "/api/"
 RETRY_AFTER_SECONDS = 5
 MESSAGES = {
@@ -18,6 +20,7 @@ MESSAGES = {
     404: "Not found: no such session, or not yours.",
     405: "Method not allowed.",
     413: "The request is too large.",
+    507: "The server's storage is full.",
     503: "The service is unavailable: try again in a few seconds.",
     500: "Internal server error: the server logged it.",
 }
@@ -68,7 +71,11 @@ class JsonApiErrorsMiddleware:
         return _as_json(request, await self.get_response(request))
 
     def process_exception(self, request, exception):
-        """A database that is busy (SQLite locked past its timeout) or away: 503, retry later."""
+        """A database that is busy (SQLite locked past its timeout) or away: 503, retry later.
+
+        Media over SD_MEDIA_QUOTA_GB: 507, on every API (sdsite's and the dialects')."""
+        if isinstance(exception, MediaQuotaExceeded):
+            return error_response(507, str(exception))
         if not request.path.startswith(API_PREFIX):
             return None
         if isinstance(exception, OperationalError | InterfaceError):

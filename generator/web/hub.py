@@ -22,6 +22,7 @@ from django.db import connections
 from ..models import Status
 from ..notify import listen_for_changes, listener_conninfo
 from ..ownership import Viewer, viewer_from_session_key
+from .metrics import HUB_TICK, PROGRESS_STREAMS
 from .snapshots import Snapshot, read_snapshots
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class ProgressHub:
     async def subscribe(self, session_id):
         subscription = Subscription(session_id)
         self.subscribers.setdefault(session_id, set()).add(subscription)
+        PROGRESS_STREAMS.inc()
         if self.stopped:
             subscription.queue.put_nowait(SHUTDOWN)
         elif session_id in self.latest:
@@ -135,6 +137,7 @@ class ProgressHub:
         try:
             yield subscription
         finally:
+            PROGRESS_STREAMS.dec()
             watchers = self.subscribers.get(session_id)
             if watchers is not None:
                 watchers.discard(subscription)
@@ -190,7 +193,8 @@ class ProgressHub:
             watched = list(self.subscribers)
             self._wakeup.clear()
             try:
-                snapshots = await self._query(read_snapshots, watched, release=False)
+                with HUB_TICK.time():
+                    snapshots = await self._query(read_snapshots, watched, release=False)
                 self.reads += 1
                 # A watched row that is gone was deleted: end its streams.
                 snapshots.update({sid: DELETED for sid in watched if sid not in snapshots})

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import metrics, ops, views
 
 app_name = "generator"
 
@@ -19,5 +19,8 @@ urlpatterns = [
     path("api/stats/progress", views.api_progress_stats, name="progress-stats"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
+    path("ops", ops.ops_page, name="ops"),
+    path("ops/stream", ops.ops_stream, name="ops-stream"),
     path("favicon.ico", views.favicon, name="favicon"),
 ]

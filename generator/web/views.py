@@ -156,6 +156,9 @@ JSON_TYPE_NAMES = {
 }
 
 
+QUEUE_FIELDS = {"count": "int", "callback_url": "text"}
+
+
 def parse_body(request) -> tuple[dict, dict]:
     """The submitted fields (JSON body or form) and the errors found before validation.
 
@@ -175,7 +178,7 @@ def parse_body(request) -> tuple[dict, dict]:
     errors = {}
     for key, value in data.items():
         parameter = BY_NAME.get(key)
-        kind = parameter.kind if parameter else "int" if key == "count" else None
+        kind = parameter.kind if parameter else QUEUE_FIELDS.get(key)
         if kind is None:
             errors[key] = ["Unknown field."]
         elif value is None:
@@ -204,10 +207,7 @@ def api_generate(request):
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
     sessions = session_create_batch(
-        count=form.cleaned_data.get("count") or 1,
-        images=form.images,
-        **form.parameters(),
-        **owner_fields(request),
+        **form.queue_options(), **form.parameters(), **owner_fields(request)
     )
     body = session_as_dict(sessions[0])
     body["session_ids"] = [str(session.pk) for session in sessions]

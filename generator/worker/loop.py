@@ -12,10 +12,12 @@ from django.conf import settings
 from django.db import close_old_connections
 from PIL import Image
 
+from .. import logs
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
+from .chores import Chores
 from .claims import ClaimedJob, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
 from .step_reporter import StepReporter
@@ -54,12 +56,15 @@ class Worker:
 
     def run(self) -> None:
         self._install_signal_handlers()
+        logs.set_worker(self.worker_id)
         # Register before claiming anything, so no other worker takes our
         # first job for a lost one.
         register_worker(self.worker_id, self.serves)
         recover_lost_sessions(lease_seconds=self.lease, max_attempts=self.max_attempts)
         heartbeat = Heartbeat(self.worker_id, self.serves, self.lease, self.max_attempts)
         heartbeat.start()
+        chores = Chores()
+        chores.start()
         logger.info(
             "Worker %s ready (device %s, serves %s)", self.worker_id, self.device, self.serves
         )
@@ -67,6 +72,7 @@ class Worker:
             self._loop()
         finally:
             heartbeat.stop()
+            chores.stop()
             unregister_worker(self.worker_id)
             close_old_connections()
             logger.info("Worker %s stopped", self.worker_id)
@@ -85,7 +91,8 @@ class Worker:
                     return
                 self.stopping.wait(self.poll_interval)
                 continue
-            self.process(job)
+            with logs.job(job.session.pk):
+                self.process(job)
             if self.once:
                 return
 
