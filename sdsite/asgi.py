@@ -6,12 +6,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 
 django_application = get_asgi_application()
 
+from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
 
-async def application(scope, receive, send):
+async def route(scope, receive, send):
     # Long-lived progress streams skip Django's request handling, which holds a
     # thread per open request; everything else is plain Django.
     if is_progress_request(scope):
         return await progress_app(scope, receive, send)
     return await django_application(scope, receive, send)
+
+
+# Bodies over SD_MAX_BODY_MB are refused while they stream, on every route.
+application = limit_bodies(route)
