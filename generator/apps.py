@@ -7,5 +7,10 @@ class GeneratorConfig(AppConfig):
 
     def ready(self):
         # Signal receivers: anonymous generations pass to the user at login,
-        # and a deleted session takes its files along.
+        # a deleted session takes its files along, and the SQLite file is private.
+        from django.db.backends.signals import connection_created
+
         from . import files, ownership  # noqa: F401
+        from .db import make_sqlite_files_private
+
+        connection_created.connect(make_sqlite_files_private, dispatch_uid="sdsite-private-db")

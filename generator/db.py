@@ -1,7 +1,9 @@
 """Database helpers that the web and the worker share."""
 
+import contextlib
 import functools
 import logging
+import os
 import time
 
 from django.db import OperationalError
@@ -25,3 +27,14 @@ def retry_on_locked(func, attempts: int = 8):
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def make_sqlite_files_private(sender, connection, **kwargs) -> None:
+    """connection_created: the SQLite file and its WAL files are the service user's only."""
+    if connection.vendor != "sqlite":
+        return
+    name = str(connection.settings_dict["NAME"])
+    for path in (name, name + "-wal", name + "-shm"):
+        with contextlib.suppress(OSError):  # in memory, or not there yet
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)

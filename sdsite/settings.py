@@ -6,6 +6,7 @@ SECRET_KEY one is generated once and kept in DATA_DIR.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -29,6 +30,12 @@ MEDIA_ROOT = DATA_DIR / "media"
 MODELS_DIR = Path(os.environ.get("SD_MODELS_DIR") or DATA_DIR / "models").resolve()
 for folder in (DATA_DIR, MEDIA_ROOT, MODELS_DIR, DATA_DIR / "static"):
     folder.mkdir(parents=True, exist_ok=True)
+# The database and the images are the service user's alone (0600 files, 0700
+# folders): generate.py and the SQLite file are chmod-ed at first connection.
+for folder in (DATA_DIR, MEDIA_ROOT):
+    folder.chmod(0o700)
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 
 def _secret_key() -> str:
@@ -59,8 +66,25 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "generator",
 ]
+
+# Admin (and any) login: after SD_LOGIN_FAILURES wrong passwords for one user
+# from one address, that pair is locked out for SD_LOGIN_COOLOFF_MINUTES
+# (django-axes). A success resets the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("SD_LOGIN_FAILURES", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("SD_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_COOLOFF_MESSAGE = (
+    "Too many failed logins for this account from this address: try again in "
+    f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes."
+)
 
 MIDDLEWARE = [
     "generator.web.api_errors.JsonApiErrorsMiddleware",
@@ -73,7 +97,39 @@ MIDDLEWARE = [
     "generator.apikeys.ApiKeyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Content-Security-Policy (django-csp): scripts only from this site, never
+# inline; the page draws previews and masks from blob: and data: URLs.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        # The admin's templates still carry a few style attributes.
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+
+# Behind a TLS-terminating proxy (docs/deploy.md): trust its X-Forwarded-Proto,
+# redirect plain HTTP (but not the probes), HSTS, and cookies for HTTPS only.
+SD_BEHIND_HTTPS_PROXY = env_bool("SD_BEHIND_HTTPS_PROXY", False)
+if SD_BEHIND_HTTPS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("SD_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SD_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SD_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 CSRF_FAILURE_VIEW = "generator.web.api_errors.csrf_failure"
 

@@ -75,3 +75,78 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(small_body_s
 def test_bodies_within_the_limit_pass(small_body_server):
     response = httpx.post(f"{small_body_server.url}/api/generate", json={"prompt": "a"})
     assert response.status_code == 403  # on to Django: the CSRF check, not the size
+
+
+# --- Login throttle ----------------------------------------------------------------
+
+
+def test_admin_login_locks_out_after_repeated_failures(client, django_user_model, settings):
+    django_user_model.objects.create_superuser("boss", "boss@example.com", "right-horse-9")
+
+    def attempt(password):
+        return client.post(
+            "/admin/login/?next=/admin/",
+            {"username": "boss", "password": password},
+            REMOTE_ADDR="203.0.113.9",
+        )
+
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert attempt("wrong").status_code == 200  # the form again, with its error
+    locked = attempt("wrong")
+    assert locked.status_code == 429
+    assert b"Too many failed logins" in locked.content
+    assert attempt("right-horse-9").status_code == 429  # even the right one, for a while
+    # Another address is not locked out with it.
+    other = client.post(
+        "/admin/login/?next=/admin/",
+        {"username": "boss", "password": "right-horse-9"},
+        REMOTE_ADDR="198.51.100.7",
+    )
+    assert other.status_code == 302
+
+
+# --- Headers and deployment --------------------------------------------------------
+
+
+def test_pages_carry_a_content_security_policy_without_inline_scripts(client):
+    response = client.get("/")
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+    assert b"<script>" not in response.content  # scripts come from files only
+
+
+def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT, process_env
+
+    env = process_env(
+        DEBUG="0",
+        SECRET_KEY="k3Vq9-ZpL2mR8sT1wY6uN4bX0cF5hJ7gD" * 2,
+        ALLOWED_HOSTS="sd.example.com",
+        CSRF_TRUSTED_ORIGINS="https://sd.example.com",
+        SD_BEHIND_HTTPS_PROXY="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_the_database_and_media_are_private_to_the_service_user(make_session):
+    import os
+    import stat
+
+    from django.conf import settings
+    from django.db import connection
+
+    connection.ensure_connection()
+    database = connection.settings_dict["NAME"]
+    assert stat.S_IMODE(os.stat(database).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(settings.MEDIA_ROOT).st_mode) == 0o700

@@ -114,15 +114,15 @@ def test_use_these_settings_again_fills_the_form_with_a_new_seed_or_the_same_one
 
 
 def test_anonymous_generations_pass_to_the_account_at_login():
-    User.objects.create_user("alice", password="pw-123456")
+    alice = User.objects.create_user("alice", password="pw-123456")
     browser = Client()
     session_id = generate(browser)
 
-    assert browser.login(username="alice", password="pw-123456")
+    browser.force_login(alice)  # Django's login(), as a login form calls it
     session = GenerationSession.objects.get(pk=session_id)
     assert session.owner.username == "alice"
     other_device = Client()
-    other_device.login(username="alice", password="pw-123456")
+    other_device.force_login(alice)
     assert other_device.get(f"/api/sessions/{session_id}").status_code == 200
     assert session_id in other_device.get("/history").content.decode()
 
