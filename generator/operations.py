@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db.models import Count, Min
-from prometheus_client.utils import floatToGoString
 from django.utils import timezone
+from prometheus_client.utils import floatToGoString
 
 from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 from .retention import media_bytes
