@@ -131,6 +131,9 @@ class GenerationSession(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
     )
     owner_key = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
+    client_ip = models.GenericIPAddressField(
+        null=True, blank=True, help_text="The address that queued it (per-owner limits)."
+    )
 
     # What was asked for: each field's default, bounds and help come from the
     # parameter spec (params.py).
@@ -351,6 +354,9 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     default_model = models.CharField(
         max_length=500, blank=True, help_text="The key's own default model (A1111's options)."
+    )
+    unlimited = models.BooleanField(
+        default=False, help_text="Exempt from the per-owner queue and rate limits."
     )
 
     objects = ApiKeyQuerySet.as_manager()

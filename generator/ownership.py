@@ -61,14 +61,16 @@ def viewer_of(request) -> Viewer:
 
 def owner_fields(request) -> dict:
     """The owner of a generation this request creates; gives the browser a key on first use."""
+    address = request.META.get("REMOTE_ADDR") or None
     if getattr(request, "api_key", None) is not None:  # a tool with a key: its user, no cookie
-        return {"owner": request.user, "owner_key": ""}
+        return {"owner": request.user, "owner_key": "", "client_ip": address}
     key = request.session.get(OWNER_KEY)
     if not key:
         key = request.session[OWNER_KEY] = secrets.token_urlsafe(24)
         request.session.set_expiry(ANONYMOUS_HISTORY_SECONDS)
     user = request.user
-    return {"owner": user if user.is_authenticated else None, "owner_key": key}
+    owner = user if user.is_authenticated else None
+    return {"owner": owner, "owner_key": key, "client_ip": address}
 
 
 def viewer_from_session_key(session_key: str | None) -> Viewer:

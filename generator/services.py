@@ -29,13 +29,14 @@ from .models import (
 )
 from .notify import notify_session_changed
 from .params import MAX_SEED, PARAMETERS, steps_to_run
+from .pipelines import demo
 from .pipelines.sources import DEMO_MODEL
 from .retention import check_media_quota
 
 
 def default_size(model: str) -> int:
-    """The demo model is trained for nothing, so it gets the small, fast size."""
-    return 256 if model == DEMO_MODEL else 512
+    """The demo model's own size (it was trained at it), else SD 1.x's."""
+    return demo.SIZE if model == DEMO_MODEL else 512
 
 
 def session_create(
@@ -46,6 +47,7 @@ def session_create(
     mask_image: str = "",
     batch_id=None,
     callback_url: str = "",
+    client_ip: str | None = None,
     **parameters,
 ) -> GenerationSession:
     """Queue one session. `parameters` are named in params.py; missing ones take their defaults.
@@ -73,6 +75,7 @@ def session_create(
         mask_image=mask_image,
         batch_id=batch_id,
         callback_url=callback_url,
+        client_ip=client_ip or None,
         total_steps=total_steps,
         expected_seconds=expected_seconds(
             values["model"], values["backend"], values["width"], values["height"], total_steps

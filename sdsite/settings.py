@@ -183,6 +183,15 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "timeout": 30,
     }
 
+# The database cache: shared by every web process, so the request-rate limit
+# holds across them (a Redis cache may replace it; see docs/deploy.md).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "sdsite_cache",
+    }
+}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -228,7 +237,12 @@ SD_MAX_ATTEMPTS = int(os.environ.get("SD_MAX_ATTEMPTS", "2"))
 # from the header before the pixels are decoded. Several images per request.
 SD_MAX_UPLOAD_MB = env_float("SD_MAX_UPLOAD_MB", 10.0)
 SD_MAX_UPLOAD_PIXELS = int(os.environ.get("SD_MAX_UPLOAD_PIXELS", str(4096 * 4096)))
-SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "8"))
+# Per owner (a user, an API key's user, an anonymous browser and its address):
+# jobs queued or running at once, and requests to queue per period ("30/m",
+# "500/h"; empty: none). Staff and unlimited keys are exempt (generator/limits.py).
+SD_MAX_QUEUED_PER_OWNER = int(os.environ.get("SD_MAX_QUEUED_PER_OWNER", "4"))
+SD_RATE_LIMIT = os.environ.get("SD_RATE_LIMIT", "30/m").strip()
+SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "4"))
 # The A1111 (/sdapi/v1) and OpenAI (/v1) endpoints need an API key unless this
 # is "off": only for a trusted single-user box, never on a network.
 SD_API_AUTH = os.environ.get("SD_API_AUTH", "on").strip().lower() not in {"off", "0", "false"}

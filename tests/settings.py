@@ -12,6 +12,11 @@ os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="sdsite-test-"))
 os.environ.setdefault(
     "SD_MODELS_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test-models")
 )
+# The suite queues many jobs from one browser: per-owner limits are off unless a
+# test turns them on (tests/test_limits.py), in this process and the ones it starts.
+os.environ.setdefault("SD_MAX_QUEUED_PER_OWNER", "0")
+os.environ.setdefault("SD_RATE_LIMIT", "")
+os.environ.setdefault("SD_MAX_COUNT", "8")
 # Nothing can come from a model hub here: fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

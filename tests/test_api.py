@@ -30,7 +30,7 @@ def test_valid_request_queues_a_session_with_defaults(client):
     assert body["progress_url"] == f"/api/progress/{session.pk}"
     assert session.status == Status.PENDING
     assert (session.steps, session.guidance_scale) == (20, 7.5)
-    assert (session.width, session.height) == (256, 256)  # the demo model's size
+    assert (session.width, session.height) == (128, 128)  # the demo model's own size
     assert (session.backend, session.model, session.scheduler) == ("pytorch", "demo", "Euler")
     assert 0 <= session.seed < 2**32
 

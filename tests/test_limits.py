@@ -150,3 +150,79 @@ def test_the_database_and_media_are_private_to_the_service_user(make_session):
     database = connection.settings_dict["NAME"]
     assert stat.S_IMODE(os.stat(database).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(settings.MEDIA_ROOT).st_mode) == 0o700
+
+
+# --- Per-owner limits --------------------------------------------------------------
+
+
+def post_job(client, address="192.0.2.10", HTTP_AUTHORIZATION=None, **extra):
+    headers = {"HTTP_AUTHORIZATION": HTTP_AUTHORIZATION} if HTTP_AUTHORIZATION else {}
+    return client.post(
+        "/api/generate",
+        {"prompt": "a red circle", "steps": 2, **extra},
+        content_type="application/json",
+        REMOTE_ADDR=address,
+        **headers,
+    )
+
+
+def test_an_owner_may_hold_at_most_sd_max_queued_per_owner_jobs(client, settings):
+    from django.test import Client
+
+    from generator.models import GenerationSession, Status
+
+    settings.SD_MAX_QUEUED_PER_OWNER = 3
+    assert post_job(client, count=2).status_code == 202
+    assert post_job(client).status_code == 202
+    refused = post_job(client)
+    assert refused.status_code == 429 and refused["Retry-After"]
+    assert "SD_MAX_QUEUED_PER_OWNER" in refused.json()["message"]
+    assert GenerationSession.objects.count() == 3
+
+    # A fresh cookie from the same address does not reset it...
+    assert post_job(Client()).status_code == 429
+    # ...another owner is not slowed at all...
+    assert post_job(Client(), address="198.51.100.20").status_code == 202
+    # ...and a finished job makes room again.
+    one = GenerationSession.objects.filter(client_ip="192.0.2.10").first()
+    GenerationSession.objects.filter(pk=one.pk).update(status=Status.COMPLETED)
+    assert post_job(client).status_code == 202
+
+
+def test_the_request_rate_is_limited_per_owner_with_retry_after(client, settings):
+    from django.core.cache import cache
+    from django.test import Client
+
+    cache.clear()
+    settings.SD_RATE_LIMIT = "3/m"
+    for _ in range(3):
+        assert post_job(client, address="192.0.2.44", prompt="").status_code == 400  # counted
+    limited = post_job(client, address="192.0.2.44")
+    assert limited.status_code == 429
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    assert "SD_RATE_LIMIT" in limited.json()["message"]
+    assert post_job(Client(), address="192.0.2.45").status_code == 202  # someone else
+
+
+def test_staff_and_unlimited_keys_are_exempt(client, settings, django_user_model):
+    from django.test import Client
+
+    from generator.apikeys import issue_key
+
+    settings.SD_MAX_QUEUED_PER_OWNER = 1
+    staff = django_user_model.objects.create_user("ops", password="x", is_staff=True)
+    client.force_login(staff)
+    assert [post_job(client).status_code for _ in range(3)] == [202] * 3
+
+    tool = django_user_model.objects.create_user("tool", password="x")
+    limited, limited_key = issue_key(tool, name="limited")
+    unlimited, unlimited_key = issue_key(tool, name="unlimited")
+    unlimited.unlimited = True
+    unlimited.save()
+
+    def with_key(key):
+        return post_job(Client(), address="203.0.113.5", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert with_key(limited_key).status_code == 202
+    assert with_key(limited_key).status_code == 429  # the key's user holds one already
+    assert with_key(unlimited_key).status_code == 202

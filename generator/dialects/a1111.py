@@ -25,7 +25,7 @@ from ..params import INPAINTING_FILLS, PARAMETERS, RESIZE_MODES
 from ..pipelines.schedulers import SCHEDULERS
 from ..services import session_cancel
 from ..web.snapshots import preview_data_url
-from .common import decode_image, image_base64, own_sessions, owner_of, queue, require_key
+from .common import decode_image, image_base64, own_sessions, queue, require_key
 from .common import wait_for_sessions as wait
 
 VERSION = "sdsite"
@@ -147,7 +147,7 @@ async def generate(request, image_mode: bool):
     data, files, ignored, errors = translate(request, body, image_mode)
     count = int(body.get("batch_size") or 1) * int(body.get("n_iter") or 1)
     if not errors:
-        sessions, errors = await sync_to_async(queue)(data, files, count, owner_of(request))
+        sessions, errors = await sync_to_async(queue)(request, data, files, count)
     if errors:
         return JsonResponse(error(json.dumps(errors)) | {"fields": errors}, status=422)
     finished = await wait([session.pk for session in sessions])

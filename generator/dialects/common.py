@@ -17,6 +17,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import JsonResponse
 
 from ..forms import GenerateForm
+from ..limits import check_queue, check_rate, client_ip
 from ..models import GenerationSession
 from ..ownership import Viewer
 from ..services import session_create_batch
@@ -62,7 +63,11 @@ def require_key(error_body: Callable[[str], dict]):
 
 def owner_of(request) -> dict:
     """Jobs queued with a key belong to its user; with SD_API_AUTH=off and no key, to nobody."""
-    return {"owner": request.api_key.user if request.api_key else None, "owner_key": ""}
+    return {
+        "owner": request.api_key.user if request.api_key else None,
+        "owner_key": "",
+        "client_ip": client_ip(request),
+    }
 
 
 def own_sessions(request):
@@ -83,11 +88,16 @@ def decode_image(value: str, field: str) -> SimpleUploadedFile:
     return SimpleUploadedFile(f"{field}.png", data)
 
 
-def queue(data: dict, files: dict, count: int, owner: dict) -> tuple[list, dict]:
-    """Validate with the page's own form and queue: (sessions, {}) or ([], {field: [errors]})."""
+def queue(request, data: dict, files: dict, count: int) -> tuple[list, dict]:
+    """Validate with the page's own form and queue: (sessions, {}) or ([], {field: [errors]}).
+
+    Within the owner's limits (limits.py), or TooManyRequests (a 429)."""
+    check_rate(request)
     form = GenerateForm(data | {"count": count}, files)
     if not form.is_valid():
         return [], {field: list(messages) for field, messages in form.errors.items()}
+    owner = owner_of(request)
+    check_queue(request, owner, form.cleaned_data.get("count") or 1)
     sessions = session_create_batch(**form.queue_options(), **form.parameters(), **owner)
     return sessions, {}
 

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from ..models import Status
-from .common import image_base64, owner_of, queue, require_key
+from .common import image_base64, queue, require_key
 from .common import wait_for_sessions as wait
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -70,7 +70,7 @@ async def generations(request):
     if response_format not in ("url", "b64_json"):
         return invalid("response_format must be url or b64_json.", "response_format")
     count = body.get("n") or 1
-    sessions, errors = await sync_to_async(queue)(data, {}, count, owner_of(request))
+    sessions, errors = await sync_to_async(queue)(request, data, {}, count)
     if errors:
         field, messages = next(iter(errors.items()))
         return invalid(f"{field}: {' '.join(messages)}", FIELDS.get(field, field))

@@ -10,6 +10,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
+from ..limits import TooManyRequests
 from ..retention import MediaQuotaExceeded
 
 API_PREFIX = "/api/"
@@ -20,6 +21,7 @@ MESSAGES = {
     404: "Not found: no such session, or not yours.",
     405: "Method not allowed.",
     413: "The request is too large.",
+    429: "Too many requests: try again later.",
     507: "The server's storage is full.",
     503: "The service is unavailable: try again in a few seconds.",
     500: "Internal server error: the server logged it.",
@@ -76,6 +78,10 @@ class JsonApiErrorsMiddleware:
         Media over SD_MEDIA_QUOTA_GB: 507, on every API (sdsite's and the dialects')."""
         if isinstance(exception, MediaQuotaExceeded):
             return error_response(507, str(exception))
+        if isinstance(exception, TooManyRequests):
+            response = error_response(429, str(exception))
+            response["Retry-After"] = str(exception.retry_after)
+            return response
         if not request.path.startswith(API_PREFIX):
             return None
         if isinstance(exception, OperationalError | InterfaceError):

@@ -14,10 +14,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from ..forms import GenerateForm
 from ..images import open_upload
+from ..limits import check_queue, check_rate
 from ..metadata import read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, viewer_of
 from ..params import BY_NAME, PARAMETERS
+from ..pipelines import demo
 from ..services import (
     DEMO_MODEL,
     CancelOutcome,
@@ -76,6 +78,7 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
         "session_json": session_as_dict(follow) if follow else None,
         "model": settings.SD_MODEL,
         "is_demo_model": settings.SD_MODEL == DEMO_MODEL,
+        "demo": demo.vocabulary(),
     }
 
 
@@ -200,15 +203,17 @@ def is_valid_text(value: str) -> bool:
 
 @require_POST
 def api_generate(request):
+    check_rate(request)
     data, errors = parse_body(request)
     if errors:
         return errors_response(errors)
     form = GenerateForm(data, request.FILES)
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
-    sessions = session_create_batch(
-        **form.queue_options(), **form.parameters(), **owner_fields(request)
-    )
+    owner = owner_fields(request)
+    options = form.queue_options()
+    check_queue(request, owner, options["count"])
+    sessions = session_create_batch(**options, **form.parameters(), **owner)
     body = session_as_dict(sessions[0])
     body["session_ids"] = [str(session.pk) for session in sessions]
     return JsonResponse(body, status=202)

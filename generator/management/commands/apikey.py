@@ -16,6 +16,11 @@ class Command(BaseCommand):
         )
         create.add_argument("username")
         create.add_argument("--name", default="", help="What the key is for.")
+        create.add_argument(
+            "--unlimited",
+            action="store_true",
+            help="Exempt from the per-owner limits (SD_MAX_QUEUED_PER_OWNER, SD_RATE_LIMIT).",
+        )
         listing = actions.add_parser("list", help="List the keys, of USERNAME or of everyone.")
         listing.add_argument("username", nargs="?")
         revoke = actions.add_parser("revoke", help="Revoke a key, given whole or by its prefix.")
@@ -24,8 +29,11 @@ class Command(BaseCommand):
     def handle(self, *args, action, **options):
         getattr(self, action)(**options)
 
-    def create(self, username, name, **options):
+    def create(self, username, name, unlimited=False, **options):
         row, key = issue_key(user_for(username), name)
+        if unlimited:
+            row.unlimited = True
+            row.save(update_fields=["unlimited"])
         self.stdout.write(f"Key {row.prefix}… for {username}; it is shown only now:")
         self.stdout.write(key)
 
