@@ -117,6 +117,13 @@ class GenerateForm(forms.Form):
         image_failed = "init_image" in self.errors
         if data.get("mask_image") and not data.get("init_image") and not image_failed:
             self.add_error("mask_image", "A mask needs an image to paint on (init_image).")
+        width, height = data.get("width"), data.get("height")
+        if width and height and width * height > settings.SD_MAX_PIXELS:
+            self.add_error(
+                "width",
+                f"{width}x{height} is {width * height:,} pixels; this server allows at most "
+                f"{settings.SD_MAX_PIXELS:,} (SD_MAX_PIXELS), e.g. 1024x1024.",
+            )
         if image is not None and mask is not None and image.size != mask.size:
             self.add_error(
                 "mask_image",

@@ -253,6 +253,16 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(2 * SD_MAX_UPLOAD_MB * 1024 * 1024) + 1024 * 1
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 # Seconds a stopping worker gives its current job before it hands it back.
 SD_WORKER_GRACE = env_float("SD_WORKER_GRACE", 30.0)
+# A job denoising longer than this (seconds) is stopped and failed; a step that
+# will not end at all makes the worker restart itself SD_WATCHDOG_GRACE later.
+SD_JOB_TIMEOUT = env_float("SD_JOB_TIMEOUT", 3600.0)
+SD_WATCHDOG_GRACE = env_float("SD_WATCHDOG_GRACE", 120.0)
+# The most pixels (width x height) a job may ask for: where one step takes
+# about a minute at most on a CPU (SD 1.x at 1024x1024), four times more on a GPU.
+SD_MAX_PIXELS = int(
+    os.environ.get("SD_MAX_PIXELS")
+    or (1024 * 1024 if os.environ.get("SD_DEVICE", "cpu") in ("cpu", "") else 2048 * 2048)
+)
 SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")
 SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3"))
 # How often a progress stream reads the database, and how often it sends a

@@ -226,3 +226,48 @@ def test_staff_and_unlimited_keys_are_exempt(client, settings, django_user_model
     assert with_key(limited_key).status_code == 202
     assert with_key(limited_key).status_code == 429  # the key's user holds one already
     assert with_key(unlimited_key).status_code == 202
+
+
+# --- Size and time limits -----------------------------------------------------------
+
+
+def test_a_size_over_sd_max_pixels_is_a_400_naming_width(client, settings):
+    settings.SD_MAX_PIXELS = 512 * 512
+    response = post_job(client, width=1024, height=768)
+    assert response.status_code == 400
+    assert "SD_MAX_PIXELS" in response.json()["errors"]["width"][0]
+    assert post_job(client, width=512, height=512).status_code == 202
+
+
+def test_a_job_over_sd_job_timeout_fails_with_a_readable_reason(make_session, settings):
+    from django.core.management import call_command
+
+    from generator.models import GenerationSession, Status
+
+    settings.SD_JOB_TIMEOUT = 0.001  # over by the first step
+    session = make_session(steps=20, width=64, height=64)
+    call_command("runworker", once=True, verbosity=0)
+    session.refresh_from_db()
+    assert session.status == Status.FAILED
+    assert "SD_JOB_TIMEOUT" in session.error and session.current_step <= 1
+    settings.SD_JOB_TIMEOUT = 3600
+    later = make_session(steps=2, width=64, height=64)
+    call_command("runworker", once=True, verbosity=0)  # the worker goes on serving
+    assert GenerationSession.objects.get(pk=later.pk).status == Status.COMPLETED
+
+
+def test_the_watchdog_fails_a_job_whose_step_never_ends_and_restarts(settings):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from generator.worker.watchdog import Watchdog
+
+    settings.SD_WATCHDOG_GRACE = 0.05
+    failed, restarted = [], threading.Event()
+    job = SimpleNamespace(session=SimpleNamespace(pk="s1"), fail=failed.append)
+    worker = SimpleNamespace(current_job=job, job_deadline=time.monotonic(), worker_id="w:1")
+    watchdog = Watchdog(worker, restart=restarted.set, interval=0.01)
+    watchdog.start()
+    assert restarted.wait(5)
+    assert "SD_JOB_TIMEOUT" in failed[0] and "restarted" in failed[0]

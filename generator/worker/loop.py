@@ -21,6 +21,7 @@ from .chores import Chores
 from .claims import ClaimedJob, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
 from .step_reporter import StepReporter
+from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class Worker:
         self.max_pipelines = settings.SD_WORKER_PIPELINES
         self.stopping = threading.Event()
         self.stop_deadline: float | None = None
+        self.current_job: ClaimedJob | None = None
+        self.job_deadline: float | None = None
+        self.timed_out = False
 
     def run(self) -> None:
         self._install_signal_handlers()
@@ -65,6 +69,8 @@ class Worker:
         heartbeat.start()
         chores = Chores()
         chores.start()
+        watchdog = Watchdog(self)
+        watchdog.start()
         logger.info(
             "Worker %s ready (device %s, serves %s)", self.worker_id, self.device, self.serves
         )
@@ -73,6 +79,7 @@ class Worker:
         finally:
             heartbeat.stop()
             chores.stop()
+            watchdog.stop()
             unregister_worker(self.worker_id)
             close_old_connections()
             logger.info("Worker %s stopped", self.worker_id)
@@ -123,17 +130,32 @@ class Worker:
             preview_interval=settings.SD_PREVIEW_INTERVAL,
         )
 
+        self.timed_out = False
+
+        def on_start() -> None:
+            report_step.start()
+            if settings.SD_JOB_TIMEOUT:
+                self.job_deadline = time.monotonic() + settings.SD_JOB_TIMEOUT
+
+        def over_time() -> bool:
+            self.timed_out = self.job_deadline is not None and time.monotonic() > self.job_deadline
+            return self.timed_out
+
         def on_step(step: int, total: int, latents=None) -> bool:
-            return not self.past_grace() and report_step(step, total, latents)
+            if self.past_grace() or over_time():
+                return False
+            return report_step(step, total, latents)
 
         def on_phase(phase: str) -> None:
-            if self.past_grace() or not job.record_phase(phase):
+            if self.past_grace() or over_time() or not job.record_phase(phase):
                 raise GenerationInterrupted
+
+        self.current_job = job
 
         try:
             backend = self.backend_for(session.backend, session.model, on_phase)
             image = backend.generate(
-                request_of(session), on_step=on_step, on_phase=on_phase, on_start=report_step.start
+                request_of(session), on_step=on_step, on_phase=on_phase, on_start=on_start
             )
             on_phase("saving")
             if job.complete(image):
@@ -145,10 +167,14 @@ class Worker:
             if is_out_of_memory(exc):
                 free_accelerator_memory()
             job.fail(describe_error(exc))
+        finally:
+            self.current_job, self.job_deadline = None, None
 
     def settle_interrupted(self, job: ClaimedJob) -> None:
         if job.finish_cancelled():
             logger.info("Cancelled session %s", job.session.pk)
+        elif self.timed_out and job.fail(timeout_reason()):
+            logger.warning("Stopped session %s: over SD_JOB_TIMEOUT", job.session.pk)
         elif self.stopping.is_set() and job.release():
             logger.info("Released session %s to the queue (shutdown)", job.session.pk)
         else:
@@ -184,6 +210,13 @@ class Worker:
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
+
+
+def timeout_reason() -> str:
+    return (
+        f"The job denoised for longer than SD_JOB_TIMEOUT ({settings.SD_JOB_TIMEOUT:g} s) "
+        "and was stopped: ask for fewer steps or a smaller image."
+    )
 
 
 def request_of(session) -> GenerationRequest:
