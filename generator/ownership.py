@@ -34,6 +34,12 @@ class Viewer:
             owner_key and owner_key == self.owner_key
         )
 
+    def holder(self) -> str:
+        """Who this viewer is, for per-owner counts ("" for a stranger)."""
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
+        return f"browser:{self.owner_key}" if self.owner_key else ""
+
     def can_see(self, owner_id, owner_key) -> bool:
         return (owner_id is None and not owner_key) or self.owns(owner_id, owner_key)
 

@@ -268,6 +268,11 @@ SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3
 # How often a progress stream reads the database, and how often it sends a
 # keepalive comment while nothing changes.
 SD_PROGRESS_INTERVAL = env_float("SD_PROGRESS_INTERVAL", 0.1)
+# Progress streams one web process keeps open, and one owner may hold; past
+# either, 503 with Retry-After (the page follows by polling). Keep SD_MAX_STREAMS
+# under the process's file limit (LimitNOFILE, docs/deploy.md).
+SD_MAX_STREAMS = int(os.environ.get("SD_MAX_STREAMS", "2000"))
+SD_MAX_STREAMS_PER_OWNER = int(os.environ.get("SD_MAX_STREAMS_PER_OWNER", "20"))
 SD_KEEPALIVE_SECONDS = env_float("SD_KEEPALIVE_SECONDS", 15.0)
 # Live previews: the worker turns the latents into a small JPEG at most every
 # SD_PREVIEW_INTERVAL seconds (no VAE decode). SD_PREVIEWS=0 turns them off.

@@ -459,3 +459,19 @@ def test_drop_a_png_for_its_settings_upload_an_image_paint_a_mask_and_inpaint_a_
     assert mask[48, 48] == 255 and mask[5, 5] == 0  # painted in the middle only
     result = np.asarray(Image.open(sessions[0].image.path).convert("RGB"))
     assert (result[:10, :10] == pixels[:10, :10]).all()  # untouched outside the mask
+
+
+def test_with_no_stream_free_the_page_follows_by_polling(new_page, tmp_path, start_worker):
+    from tests.processes import WebServer
+
+    server = WebServer(tmp_path, SD_MAX_STREAMS=0)  # every stream is refused with a 503
+    try:
+        start_worker()
+        page = new_page()
+        generate(page, server, "a red circle on a blue background", steps=8)
+        wait_for_status(page, "Done.")
+        assert page.get_attribute("#result-image", "src").startswith("/media/images/")
+        assert percentage(page) == 100
+        assert any("HTTP 503" in event and "/api/progress/" in event for event in page_events[page])
+    finally:
+        server.stop()

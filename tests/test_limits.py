@@ -271,3 +271,46 @@ def test_the_watchdog_fails_a_job_whose_step_never_ends_and_restarts(settings):
     watchdog.start()
     assert restarted.wait(5)
     assert "SD_JOB_TIMEOUT" in failed[0] and "restarted" in failed[0]
+
+
+# --- Progress streams ----------------------------------------------------------------
+
+
+def test_streams_past_the_per_owner_and_process_caps_get_503_with_retry_after(
+    tmp_path, make_session
+):
+    sessions = [make_session() for _ in range(4)]
+    server = WebServer(tmp_path, SD_MAX_STREAMS=3, SD_MAX_STREAMS_PER_OWNER=2)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            open_streams = []
+            for session in sessions[:2]:
+                stream = client.stream("GET", f"/api/progress/{session.pk}")
+                response = stream.__enter__()
+                assert response.status_code == 200
+                lines = response.iter_lines()  # held: a dropped iterator closes the stream
+                next(lines)
+                open_streams.append((stream, lines))
+            refused = client.get(f"/api/progress/{sessions[2].pk}")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
+            assert "SD_MAX_STREAMS_PER_OWNER" in refused.json()["message"]
+            # Another owner (a browser with its own cookie) may open one more, up to the cap.
+            other = httpx.Client(base_url=server.url, timeout=10)
+            other.get("/")  # its cookies
+            mine = other.post(
+                "/api/generate",
+                json={"prompt": "mine", "steps": 2},
+                headers={"X-CSRFToken": other.cookies.get("csrftoken", "")},
+            )
+            assert mine.status_code == 202, mine.text
+            own_id = mine.json()["session_id"]
+            with other.stream("GET", f"/api/progress/{own_id}") as third:
+                assert third.status_code == 200
+                full = other.get(f"/api/progress/{sessions[3].pk}")
+                assert full.status_code == 503
+                assert "SD_MAX_STREAMS)" in full.json()["message"]
+            other.close()
+            for stream, _ in open_streams:
+                stream.__exit__(None, None, None)
+    finally:
+        server.stop()

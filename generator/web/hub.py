@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import weakref
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 
@@ -84,6 +85,8 @@ class ProgressHub:
         self.interval = interval
         self.keepalive = keepalive
         self.subscribers: dict[object, set[Subscription]] = {}
+        self.holders: Counter = Counter()
+        """Open streams per holder (a user, an anonymous browser, else an address)."""
         self.latest: dict[object, Snapshot] = {}
         self.reads = 0
         self.notifications = 0
@@ -122,9 +125,21 @@ class ProgressHub:
             return Viewer()
         return await self._query(viewer_from_session_key, session_key, release=not self.subscribers)
 
+    def refusal(self, holder: str) -> str | None:
+        """Why one more stream cannot open (SD_MAX_STREAMS, per process and per holder)."""
+        if self.stream_count >= settings.SD_MAX_STREAMS:
+            return "This server has as many progress streams open as it allows (SD_MAX_STREAMS)."
+        if self.holders[holder] >= settings.SD_MAX_STREAMS_PER_OWNER:
+            return (
+                "You have as many progress streams open as allowed "
+                "(SD_MAX_STREAMS_PER_OWNER): close a tab, or follow by polling."
+            )
+        return None
+
     @asynccontextmanager
-    async def subscribe(self, session_id):
+    async def subscribe(self, session_id, holder: str = ""):
         subscription = Subscription(session_id)
+        self.holders[holder] += 1
         self.subscribers.setdefault(session_id, set()).add(subscription)
         PROGRESS_STREAMS.inc()
         if self.stopped:
@@ -138,6 +153,9 @@ class ProgressHub:
             yield subscription
         finally:
             PROGRESS_STREAMS.dec()
+            self.holders[holder] -= 1
+            if not self.holders[holder]:
+                del self.holders[holder]
             watchers = self.subscribers.get(session_id)
             if watchers is not None:
                 watchers.discard(subscription)

@@ -19,7 +19,7 @@ from django.http.request import split_domain_port, validate_host
 
 from .api_errors import error_body
 from .hub import get_hub
-from .sse import STREAM_HEADERS, open_stream
+from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
 PREFIX = "/api/progress/"
 
@@ -49,8 +49,9 @@ def host_allowed(headers: dict) -> bool:
     return bool(host) and validate_host(host, allowed)
 
 
-async def respond(send, status: int, body: bytes = b"") -> None:
+async def respond(send, status: int, body: bytes = b"", extra_headers=()) -> None:
     headers = [(b"content-type", b"application/json")] if body else []
+    headers += list(extra_headers)
     await send(
         {"type": "http.response.start", "status": status, "headers": headers + SECURITY_HEADERS}
     )
@@ -68,7 +69,11 @@ async def progress_app(scope, receive, send) -> None:
     last_event_id = headers.get(b"last-event-id", b"").decode("latin-1")
     cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
     viewer = await get_hub().read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
-    status, events = await open_stream(session_id, last_event_id, viewer)
+    address = (scope.get("client") or ("", 0))[0]
+    status, events = await open_stream(session_id, last_event_id, viewer, address)
+    if status == 503:
+        body = json.dumps(error_body(events)).encode()
+        return await respond(send, 503, body, [(b"retry-after", str(STREAMS_RETRY_AFTER).encode())])
     if events is None:
         return await respond(send, status, NOT_FOUND if status == 404 else b"")
 

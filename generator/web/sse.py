@@ -113,6 +113,7 @@ async def session_events(
     session_id,
     first: Snapshot,
     resume: Position | None = None,
+    holder: str = "",
 ) -> AsyncIterator[bytes]:
     """`connected`, then a message per change until the session finishes.
 
@@ -132,7 +133,7 @@ async def session_events(
     if first.is_finished:
         return
     previous = first
-    async with hub.subscribe(session_id) as subscription:
+    async with hub.subscribe(session_id, holder) as subscription:
         while True:
             snapshot = await subscription.next_snapshot()
             if subscription.closed:  # the server is shutting down
@@ -149,8 +150,13 @@ async def session_events(
                 return
 
 
-async def open_stream(session_id, last_event_id: str | None, viewer: Viewer):
-    """What GET /api/progress/<id> answers: (404, None), (204, None) or (200, the stream).
+STREAMS_RETRY_AFTER = 10
+"""Seconds a client refused a stream (503) waits; the page polls meanwhile."""
+
+
+async def open_stream(session_id, last_event_id: str | None, viewer: Viewer, address: str = ""):
+    """What GET /api/progress/<id> answers: (404, None), (204, None), (503, reason) when
+    SD_MAX_STREAMS are open, or (200, the stream).
 
     One decision for both servers of the URL, the Django view and the lean
     ASGI route. Someone else's session is as absent as a missing one.
@@ -163,4 +169,8 @@ async def open_stream(session_id, last_event_id: str | None, viewer: Viewer):
     if resume is not None and resume.finished:
         # The client has the final message: 204 tells EventSource to stop reconnecting.
         return 204, None
-    return 200, session_events(hub, session_id, first, resume)
+    holder = viewer.holder() or f"address:{address}"
+    refusal = hub.refusal(holder)
+    if refusal:
+        return 503, refusal
+    return 200, session_events(hub, session_id, first, resume, holder)

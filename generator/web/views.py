@@ -33,7 +33,7 @@ from ..services import (
 )
 from .api_errors import error_response
 from .hub import get_hub
-from .sse import STREAM_HEADERS, open_stream
+from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
 
 def visible_sessions(request):
@@ -250,9 +250,15 @@ async def api_progress(request, session_id):
     # (the same stream without a thread per request); this view serves it
     # under any other server.
     viewer = await sync_to_async(viewer_of)(request)
-    status, events = await open_stream(session_id, request.headers.get("Last-Event-ID"), viewer)
+    last_event_id = request.headers.get("Last-Event-ID")
+    address = request.META.get("REMOTE_ADDR", "")
+    status, events = await open_stream(session_id, last_event_id, viewer, address)
     if status == 404:
         raise Http404("No such session.")
+    if status == 503:
+        response = error_response(503, events)
+        response["Retry-After"] = str(STREAMS_RETRY_AFTER)
+        return response
     if events is None:
         return HttpResponse(status=status)
     response = StreamingHttpResponse(events)

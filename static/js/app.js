@@ -286,10 +286,49 @@
       if (source && source.readyState === EventSource.CONNECTING) {
         setStatus("Connection to the server lost, reconnecting…", true);
       } else {
-        setStatus("The progress stream failed. Reload the page to try again.", true);
-        finish();
+        // Refused (the server has no stream free: 503) or failed: follow by polling.
+        source.close();
+        source = null;
+        poll(sessionId);
       }
     };
+  }
+
+  // Follow a session by reading it every two seconds, when no stream is to be had.
+  function poll(sessionId) {
+    const tick = async () => {
+      if (currentSession !== sessionId) return;
+      const response = await fetch(`/api/sessions/${sessionId}`, { credentials: "same-origin" })
+        .catch(() => null);
+      if (response && response.status === 404) {
+        setStatus("This generation no longer exists.", true);
+        finish();
+        return;
+      }
+      if (!response || !response.ok) {
+        setTimeout(tick, 3000);
+        return;
+      }
+      const session = await response.json();
+      setProgress(session.current_step, session.total_steps);
+      if (session.status === "completed") {
+        bar.classList.add("done");
+        setStatus("Done.");
+        showImage(session.image_url);
+        showDetails(sessionId);
+        finish();
+      } else if (session.status === "failed" || session.status === "cancelled") {
+        bar.classList.add("failed");
+        setStatus(session.status === "failed" ? `Failed: ${session.error}` : "Cancelled.", true);
+        finish();
+      } else {
+        setStatus(session.status === "pending"
+          ? "Queued: waiting for a worker… (following by polling)"
+          : `Step ${session.current_step} of ${session.total_steps} (following by polling)`);
+        setTimeout(tick, 2000);
+      }
+    };
+    tick();
   }
 
   async function cancel(sessionId) {
