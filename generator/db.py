@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError, connections
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +38,41 @@ def make_sqlite_files_private(sender, connection, **kwargs) -> None:
         with contextlib.suppress(OSError):  # in memory, or not there yet
             if os.stat(path).st_mode & 0o077:
                 os.chmod(path, 0o600)
+
+
+OUTAGE_ERRORS = (OperationalError, InterfaceError)
+"""What a database that is away (restarting, unreachable, its pool exhausted) raises."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OUTAGE_ERRORS) and "locked" not in str(exc).lower()
+
+
+def until_database_answers(func, *args, what: str = "", give_up=None, **kwargs):
+    """Call `func` until the database answers: each outage is one warning line and one
+    line when it ends; between tries the connection is dropped and the wait grows to 10 s.
+
+    `give_up()` returning True ends the wait by re-raising (a stopping worker).
+    """
+    wait, since = 0.5, None
+    while True:
+        try:
+            result = func(*args, **kwargs)
+        except OUTAGE_ERRORS as exc:
+            if not is_outage(exc) or (give_up is not None and give_up()):
+                raise
+            if since is None:
+                since = time.monotonic()
+                logger.warning(
+                    "The database does not answer (%s): retrying %s until it does",
+                    type(exc).__name__,
+                    what or getattr(func, "__name__", "the call"),
+                )
+            with contextlib.suppress(Exception):
+                connections.close_all()
+            time.sleep(wait)
+            wait = min(10.0, wait * 2)
+            continue
+        if since is not None:
+            logger.warning("The database answers again after %.1f s", time.monotonic() - since)
+        return result

@@ -8,7 +8,9 @@ import pytest
 
 from tests.processes import WebServer
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Nothing here depends on the database engine (the PostgreSQL restart test brings its own
+# cluster): CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 LIMIT_MB = 1
 
@@ -314,3 +316,56 @@ def test_streams_past_the_per_owner_and_process_caps_get_503_with_retry_after(
                 stream.__exit__(None, None, None)
     finally:
         server.stop()
+
+
+# --- Faults --------------------------------------------------------------------------
+
+
+def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker):
+    import subprocess
+    import sys
+
+    from tests.processes import PostgresCluster, process_env, wait_for
+
+    cluster = PostgresCluster(tmp_path)
+    server = None
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            env=process_env(DATABASE_URL=cluster.url),
+            check=True,
+            capture_output=True,
+        )
+        server = WebServer(tmp_path, DATABASE_URL=cluster.url)
+        client = httpx.Client(base_url=server.url, timeout=10)
+        client.get("/")
+        queued = client.post(
+            "/api/generate",
+            json={"prompt": "a red circle", "steps": 40, "width": 512, "height": 512},
+            headers={"X-CSRFToken": client.cookies["csrftoken"]},
+        )
+        session_id = queued.json()["session_id"]
+        worker = start_worker(DATABASE_URL=cluster.url)
+
+        def session():
+            answer = client.get(f"/api/sessions/{session_id}")
+            return answer.json() if answer.status_code == 200 else None
+
+        wait_for(lambda: (s := session()) and s["current_step"] >= 2, timeout=120)
+        cluster.stop()
+        wait_for(lambda: "does not answer" in worker.log(), timeout=60, message="the outage")
+        cluster.start()
+        done = wait_for(
+            lambda: (s := session()) and s["status"] in ("completed", "failed") and s,
+            timeout=180,
+            interval=0.5,
+            message="the job after the restart",
+        )
+        assert done["status"] == "completed" and done["restarts"] == 0
+        assert worker.popen.poll() is None  # still serving
+        assert "Traceback" not in worker.log()
+        client.close()
+    finally:
+        if server:
+            server.stop()
+        cluster.remove()

@@ -137,6 +137,7 @@ def test_a_progress_stream_shows_in_the_metrics_of_its_process(web_server, make_
 # --- Health ----------------------------------------------------------------------
 
 
+@pytest.mark.any_database  # it brings its own cluster, whatever the suite runs on
 def test_readiness_goes_503_while_postgresql_is_stopped_and_back_when_it_returns(tmp_path):
     cluster = PostgresCluster(tmp_path)
     server = None

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import connections
 
 from .. import retention, webhooks
+from ..db import is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class Chores(threading.Thread):
         super().__init__(name="chores", daemon=True)
         self._stop_event = threading.Event()
         self._next_prune = time.monotonic() + 60  # not in the middle of a start-up
+        self.missed = 0
 
     def run(self) -> None:
         try:
@@ -45,9 +47,15 @@ class Chores(threading.Thread):
                     logger.info(
                         "Pruned %d sessions older than %s days", rows, settings.SD_KEEP_DAYS
                     )
-        except Exception:  # the database may be away: try again next time
-            logger.exception("Worker chores failed; retrying")
+        except Exception as exc:  # the database may be away: try again next time
+            if not is_outage(exc):
+                logger.exception("Worker chores failed; retrying")
+            elif not self.missed:  # one line per database outage
+                logger.warning("Chores: the database does not answer (%s)", type(exc).__name__)
+            self.missed += 1
             connections.close_all()
+        else:
+            self.missed = 0
 
     def stop(self) -> None:
         self._stop_event.set()

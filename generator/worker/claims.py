@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ..db import retry_on_locked
+from ..db import OUTAGE_ERRORS, is_outage, retry_on_locked, until_database_answers
 from ..metadata import png_info
 from ..models import (
     FRESH_PROGRESS,
@@ -38,6 +38,7 @@ class ClaimedJob:
         self.session = session
         self.token = session.claim_token
         self.preview_name = session.preview.name or None
+        self.database_away = False
 
     def _mine(self):
         return GenerationSession.objects.filter(
@@ -51,8 +52,22 @@ class ClaimedJob:
 
     @retry_on_locked
     def _update(self, **fields) -> bool:
-        """Write `fields` while the claim holds and nobody asked to cancel."""
-        return self._changed(self._mine().filter(cancel_requested=False).update(**fields))
+        """Write `fields` while the claim holds and nobody asked to cancel.
+
+        With the database away, the job goes on without its progress writes (one
+        line in the log); the final write waits for the database to return."""
+        try:
+            return self._changed(self._mine().filter(cancel_requested=False).update(**fields))
+        except OUTAGE_ERRORS as exc:
+            if not is_outage(exc):
+                raise
+            if not self.database_away:
+                logger.warning(
+                    "The database does not answer; session %s goes on without progress writes",
+                    self.session.pk,
+                )
+            self.database_away = True
+            return True
 
     def record_phase(self, phase: str) -> bool:
         return self._update(phase=phase)
@@ -102,8 +117,14 @@ class ClaimedJob:
             ContentFile(buffer.getvalue()),
         )
         # A cancel that arrives after the last step loses to the finished image.
-        done = retry_on_locked(self._mine().update)(
-            status=Status.COMPLETED, phase="", image=name, finished_at=timezone.now()
+        # The image is kept through a database outage: the write waits for it.
+        done = until_database_answers(
+            retry_on_locked(self._mine().update),
+            what=f"the completion of session {self.session.pk}",
+            status=Status.COMPLETED,
+            phase="",
+            image=name,
+            finished_at=timezone.now(),
         )
         if not done:  # the claim was lost: nobody will ever link to the file
             default_storage.delete(name)

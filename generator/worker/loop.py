@@ -1,5 +1,6 @@
 """The worker loop: claim a pending session, run the pipeline, write progress, repeat."""
 
+import contextlib
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from django.db import close_old_connections
 from PIL import Image
 
 from .. import logs
+from ..db import OUTAGE_ERRORS, until_database_answers
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
 from ..params import REQUEST_NAMES
@@ -63,8 +65,10 @@ class Worker:
         logs.set_worker(self.worker_id)
         # Register before claiming anything, so no other worker takes our
         # first job for a lost one.
-        register_worker(self.worker_id, self.serves)
-        recover_lost_sessions(lease_seconds=self.lease, max_attempts=self.max_attempts)
+        until_database_answers(register_worker, self.worker_id, self.serves, what="registration")
+        until_database_answers(
+            recover_lost_sessions, lease_seconds=self.lease, max_attempts=self.max_attempts
+        )
         heartbeat = Heartbeat(self.worker_id, self.serves, self.lease, self.max_attempts)
         heartbeat.start()
         chores = Chores()
@@ -80,19 +84,28 @@ class Worker:
             heartbeat.stop()
             chores.stop()
             watchdog.stop()
-            unregister_worker(self.worker_id)
+            with contextlib.suppress(*OUTAGE_ERRORS):  # the lease ends it anyway
+                unregister_worker(self.worker_id)
             close_old_connections()
             logger.info("Worker %s stopped", self.worker_id)
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
             close_old_connections()
-            job = claim_next(
-                self.worker_id,
-                self.session_ids,
-                models=self.serves["models"],
-                backends=self.serves["backends"],
-            )
+            # A database outage is waited out here (one log line each way); a
+            # job is never claimed, or failed, for the database's sake.
+            try:
+                job = until_database_answers(
+                    claim_next,
+                    self.worker_id,
+                    self.session_ids,
+                    models=self.serves["models"],
+                    backends=self.serves["backends"],
+                    what="the claim of the next job",
+                    give_up=self.stopping.is_set,
+                )
+            except OUTAGE_ERRORS:
+                return  # stopping while the database is away
             if job is None:
                 if self.once:
                     return
@@ -166,11 +179,14 @@ class Worker:
             logger.exception("Session %s failed", session.pk)
             if is_out_of_memory(exc):
                 free_accelerator_memory()
-            job.fail(describe_error(exc))
+            until_database_answers(job.fail, describe_error(exc), what="a failed job's record")
         finally:
             self.current_job, self.job_deadline = None, None
 
     def settle_interrupted(self, job: ClaimedJob) -> None:
+        until_database_answers(self._settle_interrupted, job, what="an interrupted job's record")
+
+    def _settle_interrupted(self, job: ClaimedJob) -> None:
         if job.finish_cancelled():
             logger.info("Cancelled session %s", job.session.pk)
         elif self.timed_out and job.fail(timeout_reason()):
