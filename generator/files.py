@@ -4,6 +4,9 @@ The input images of a batch are one file shared by its sessions: they go with
 the last session that uses them.
 """
 
+import contextlib
+
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models.signals import post_delete
@@ -32,3 +35,17 @@ def delete_session_files(sender, instance, **kwargs):
     if names:
         # Only once the delete is committed: a rolled-back delete keeps its files.
         transaction.on_commit(lambda: delete_files(names))
+
+
+def save_whole(name: str, data: bytes) -> str:
+    """Store `data` under `name` (or the free name next to it); nothing is left if it fails.
+
+    A full disk mid-write would otherwise leave a truncated file that no row names.
+    """
+    final = default_storage.get_available_name(name)
+    try:
+        return default_storage.save(final, ContentFile(data))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            default_storage.delete(final)
+        raise

@@ -10,15 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from .db import retry_on_locked
 from .estimates import expected_seconds, queue_place
-from .files import delete_files
+from .files import delete_files, save_whole
 from .images import as_png
 from .models import (
     FINISHED_STATUSES,
@@ -94,7 +92,7 @@ def session_create_batch(*, count: int = 1, images: dict | None = None, **parame
     """
     check_media_quota()
     names = {
-        field: default_storage.save(f"inputs/{uuid.uuid4()}.png", ContentFile(as_png(image)))
+        field: save_whole(f"inputs/{uuid.uuid4()}.png", as_png(image))
         for field, image in (images or {}).items()
     }
     seed = parameters.pop("seed", None)

@@ -2,6 +2,7 @@
 
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -369,3 +370,32 @@ def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker)
         if server:
             server.stop()
         cluster.remove()
+
+
+def test_a_failed_image_write_leaves_no_truncated_file(make_session):
+    import os
+    import resource
+
+    import numpy as np
+    from django.conf import settings
+    from PIL import Image
+
+    from generator.worker.claims import claim_next
+
+    session = make_session(width=64, height=64)
+    job = claim_next("host:1:disk")
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    images = Path(settings.MEDIA_ROOT) / "images"
+    before = set(images.rglob("*")) if images.exists() else set()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # a disk that fills at 4 KB
+    try:
+        with pytest.raises(OSError):
+            job.complete(Image.fromarray(noise))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    after = set(images.rglob("*")) if images.exists() else set()
+    assert [p for p in after - before if p.is_file()] == []  # no half-written PNG
+    session.refresh_from_db()
+    assert session.status == "running" and not session.image  # the worker then fails it
+    assert os.path.exists(settings.MEDIA_ROOT)

@@ -10,13 +10,13 @@ import logging
 import time
 import uuid
 
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from ..db import OUTAGE_ERRORS, is_outage, retry_on_locked, until_database_answers
+from ..files import save_whole
 from ..metadata import png_info
 from ..models import (
     FRESH_PROGRESS,
@@ -97,7 +97,7 @@ class ClaimedJob:
         # Each preview gets a new file, so a reader never sees one half-written;
         # the one it replaces goes once the row points at the new one.
         try:
-            name = default_storage.save(preview_name(self.session.pk, step), ContentFile(preview))
+            name = save_whole(preview_name(self.session.pk, step), preview)
         except OSError:  # a full disk, say: previews are a nicety, the step is not
             logger.warning("Could not write the preview of session %s", self.session.pk)
             return self._update(**fields)
@@ -112,9 +112,9 @@ class ClaimedJob:
     def complete(self, image) -> bool:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=png_info(self.session))
-        name = default_storage.save(
+        name = save_whole(
             GenerationSession.image.field.generate_filename(None, f"{self.session.pk}.png"),
-            ContentFile(buffer.getvalue()),
+            buffer.getvalue(),
         )
         # A cancel that arrives after the last step loses to the finished image.
         # The image is kept through a database outage: the write waits for it.
