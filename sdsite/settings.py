@@ -247,6 +247,9 @@ SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "4"))
 # is "off": only for a trusted single-user box, never on a network.
 SD_API_AUTH = os.environ.get("SD_API_AUTH", "on").strip().lower() not in {"off", "0", "false"}
 # The largest request body, refused (413) while it streams, on every route.
+# 1: images, previews and inputs are served only to whoever may see their
+# session (and staff); 0 (default): to anyone with the URL, a long random name.
+SD_PRIVATE_MEDIA = env_bool("SD_PRIVATE_MEDIA", False)
 SD_MAX_BODY_BYTES = int(env_float("SD_MAX_BODY_MB", 2 * SD_MAX_UPLOAD_MB + 1) * 1024 * 1024)
 # Django refuses bigger form bodies before any view reads them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(2 * SD_MAX_UPLOAD_MB * 1024 * 1024) + 1024 * 1024

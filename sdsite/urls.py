@@ -1,7 +1,7 @@
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django.views.static import serve
+
+from generator.web.media import media
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -10,7 +10,7 @@ urlpatterns = [
     path("sdapi/v1/", include("generator.dialects.a1111")),
     path("v1/", include("generator.dialects.openai")),
     # Generated images are served by the app itself, DEBUG on or off, so the
-    # one-command install needs no separate file server. Put nginx in front in
-    # production (docs/deploy.md).
-    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
+    # one-command install needs no separate file server; SD_PRIVATE_MEDIA=1
+    # serves each only to whoever may see its session (docs/deploy.md).
+    re_path(r"^media/(?P<path>.*)$", media),
 ]

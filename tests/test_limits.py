@@ -399,3 +399,27 @@ def test_a_failed_image_write_leaves_no_truncated_file(make_session):
     session.refresh_from_db()
     assert session.status == "running" and not session.image  # the worker then fails it
     assert os.path.exists(settings.MEDIA_ROOT)
+
+
+def test_private_media_serves_an_image_only_to_whoever_may_see_its_session(
+    client, settings, django_user_model
+):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from django.test import Client
+
+    from generator.models import GenerationSession
+
+    session_id = post_job(client).json()["session_id"]
+    name = default_storage.save(f"images/{session_id}.png", ContentFile(b"\x89PNG..."))
+    GenerationSession.objects.filter(pk=session_id).update(image=name)
+    stranger = Client()
+    assert stranger.get(f"/media/{name}").status_code == 200  # open by default
+
+    settings.SD_PRIVATE_MEDIA = True
+    assert client.get(f"/media/{name}").status_code == 200  # the owner
+    assert stranger.get(f"/media/{name}").status_code == 404
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("s", password="x", is_staff=True))
+    assert staff.get(f"/media/{name}").status_code == 200
+    assert stranger.get("/media/images/../../secret_key").status_code == 404
