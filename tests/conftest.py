@@ -5,16 +5,6 @@ import pytest
 from tests.processes import WebServer, WorkerProcess
 
 
-@pytest.fixture(scope="session", autouse=True)
-def demo_model_built():
-    """Build the shared demo model once, before any worker loads it by name or by path."""
-    from django.conf import settings
-
-    from generator.pipelines.demo import ensure_demo_model
-
-    ensure_demo_model(settings.MODELS_DIR / "demo")
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield

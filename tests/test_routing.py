@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from generator.models import GenerationSession, Status, WorkerRecord
+from generator.pipelines import demo
 from generator.worker.loop import Worker
 from tests.processes import wait_for
 
@@ -20,7 +21,7 @@ def worker_id_of(process) -> str:
 def test_a_worker_restricted_to_one_model_never_claims_another(
     make_session, start_worker, settings
 ):
-    other_model = str(settings.MODELS_DIR / "demo")  # the demo folder, named as a path
+    other_model = str(demo.WEIGHTS)  # the demo folder, named as a path
     demo_jobs = [make_session(steps=2, width=64, height=64) for _ in range(3)]
     other_jobs = [make_session(steps=2, width=64, height=64, model=other_model) for _ in range(3)]
     demo_worker = start_worker("--model", "demo")
@@ -97,7 +98,7 @@ def test_the_model_must_be_one_of_sd_models(client, settings):
 def test_a_worker_keeps_only_its_most_recently_used_pipelines(settings):
     settings.SD_WORKER_PIPELINES = 2
     worker = Worker()
-    names = ["demo", str(settings.MODELS_DIR / "demo"), str(settings.MODELS_DIR / "demo") + "/"]
+    names = ["demo", str(demo.WEIGHTS), str(demo.WEIGHTS) + "/"]
     first = worker.backend_for("pytorch", names[0], lambda phase: None)
     worker.backend_for("pytorch", names[1], lambda phase: None)
     assert worker.backend_for("pytorch", names[0], lambda phase: None) is first  # still warm

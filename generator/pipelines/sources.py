@@ -2,9 +2,7 @@
 
 from pathlib import Path
 
-from django.conf import settings
-
-from .demo import ensure_demo_model
+from . import demo
 
 DEMO_MODEL = "demo"
 
@@ -12,7 +10,7 @@ DEMO_MODEL = "demo"
 def resolve_model(name: str) -> str:
     """A path or hub id that `from_pretrained` understands."""
     if name == DEMO_MODEL:
-        return str(ensure_demo_model(settings.MODELS_DIR / DEMO_MODEL))
+        return str(demo.WEIGHTS)
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+
+from generator.pipelines.demo import train as demo_train
+
+
+class Command(BaseCommand):
+    help = (
+        "Train the demo model from scratch on the scenes it draws itself (about 40 minutes on "
+        "two CPU cores; seeded, so the same machine gives the same weights)."
+    )
+
+    def add_arguments(self, parser):
+        plan = demo_train.Plan()
+        parser.add_argument("--out", type=Path, default=plan.out, help="Where to save it.")
+        parser.add_argument("--vae-steps", type=int, default=plan.vae_steps)
+        parser.add_argument("--unet-steps", type=int, default=plan.unet_steps)
+        parser.add_argument("--dataset", type=int, default=plan.dataset)
+        parser.add_argument("--refine-steps", type=int, default=plan.refine_steps)
+        parser.add_argument(
+            "--refine-only",
+            action="store_true",
+            help="Only the second pass, from the first pass's weights already at --out.",
+        )
+        parser.add_argument(
+            "--checkpoint", type=int, default=0, help="Also save every N UNet steps (0: never)."
+        )
+
+    def handle(
+        self, *args, out, vae_steps, unet_steps, dataset, refine_steps, refine_only, checkpoint,
+        **options,
+    ):  # fmt: skip
+        import torch
+
+        torch.set_num_threads(2)
+        plan = demo_train.Plan(
+            vae_steps=vae_steps,
+            unet_steps=unet_steps,
+            dataset=dataset,
+            refine_steps=refine_steps,
+            out=out,
+        )
+
+        def report(stage, step, total, **losses):
+            figures = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
+            self.stdout.write(f"{stage} {step + 1}/{total} {figures}")
+            self.stdout.flush()
+
+        if refine_only:
+            demo_train.refine(plan, report, checkpoint)
+        else:
+            demo_train.train(plan, report, checkpoint)
+        self.stdout.write(self.style.SUCCESS(f"Saved the demo model in {out}"))
