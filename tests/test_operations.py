@@ -30,7 +30,9 @@ from generator.worker.chores import Chores
 from generator.worker.heartbeat import register_worker
 from tests.processes import PostgresCluster, WebServer, process_env, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Only the readiness test depends on the engine, and it brings its own PostgreSQL:
+# CI runs the module on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 
 
 def finished(make_session, status=Status.COMPLETED, age=timedelta(0), files=(), **params):
