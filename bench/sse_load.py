@@ -221,7 +221,8 @@ def main():
     from tests.processes import WebServer, WorkerProcess, wait_for
 
     logs = Path(tempfile.mkdtemp(prefix="sdsite-sse-load-"))
-    server = WebServer(logs)
+    # A thousand clients from one address: past the default per-owner stream cap.
+    server = WebServer(logs, SD_MAX_STREAMS_PER_OWNER=100_000)
     worker = WorkerProcess(logs, OMP_NUM_THREADS=args.worker_threads)
     rows = []
     try:

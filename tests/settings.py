@@ -17,6 +17,7 @@ os.environ.setdefault(
 os.environ.setdefault("SD_MAX_QUEUED_PER_OWNER", "0")
 os.environ.setdefault("SD_RATE_LIMIT", "")
 os.environ.setdefault("SD_MAX_COUNT", "8")
+os.environ.setdefault("SD_MAX_STREAMS_PER_OWNER", "100000")  # the stream tests open fifty
 # Nothing can come from a model hub here: fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -168,7 +168,7 @@ def test_progress_and_previews_show_before_the_image(new_page, web_server, start
     # reloads: Playwright's go_back/go_forward would see their navigation cut.)
     page.evaluate("history.back()")
     page.wait_for_url(f"{web_server.url}/")
-    page.wait_for_function("document.getElementById('result').hidden")
+    page.wait_for_function("() => document.getElementById('result').hidden")
     page.evaluate("history.forward()")
     page.wait_for_url(f"{web_server.url}/s/{session_id}")
     wait_for_status(page, "Done.")
@@ -179,7 +179,7 @@ def test_a_reload_mid_generation_resumes_the_progress(new_page, web_server, star
     page, session_id = running_generation(
         new_page, web_server, start_worker, "a slow one", steps=60, percent=10
     )
-    page.wait_for_function("document.getElementById('result-image').src.startsWith('data:')")
+    page.wait_for_function("() => document.getElementById('result-image').src.startsWith('data:')")
     screenshot(page, "generating-page.png")
     before_reload = percentage(page)
 
@@ -257,7 +257,7 @@ def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
         page.keyboard.press("Tab")
     page.keyboard.press("Enter")
 
-    page.wait_for_function("document.getElementById('alert').textContent.length > 0")
+    page.wait_for_function("() => document.getElementById('alert').textContent.length > 0")
     assert page.get_attribute("#id_prompt", "aria-invalid") == "true"
     assert page.evaluate("document.activeElement.id") == "id_prompt"  # focus went to the error
     assert page.inner_text("[data-error-for=prompt]") == "This field is required."
@@ -332,8 +332,8 @@ def test_the_page_counts_down_says_when_the_worker_is_lost_and_when_the_job_rest
     # History for an estimate, and a worker that is alive but claims nothing.
     for _ in range(3):
         done = GenerationSession.objects.create(
-            prompt="earlier", seed=1, backend="pytorch", model="demo", steps=20, width=256,
-            height=256,
+            prompt="earlier", seed=1, backend="pytorch", model="demo", steps=20, width=128,
+            height=128,
             status=Status.COMPLETED, step_seconds=[1.0] * 20, total_steps=20,
         )  # fmt: skip
         GenerationSession.objects.filter(pk=done.pk).update(
@@ -353,7 +353,7 @@ def test_the_page_counts_down_says_when_the_worker_is_lost_and_when_the_job_rest
     GenerationSession.objects.filter(pk=session_id).update(
         phase="denoising", current_step=5, eta_seconds=15.0
     )
-    page.wait_for_function("document.getElementById('progress').ariaValueNow == 25")
+    page.wait_for_function("() => document.getElementById('progress').ariaValueNow == 25")
     from generator.models import WorkerRecord
 
     WorkerRecord.objects.filter(pk="w-test").update(
@@ -423,7 +423,7 @@ def test_drop_a_png_for_its_settings_upload_an_image_paint_a_mask_and_inpaint_a_
         base64.b64encode(carrier.getvalue()).decode(),
     )
     page.dispatch_event("#id_prompt", "drop", {"dataTransfer": transfer})
-    page.wait_for_function("document.getElementById('id_prompt').value === 'a red square'")
+    page.wait_for_function("() => document.getElementById('id_prompt').value === 'a red square'")
     assert page.input_value("#id_steps") == "6" and page.input_value("#id_seed") == "5"
 
     # Start from an image and paint a mask over its middle.
@@ -444,7 +444,7 @@ def test_drop_a_png_for_its_settings_upload_an_image_paint_a_mask_and_inpaint_a_
     page.click("#generate-button")
     wait_for_status(page, "Done.")
     page.wait_for_function(
-        "[...document.querySelectorAll('#batch-grid li')]"
+        "() => [...document.querySelectorAll('#batch-grid li')]"
         ".every(li => li.dataset.status === 'completed')"
     )
     screenshot(page, "inpainted-batch.png", full_page=True)

@@ -101,6 +101,9 @@ def run_and_interrupt(tmp_path, answer: str, *args) -> tuple[str, str]:
             stdin=child,
             stdout=out,
             stderr=err,
+            # A suite started in the background (`cmd &`) ignores SIGINT, and
+            # children inherit that: give Ctrl-C back to the command.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         wait_for(lambda: GenerationSession.objects.count() == 2, timeout=60, message="queueing")

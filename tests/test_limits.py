@@ -49,7 +49,7 @@ def send_chunked(port: int, path: str, total: int) -> tuple[bytes, int]:
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
                 time.sleep(0.01)
         sock.setblocking(True)
-        while b"\r\n\r\n" not in answer:
+        while b"}" not in answer:  # the whole JSON body, not only the headers
             data = sock.recv(65536)
             if not data:
                 break
