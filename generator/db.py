@@ -40,6 +40,26 @@ def make_sqlite_files_private(sender, connection, **kwargs) -> None:
                 os.chmod(path, 0o600)
 
 
+class OutageLog:
+    """Logs a repeating task's failures: a database outage once (not once a try), anything
+    else with its traceback each time."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self.missed = 0
+
+    def failed(self, exc: BaseException) -> None:
+        if not is_outage(exc):
+            logger.exception("%s failed; retrying", self.task)
+        elif not self.missed:
+            logger.warning("%s: the database does not answer (%s)", self.task, type(exc).__name__)
+        self.missed += 1
+        connections.close_all()
+
+    def succeeded(self) -> None:
+        self.missed = 0
+
+
 OUTAGE_ERRORS = (OperationalError, InterfaceError)
 """What a database that is away (restarting, unreachable, its pool exhausted) raises."""
 

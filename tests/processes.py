@@ -142,6 +142,16 @@ class PostgresCluster:
         self._run("createdb", "-h", str(self.dir), "-U", "postgres", "sdsite")
         self.url = f"postgres://postgres@{str(self.dir).replace('/', '%2F')}/sdsite"
 
+    def migrate(self):
+        """Apply every migration to the cluster's database, as `make run` would."""
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env=process_env(DATABASE_URL=self.url),
+            check=True,
+            capture_output=True,
+        )
+
     def _run(self, tool: str, *args):
         subprocess.run([*self.as_owner, str(PG_BIN / tool), *args], check=True, capture_output=True)
 

@@ -323,20 +323,13 @@ def test_streams_past_the_per_owner_and_process_caps_get_503_with_retry_after(
 
 
 def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker):
-    import subprocess
-    import sys
 
-    from tests.processes import PostgresCluster, process_env, wait_for
+    from tests.processes import PostgresCluster, wait_for
 
     cluster = PostgresCluster(tmp_path)
     server = None
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            env=process_env(DATABASE_URL=cluster.url),
-            check=True,
-            capture_output=True,
-        )
+        cluster.migrate()
         server = WebServer(tmp_path, DATABASE_URL=cluster.url)
         client = httpx.Client(base_url=server.url, timeout=10)
         client.get("/")

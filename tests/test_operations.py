@@ -28,7 +28,7 @@ from generator.logs import ContextFilter, JsonFormatter, job, set_worker
 from generator.models import GenerationSession, Status
 from generator.worker.chores import Chores
 from generator.worker.heartbeat import register_worker
-from tests.processes import PostgresCluster, WebServer, process_env, wait_for
+from tests.processes import PostgresCluster, WebServer, wait_for
 
 # Only the readiness test depends on the engine, and it brings its own PostgreSQL:
 # CI runs the module on SQLite only.
@@ -144,15 +144,7 @@ def test_readiness_goes_503_while_postgresql_is_stopped_and_back_when_it_returns
     cluster = PostgresCluster(tmp_path)
     server = None
     try:
-        import subprocess
-        import sys
-
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            env=process_env(DATABASE_URL=cluster.url),
-            check=True,
-            capture_output=True,
-        )
+        cluster.migrate()
         server = WebServer(tmp_path, DATABASE_URL=cluster.url)
         assert httpx.get(f"{server.url}/readyz").json() == {"ready": True}
         cluster.stop()

@@ -87,11 +87,10 @@ def client_allowed(address: str) -> bool:
 
 
 def registry():
+    combined = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined)
     else:
-        combined = CollectorRegistry()
         combined.register(_ProcessCollector())
     combined.register(DatabaseCollector())
     return combined

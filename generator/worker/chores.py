@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connections
 
 from .. import retention, webhooks
-from ..db import is_outage
+from ..db import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Chores(threading.Thread):
         super().__init__(name="chores", daemon=True)
         self._stop_event = threading.Event()
         self._next_prune = time.monotonic() + 60  # not in the middle of a start-up
-        self.missed = 0
+        self.outages = OutageLog("Worker chores")
 
     def run(self) -> None:
         try:
@@ -48,14 +48,9 @@ class Chores(threading.Thread):
                         "Pruned %d sessions older than %s days", rows, settings.SD_KEEP_DAYS
                     )
         except Exception as exc:  # the database may be away: try again next time
-            if not is_outage(exc):
-                logger.exception("Worker chores failed; retrying")
-            elif not self.missed:  # one line per database outage
-                logger.warning("Chores: the database does not answer (%s)", type(exc).__name__)
-            self.missed += 1
-            connections.close_all()
+            self.outages.failed(exc)
         else:
-            self.missed = 0
+            self.outages.succeeded()
 
     def stop(self) -> None:
         self._stop_event.set()

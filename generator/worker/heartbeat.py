@@ -13,7 +13,7 @@ import uuid
 from django.db import connections
 from django.utils import timezone
 
-from ..db import is_outage, retry_on_locked
+from ..db import OutageLog, retry_on_locked
 from ..models import WorkerRecord
 from .claims import recover_lost_sessions
 
@@ -65,7 +65,7 @@ class Heartbeat(threading.Thread):
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.interval = lease_seconds / 3
-        self.missed = 0
+        self.outages = OutageLog("Heartbeat")
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -80,14 +80,9 @@ class Heartbeat(threading.Thread):
             beat(self.worker_id, self.serves)
             recover_lost_sessions(lease_seconds=self.lease_seconds, max_attempts=self.max_attempts)
         except Exception as exc:  # a missed beat is retried next time; the worker goes on
-            if not is_outage(exc):
-                logger.exception("Heartbeat failed")
-            elif not self.missed:  # one line per database outage, not one per beat
-                logger.warning("Heartbeat: the database does not answer (%s)", type(exc).__name__)
-            self.missed += 1
-            connections.close_all()
+            self.outages.failed(exc)
         else:
-            self.missed = 0
+            self.outages.succeeded()
 
     def stop(self) -> None:
         self._stop_event.set()
