@@ -11,7 +11,6 @@ process shares (configure a Redis cache as `default` for heavy traffic).
 """
 
 from django.conf import settings
-from django.db.models import Q
 from django_ratelimit.core import get_usage
 
 from .models import GenerationSession
@@ -68,15 +67,12 @@ def check_queue(request, owner: dict, count: int) -> None:
     limit = settings.SD_MAX_QUEUED_PER_OWNER
     if not limit or is_exempt(request):
         return
-    unfinished = GenerationSession.objects.unfinished()
-    if owner.get("owner") is not None:
-        mine = unfinished.filter(owner=owner["owner"])
-    else:
-        same_browser = Q(owner_key=owner["owner_key"]) if owner.get("owner_key") else Q(pk=None)
-        address = client_ip(request)
-        same_address = Q(owner__isnull=True, client_ip=address) if address else Q(pk=None)
-        mine = unfinished.filter(same_browser | same_address)
-    held = mine.count()
+    user = owner.get("owner")
+    held = (
+        GenerationSession.objects.unfinished()
+        .of_queue_owner(user.pk if user else None, owner.get("owner_key", ""), client_ip(request))
+        .count()
+    )
     if held + count > limit:
         raise TooManyRequests(
             f"You have {held} job{'s' if held != 1 else ''} queued or running and may have at "

@@ -9,7 +9,9 @@ from django.db.models import (
     FloatField,
     Func,
     IntegerField,
+    Max,
     OuterRef,
+    Q,
     Subquery,
     When,
 )
@@ -72,6 +74,45 @@ class SessionQuerySet(models.QuerySet):
     def unfinished(self):
         return self.filter(status__in=(Status.PENDING, Status.RUNNING))
 
+    def of_queue_owner(self, owner_id, owner_key: str, client_ip: str | None):
+        """The sessions of one owner, as the fair queue and the per-owner limits count them:
+        a user's; else an anonymous browser's, together with everything anonymous from its
+        address (fresh cookies do not make a new owner); else, queued by the CLI or a
+        script, all ownerless ones together."""
+        if owner_id is not None:
+            return self.filter(owner_id=owner_id)
+        anonymous = Q(owner__isnull=True)
+        if not owner_key and not client_ip:
+            return self.filter(anonymous, owner_key="", client_ip__isnull=True)
+        same = Q(owner_key=owner_key) if owner_key else Q(pk__in=[])
+        if client_ip:
+            same |= Q(client_ip=client_ip)
+        return self.filter(anonymous & same)
+
+    def in_queue_order(self):
+        """Pending sessions in the order workers take them (see `next_turn`)."""
+        return self.order_by("queue_turn", "created_at")
+
+    def queue_clock(self) -> float:
+        """The turn of the newest job a worker has taken (0 before any)."""
+        return self.exclude(status=Status.PENDING).aggregate(t=Max("queue_turn"))["t"] or 0.0
+
+    def next_turn(self, owner_id, owner_key: str, client_ip: str | None) -> float:
+        """The queue turn of a new session of this owner: the queue is fair between owners.
+
+        Turns are a virtual clock (start-time fair queueing): the clock is the turn
+        of the newest job a worker has taken, an owner with nothing queued goes just
+        after it, and each further job of an owner goes one turn after that owner's
+        last. So owners take turns, whoever queued a thousand jobs first.
+        """
+        clock = self.queue_clock()
+        last = (
+            self.unfinished()
+            .of_queue_owner(owner_id, owner_key, client_ip)
+            .aggregate(t=Max("queue_turn"))["t"]
+        )
+        return max(clock + 0.5, (last or 0.0) + 1.0)
+
     def owned_by(self, viewer):
         """The viewer's own generations (none for a stranger); `viewer`: an ownership.Viewer."""
         return self.filter(viewer.own_sessions())
@@ -93,7 +134,10 @@ class SessionQuerySet(models.QuerySet):
         running row whether its worker is alive.
         """
         pending = GenerationSession.objects.pending().order_by()
-        ahead = pending.filter(created_at__lt=OuterRef("created_at"))
+        ahead = pending.filter(
+            Q(queue_turn__lt=OuterRef("queue_turn"))
+            | Q(queue_turn=OuterRef("queue_turn"), created_at__lt=OuterRef("created_at"))
+        )
         running = GenerationSession.objects.running().order_by()
 
         def if_pending(queryset, aggregate, output_field):
@@ -160,6 +204,12 @@ class GenerationSession(models.Model):
     )
     batch_id = models.UUIDField(
         null=True, blank=True, db_index=True, help_text="Sessions queued by one request."
+    )
+    queue_turn = models.FloatField(
+        default=0.0,
+        db_index=True,
+        editable=False,
+        help_text="Its turn in the fair queue (SessionQuerySet.next_turn); lowest goes first.",
     )
 
     # Where it stands; written by the worker that holds the claim.

@@ -80,6 +80,9 @@ def session_create(
         ),
         **values,
     )
+    session.queue_turn = GenerationSession.objects.next_turn(
+        owner.pk if owner else None, owner_key, session.client_ip
+    )
     session.full_clean()
     session.save()
     return session
@@ -249,24 +252,31 @@ def session_requeue(session_ids) -> int:
     )
     ids = [pk for pk, _ in rows]
     previews = [preview for _, preview in rows if preview]
-    count = GenerationSession.objects.filter(pk__in=ids, status__in=REQUEUEABLE).update(
-        status=Status.PENDING,
-        phase="",
-        error="",
-        attempts=0,
-        cancel_requested=False,
-        claim_token=None,
-        worker_id="",
-        started_at=None,
-        finished_at=None,
-        **FRESH_PROGRESS,
-        preview="",
-        preview_step=0,
-        webhook_attempts=0,
-        webhook_next_at=None,
-        webhook_delivered_at=None,
-        webhook_error="",
-    )
+    count = 0
+    for pk in ids:  # back in the queue as new: each takes its owner's next turn
+        session = GenerationSession.objects.get(pk=pk)
+        turn = GenerationSession.objects.next_turn(
+            session.owner_id, session.owner_key, session.client_ip
+        )
+        count += GenerationSession.objects.filter(pk=pk, status__in=REQUEUEABLE).update(
+            status=Status.PENDING,
+            queue_turn=turn,
+            phase="",
+            error="",
+            attempts=0,
+            cancel_requested=False,
+            claim_token=None,
+            worker_id="",
+            started_at=None,
+            finished_at=None,
+            **FRESH_PROGRESS,
+            preview="",
+            preview_step=0,
+            webhook_attempts=0,
+            webhook_next_at=None,
+            webhook_delivered_at=None,
+            webhook_error="",
+        )
     delete_files(previews)
     for pk in ids:
         notify_session_changed(pk)

@@ -192,6 +192,36 @@ def test_an_owner_may_hold_at_most_sd_max_queued_per_owner_jobs(client, settings
     assert post_job(client).status_code == 202
 
 
+def test_the_queue_takes_owners_in_turn_not_strictly_oldest_first(make_session):
+    from generator.models import GenerationSession
+    from generator.ownership import Viewer
+    from generator.services import own_queue, session_requeue
+    from generator.worker.claims import claim_next
+
+    flood = [make_session(owner_key="flood", client_ip="192.0.2.1") for _ in range(6)]
+    first = claim_next("w1")
+    assert first.session.pk == flood[0].pk  # running: the flood had its turn
+    late = [make_session(owner_key="late", client_ip="192.0.2.2") for _ in range(2)]
+    script = make_session()  # queued by a script: an owner of its own
+
+    # The newcomers' places agree with the order the workers take jobs in.
+    assert [row["queue_position"] for row in own_queue(Viewer(owner_key="late"))] == [1, 4]
+    order = []
+    while job := claim_next("w1"):
+        order.append(job.session.pk)
+        job.fail("taken")  # done: the next claim takes the next turn
+    assert order == [
+        late[0].pk, script.pk, flood[1].pk, late[1].pk, *[s.pk for s in flood[2:]]
+    ]  # fmt: skip
+
+    # A job put back in the queue by hand takes its owner's next turn, as a new one would.
+    assert session_requeue([flood[5].pk]) == 1
+    again = [make_session(owner_key="late", client_ip="192.0.2.2") for _ in range(2)]
+    order = [claim_next("w1").session.pk for _ in range(3)]
+    assert order == [again[0].pk, flood[5].pk, again[1].pk]
+    assert GenerationSession.objects.pending().count() == 0
+
+
 def test_the_request_rate_is_limited_per_owner_with_retry_after(client, settings):
     from django.core.cache import cache
     from django.test import Client

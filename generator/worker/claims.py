@@ -171,12 +171,12 @@ def preview_name(session_id, step: int) -> str:
 
 @retry_on_locked
 def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> ClaimedJob | None:
-    """Claim the oldest pending session this worker serves, or return None.
+    """Claim the next pending session this worker serves (the fair queue's order), or None.
 
     `session_ids`, `models` and `backends` restrict what it may take (None: any).
     """
     with transaction.atomic():
-        candidates = GenerationSession.objects.pending().order_by("created_at")
+        candidates = GenerationSession.objects.pending().in_queue_order()
         if session_ids is not None:
             candidates = candidates.filter(pk__in=session_ids)
         if models:
