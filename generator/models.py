@@ -362,6 +362,11 @@ class WorkerRecord(models.Model):
     )
     started_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(db_index=True)
+    cannot_load = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Models it failed to load, {"backend model": why}: it is unhealthy for them.',
+    )
 
     objects = WorkerQuerySet.as_manager()
 
@@ -379,6 +384,14 @@ class WorkerRecord(models.Model):
 
     def is_alive(self, lease_seconds: float | None = None) -> bool:
         return self.last_seen_at >= lease_cutoff(lease_seconds)
+
+    def can_serve(self, model: str, backend: str) -> bool:
+        """It serves the model and has not failed to load it."""
+        return self.serves(model, backend) and model_key(backend, model) not in self.cannot_load
+
+
+def model_key(backend: str, model: str) -> str:
+    return f"{backend} {model}"
 
 
 SHOWN_KEY_CHARACTERS = 12

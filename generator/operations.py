@@ -48,6 +48,7 @@ def workers() -> list[dict]:
                 "host": worker.host,
                 "alive": worker.is_alive(),
                 "ready": worker.ready,
+                "cannot_load": worker.cannot_load,
                 "models": worker.served_models.splitlines() or ["any"],
                 "backends": worker.served_backends.split(",")
                 if worker.served_backends

@@ -259,6 +259,9 @@ SD_WORKER_GRACE = env_float("SD_WORKER_GRACE", 30.0)
 # A job denoising longer than this (seconds) is stopped and failed; a step that
 # will not end at all makes the worker restart itself SD_WATCHDOG_GRACE later.
 SD_JOB_TIMEOUT = env_float("SD_JOB_TIMEOUT", 3600.0)
+# A worker that failed to load a model tries it again after this many seconds
+# (meanwhile it leaves that model's jobs to workers that can load it).
+SD_LOAD_RETRY = env_float("SD_LOAD_RETRY", 300.0)
 SD_WATCHDOG_GRACE = env_float("SD_WATCHDOG_GRACE", 120.0)
 # The most pixels (width x height) a job may ask for: where one step takes
 # about a minute at most on a CPU (SD 1.x at 1024x1024), four times more on a GPU.

@@ -90,6 +90,7 @@ def test_metrics_count_sessions_workers_and_finished_jobs(client, make_session, 
     assert samples[("sdsite_sessions", (("status", "failed"),))] == 1
     assert samples[("sdsite_sessions", (("status", "running"),))] == 0
     assert samples[("sdsite_workers_alive", ())] == 1
+    assert samples[("sdsite_workers_unhealthy", ())] == 0
     job = (("backend", "pytorch"), ("model", "demo"))
     assert samples[("sdsite_job_seconds_count", job)] == 2
     assert samples[("sdsite_job_seconds_sum", job)] == pytest.approx(20.0)

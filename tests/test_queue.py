@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from generator.models import GenerationSession, Status, WorkerRecord
 from generator.services import session_cancel
-from generator.worker.claims import claim_next, recover_lost_sessions
+from generator.worker.claims import COLD_LOSSES_PER_ATTEMPT, claim_next, recover_lost_sessions
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,7 +17,7 @@ def live_worker(worker_id: str) -> WorkerRecord:
     )
 
 
-def test_a_claim_writes_a_fresh_token_and_counts_the_attempt(make_session):
+def test_a_claim_writes_a_fresh_token_and_denoising_counts_the_attempt(make_session):
     session = make_session()
     job = claim_next("worker-a")
     session.refresh_from_db()
@@ -25,8 +25,29 @@ def test_a_claim_writes_a_fresh_token_and_counts_the_attempt(make_session):
     assert session.status == Status.RUNNING
     assert session.worker_id == "worker-a"
     assert session.claim_token == job.token is not None
-    assert session.attempts == 1
+    assert session.attempts == 0  # loading the model spends nothing...
+    assert job.begin() is True
+    assert reload(session).attempts == 1  # ...denoising does
     assert claim_next("worker-b") is None  # nothing else is pending
+
+
+def test_a_worker_lost_before_denoising_costs_the_job_no_attempt(make_session):
+    session = make_session()
+    for _ in range(3):  # a worker killed while loading its model, three times
+        claim_next("cold")
+        assert recover_lost_sessions(lease_seconds=30, max_attempts=2) == {session.pk: "pending"}
+    assert (reload(session).attempts, reload(session).restarts) == (0, 3)
+    # ...but not forever: after max_attempts * COLD_LOSSES_PER_ATTEMPT such losses it fails.
+    outcomes = []
+    while not outcomes or outcomes[-1] == "pending":
+        claim_next("cold")
+        outcomes.append(recover_lost_sessions(lease_seconds=30, max_attempts=2)[session.pk])
+    assert reload(session).restarts + 1 == 2 * COLD_LOSSES_PER_ATTEMPT
+    assert reload(session).error == "worker lost 10 times before the job could start"
+
+
+def reload(session):
+    return GenerationSession.objects.get(pk=session.pk)
 
 
 def test_a_zombie_cannot_write_after_its_session_was_reclaimed(make_session):
@@ -61,9 +82,9 @@ def test_recovery_leaves_sessions_of_live_workers_alone(make_session):
 
 def test_recovery_fails_a_session_that_used_all_its_attempts(make_session):
     session = make_session()
-    claim_next("first")
+    claim_next("first").begin()
     recover_lost_sessions(lease_seconds=30, max_attempts=2)
-    claim_next("second")
+    claim_next("second").begin()
     assert recover_lost_sessions(lease_seconds=30, max_attempts=2) == {session.pk: "failed"}
     session.refresh_from_db()
     assert session.status == Status.FAILED
@@ -145,6 +166,7 @@ def test_cancel_of_an_unknown_session_is_404():
 def test_a_shutdown_release_puts_the_session_back_without_using_an_attempt(make_session):
     session = make_session()
     job = claim_next("leaving")
+    assert job.begin() is True
     assert job.release() is True
     session.refresh_from_db()
     assert (session.status, session.attempts, session.worker_id) == (Status.PENDING, 0, "")

@@ -225,3 +225,69 @@ def test_a_lost_worker_is_told_on_the_stream_and_its_restart_too(
     assert steps_after[0] < killed_at  # the bar went back: the job started again
     ids = [int(e.id) for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.any_database  # the engine plays no part: once, on SQLite
+def test_a_worker_killed_while_it_starts_costs_the_job_no_attempt(make_session, start_worker):
+    session = make_session(steps=2)
+    cold = start_worker(SD_WORKER_LEASE=LEASE)
+    # Claimed, and still importing its libraries or loading the model: kill it there.
+    wait_for(
+        lambda: (s := reload(session)).status == Status.RUNNING and s.current_step == 0,
+        timeout=60,
+        message="the cold worker to claim the job",
+    )
+    kill_hard(cold)
+    assert reload(session).attempts == 0
+
+    start_worker(SD_WORKER_LEASE=LEASE)
+    done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
+    assert (done.status, done.attempts, done.restarts) == (Status.COMPLETED, 1, 1)
+
+
+def model_copy(home, *, broken: bool):
+    """The demo model copied to `home`/model; broken: its UNet weights deleted, index kept."""
+    import shutil
+
+    from generator.pipelines.demo import WEIGHTS
+
+    folder = home / "model"
+    shutil.copytree(WEIGHTS, folder)
+    if broken:
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    return folder
+
+
+@pytest.mark.any_database  # the engine plays no part: once, on SQLite
+def test_a_worker_that_cannot_load_a_model_leaves_its_jobs_to_one_that_can(
+    make_session, start_worker, tmp_path
+):
+    from generator.models import WorkerRecord
+
+    # "~/model" names a folder on each worker's own host: two homes stand for two hosts.
+    good_home, bad_home = tmp_path / "good", tmp_path / "bad"
+    model_copy(good_home, broken=False)
+    model_copy(bad_home, broken=True)
+    start_worker(HOME=str(good_home))
+    wait_for(lambda: WorkerRecord.objects.filter(ready=True).count() == 1, timeout=60)
+    sessions = [make_session(model="~/model", steps=2) for _ in range(6)]
+    broken = start_worker(HOME=str(bad_home))
+
+    for session in sessions:
+        done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
+        assert done.status == Status.COMPLETED, done.error
+        assert done.attempts == 1
+    record = wait_for(lambda: WorkerRecord.objects.filter(cannot_load__has_key="pytorch ~/model"))
+    assert "diffusion_pytorch_model" in record.get().cannot_load["pytorch ~/model"]
+    assert broken.log().count("Cannot load ~/model") == 1  # it stopped trying
+    assert "sdsite_workers_unhealthy 1.0" in Client().get("/metrics").content.decode()
+
+
+@pytest.mark.any_database  # the engine plays no part: once, on SQLite
+def test_a_model_no_worker_can_load_fails_with_the_real_reason(make_session, start_worker):
+    session = make_session(model="./no/such/model", steps=2)
+    start_worker()
+    done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
+    assert done.status == Status.FAILED
+    assert "does not exist on this worker" in done.error
+    assert "huggingface" not in done.error

@@ -53,6 +53,11 @@ class DatabaseCollector(Collector):
             "Workers whose heartbeat is within the lease.",
             value=WorkerRecord.objects.alive().count(),
         )
+        yield GaugeMetricFamily(
+            "sdsite_workers_unhealthy",
+            "Live workers that failed to load a model they serve (see /ops).",
+            value=WorkerRecord.objects.alive().exclude(cannot_load={}).count(),
+        )
         finished = operations.finished_jobs
         finished.refresh()
         for name, help_text, histogram, labels in (

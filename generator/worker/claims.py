@@ -13,6 +13,7 @@ import uuid
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ..db import OUTAGE_ERRORS, is_outage, retry_on_locked, until_database_answers
@@ -39,6 +40,7 @@ class ClaimedJob:
         self.token = session.claim_token
         self.preview_name = session.preview.name or None
         self.database_away = False
+        self.began = False
 
     def _mine(self):
         return GenerationSession.objects.filter(
@@ -68,6 +70,14 @@ class ClaimedJob:
                 )
             self.database_away = True
             return True
+
+    def begin(self) -> bool:
+        """Denoising starts: only now does the job spend one of its attempts.
+
+        A worker killed while it starts or loads the model (before this) costs the
+        job nothing; one that dies while denoising it does (SD_MAX_ATTEMPTS)."""
+        self.began = self._update(attempts=F("attempts") + 1)
+        return self.began
 
     def record_phase(self, phase: str) -> bool:
         return self._update(phase=phase)
@@ -148,8 +158,9 @@ class ClaimedJob:
         )
 
     @retry_on_locked
-    def release(self) -> bool:
-        """Give the job back to the queue (shutdown); the attempt does not count."""
+    def release(self, reason: str = WORKER_STOPPED) -> bool:
+        """Give the job back to the queue (shutdown, a model this worker cannot load);
+        the attempt does not count."""
         return self._changed(
             self._mine().update(
                 status=Status.PENDING,
@@ -157,9 +168,9 @@ class ClaimedJob:
                 worker_id="",
                 phase="",
                 started_at=None,
-                attempts=F("attempts") - 1,
+                attempts=Greatest(F("attempts") - int(self.began), 0),
                 restarts=F("restarts") + 1,
-                restart_reason=WORKER_STOPPED,
+                restart_reason=reason,
                 **FRESH_PROGRESS,
             )
         )
@@ -170,10 +181,13 @@ def preview_name(session_id, step: int) -> str:
 
 
 @retry_on_locked
-def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> ClaimedJob | None:
+def claim_next(
+    worker_id: str, session_ids=None, models=None, backends=None, avoid=()
+) -> ClaimedJob | None:
     """Claim the next pending session this worker serves (the fair queue's order), or None.
 
-    `session_ids`, `models` and `backends` restrict what it may take (None: any).
+    `session_ids`, `models` and `backends` restrict what it may take (None: any);
+    `avoid` lists (backend, model) pairs it must leave to other workers.
     """
     with transaction.atomic():
         candidates = GenerationSession.objects.pending().in_queue_order()
@@ -183,6 +197,8 @@ def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> 
             candidates = candidates.filter(model__in=models)
         if backends:
             candidates = candidates.filter(backend__in=backends)
+        for backend, model in avoid:
+            candidates = candidates.exclude(backend=backend, model=model)
         if connection.features.has_select_for_update_skip_locked:
             # PostgreSQL: concurrent workers skip each other's candidate rows
             # instead of queueing on them. (SQLite's IMMEDIATE transaction
@@ -197,7 +213,6 @@ def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> 
             claim_token=uuid.uuid4(),
             worker_id=worker_id,
             started_at=timezone.now(),
-            attempts=F("attempts") + 1,
             phase="starting",
             # A job that went back to the queue starts again from step 0.
             **FRESH_PROGRESS,
@@ -205,6 +220,10 @@ def claim_next(worker_id: str, session_ids=None, models=None, backends=None) -> 
     if claimed != 1:
         return None
     return ClaimedJob(GenerationSession.objects.get(pk=pk))
+
+
+COLD_LOSSES_PER_ATTEMPT = 5
+"""Losses of a worker before denoising began that a job survives, per attempt it has."""
 
 
 @retry_on_locked
@@ -216,8 +235,8 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
     live_workers = WorkerRecord.objects.alive(lease_seconds).values("id")
     lost = GenerationSession.objects.running().exclude(worker_id__in=live_workers)
     outcomes = {}
-    for pk, token, attempts, cancel_requested, worker in lost.values_list(
-        "pk", "claim_token", "attempts", "cancel_requested", "worker_id"
+    for pk, token, attempts, restarts, cancel_requested, worker in lost.values_list(
+        "pk", "claim_token", "attempts", "restarts", "cancel_requested", "worker_id"
     ):
         same_claim = GenerationSession.objects.filter(
             pk=pk, claim_token=token, status=Status.RUNNING
@@ -227,6 +246,11 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
             changes = {"status": Status.CANCELLED, "finished_at": now}
         elif attempts >= max_attempts:
             reason = f"worker lost (attempt {attempts} of {max_attempts})"
+            changes = {"status": Status.FAILED, "error": reason, "finished_at": now}
+        elif restarts + 1 >= max_attempts * COLD_LOSSES_PER_ATTEMPT:
+            # Lost each time before denoising began (a worker killed while
+            # loading its model, again and again): not forever.
+            reason = f"worker lost {restarts + 1} times before the job could start"
             changes = {"status": Status.FAILED, "error": reason, "finished_at": now}
         else:
             changes = {"status": Status.PENDING, "claim_token": None, "worker_id": "",

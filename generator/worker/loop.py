@@ -17,6 +17,7 @@ from .. import logs
 from ..db import OUTAGE_ERRORS, until_database_answers
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
+from ..models import WorkerRecord, model_key
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from .chores import Chores
@@ -59,6 +60,8 @@ class Worker:
         self.current_job: ClaimedJob | None = None
         self.job_deadline: float | None = None
         self.timed_out = False
+        # Models this worker failed to load: {(backend, model): (why, when to try again)}.
+        self.cannot_load: dict[tuple[str, str], tuple[str, float]] = {}
 
     def run(self) -> None:
         self._install_signal_handlers()
@@ -101,6 +104,7 @@ class Worker:
                     self.session_ids,
                     models=self.serves["models"],
                     backends=self.serves["backends"],
+                    avoid=self.left_to_others(),
                     what="the claim of the next job",
                     give_up=self.stopping.is_set,
                 )
@@ -132,7 +136,7 @@ class Worker:
             session.pk,
             session.backend,
             session.model,
-            session.attempts,
+            session.attempts + 1,
         )
 
         timing = measured_timing(session.model, session.backend, session.width, session.height)
@@ -146,6 +150,8 @@ class Worker:
         self.timed_out = False
 
         def on_start() -> None:
+            if not job.begin():  # cancelled, or the claim lost, while it loaded
+                raise GenerationInterrupted
             report_step.start()
             if settings.SD_JOB_TIMEOUT:
                 self.job_deadline = time.monotonic() + settings.SD_JOB_TIMEOUT
@@ -166,7 +172,13 @@ class Worker:
         self.current_job = job
 
         try:
-            backend = self.backend_for(session.backend, session.model, on_phase)
+            try:
+                backend = self.backend_for(session.backend, session.model, on_phase)
+            except GenerationInterrupted:
+                raise
+            except Exception as exc:
+                self.could_not_load(job, exc)
+                return
             image = backend.generate(
                 request_of(session), on_step=on_step, on_phase=on_phase, on_start=on_start
             )
@@ -199,6 +211,9 @@ class Worker:
     def backend_for(self, name: str, model: str, on_phase) -> PipelineBackend:
         """The warm backend for this model, loading it on first use."""
         key = (name, model)
+        known = self.cannot_load.get(key)
+        if known and time.monotonic() < known[1]:
+            raise ModelUnavailable(known[0])
         if key in self.pipelines:
             self.pipelines.move_to_end(key)
             return self.pipelines[key]
@@ -209,7 +224,46 @@ class Worker:
         backend = create_backend(name, model, self.device)
         backend.load(on_phase)
         self.pipelines[key] = backend
+        if self.cannot_load.pop(key, None):  # it loads again (the folder was mended)
+            record_cannot_load(self.worker_id, self.cannot_load)
         return backend
+
+    def could_not_load(self, job: ClaimedJob, exc: Exception) -> None:
+        """The model did not load here: the worker is unhealthy for it, and leaves its jobs
+        to a worker that can load it (the job goes back to the queue, no attempt spent);
+        with none, the job fails with the real reason. It tries again after
+        SD_LOAD_RETRY seconds."""
+        session = job.session
+        key = (session.backend, session.model)
+        why = str(exc) if isinstance(exc, ModelUnavailable) else describe_error(exc)
+        if not isinstance(exc, ModelUnavailable):
+            logger.error("Cannot load %s (%s): %s", session.model, session.backend, why)
+            self.cannot_load[key] = (why, time.monotonic() + settings.SD_LOAD_RETRY)
+            until_database_answers(
+                record_cannot_load, self.worker_id, self.cannot_load, what="the worker's health"
+            )
+        reason = f"This worker could not load the model: {why}"
+        if key in self.left_to_others() and until_database_answers(
+            job.release, reason, what="a job left to another worker"
+        ):
+            logger.warning("Left session %s to a worker that can load its model", session.pk)
+        else:
+            until_database_answers(
+                job.fail, f"Could not load the model: {why}", what="a failed job"
+            )
+
+    def left_to_others(self) -> list[tuple[str, str]]:
+        """The models this worker failed to load that another live worker can serve."""
+        now = time.monotonic()
+        mine = [key for key, (_, retry_at) in self.cannot_load.items() if now < retry_at]
+        if not mine:
+            return []
+        others = list(WorkerRecord.objects.alive().exclude(pk=self.worker_id))
+        return [
+            (backend, model)
+            for backend, model in mine
+            if any(worker.can_serve(model, backend) for worker in others)
+        ]
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -226,6 +280,20 @@ class Worker:
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
+
+
+class ModelUnavailable(Exception):
+    """A model this worker failed to load a moment ago (it does not try again at once)."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+
+
+def record_cannot_load(worker_id: str, cannot_load: dict) -> None:
+    """Tell the others (and /ops) which models this worker cannot load, and why."""
+    WorkerRecord.objects.filter(pk=worker_id).update(
+        cannot_load={model_key(*key): why for key, (why, _) in cannot_load.items()}
+    )
 
 
 def timeout_reason() -> str:

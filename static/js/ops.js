@@ -59,7 +59,11 @@
       const row = document.createElement("tr");
       row.dataset.workerId = worker.id;
       cell(row, worker.id);
-      cell(row, worker.alive ? (worker.ready ? "alive" : "starting") : "not answering");
+      const broken = Object.entries(worker.cannot_load || {});
+      const state = worker.alive ? (worker.ready ? "alive" : "starting") : "not answering";
+      cell(row, broken.length
+        ? `unhealthy: cannot load ${broken.map(([model, why]) => `${model} (${why})`).join("; ")}`
+        : state);
       cell(row, `${worker.models.join(", ")} · ${worker.backends.join(", ")}`);
       cell(row, jobCell(worker.job));
       return row;
