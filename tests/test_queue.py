@@ -1,6 +1,7 @@
 """Claims, conditional writes, cancel and recovery, in process on the real database."""
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -171,3 +172,47 @@ def test_a_shutdown_release_puts_the_session_back_without_using_an_attempt(make_
     session.refresh_from_db()
     assert (session.status, session.attempts, session.worker_id) == (Status.PENDING, 0, "")
     assert job.record_step(1, 4) is False
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
+def test_a_long_sqlite_lock_does_not_make_a_live_worker_look_dead(make_session):
+    """Another writer holds SQLite past the lease: every worker's beats wait on it, so when it
+    lets go the others' stale rows say nothing, and the job stays with its live worker."""
+    import sqlite3
+    import threading
+    import time
+
+    from generator.worker.heartbeat import Heartbeat, beat, register_worker
+
+    lease = 0.6
+    session = make_session()
+    register_worker("other", {})
+    claim_next("other")
+    me = Heartbeat("me", {}, lease_seconds=lease, max_attempts=3)
+    register_worker("me", {})
+
+    holder = sqlite3.connect(
+        connection.settings_dict["NAME"], isolation_level=None, check_same_thread=False
+    )
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(3 * lease, holder.execute, ["ROLLBACK"])
+    release.start()
+    me.beat_and_recover()  # waits on the lock, like the other worker's beat
+    release.join()
+    holder.close()
+    assert reload(session).status == Status.RUNNING  # not taken for lost
+
+    # The other worker beats again: it keeps its job for as long as it beats...
+    deadline = time.monotonic() + 3 * lease
+    while time.monotonic() < deadline:
+        beat("other", {})
+        me.beat_and_recover()
+        time.sleep(me.interval)
+    assert (reload(session).status, reload(session).worker_id) == (Status.RUNNING, "other")
+    # ...and is recovered a lease after it really stops.
+    outcome = None
+    while outcome is None and time.monotonic() < deadline + 10 * lease:
+        me.beat_and_recover()
+        time.sleep(me.interval)
+        outcome = reload(session).status if reload(session).worker_id != "other" else None
+    assert outcome == Status.PENDING

@@ -1,13 +1,17 @@
 """Worker liveness: a row per worker, refreshed from a thread of its own.
 
 The thread beats while the main thread loads models or runs long steps, and
-each beat also recovers the sessions of workers that stopped beating.
+each beat also recovers the sessions of workers that stopped beating. A worker
+judges others only by a lease during which it could beat on time itself: when
+the database held everyone's beats (a long SQLite lock, an outage), the silence
+of the others says nothing about them, and nobody is taken for dead.
 """
 
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from django.db import connections
@@ -67,6 +71,9 @@ class Heartbeat(threading.Thread):
         self.interval = lease_seconds / 3
         self.outages = OutageLog("Heartbeat")
         self._stop_event = threading.Event()
+        # The worker registered and recovered just now: as good as a lease of beats.
+        self.last_beat = time.monotonic()
+        self.beats_on_time_since = self.last_beat - lease_seconds
 
     def run(self) -> None:
         try:
@@ -78,7 +85,14 @@ class Heartbeat(threading.Thread):
     def beat_and_recover(self) -> None:
         try:
             beat(self.worker_id, self.serves)
-            recover_lost_sessions(lease_seconds=self.lease_seconds, max_attempts=self.max_attempts)
+            now = time.monotonic()
+            if now - self.last_beat > 2 * self.interval:  # the database held this beat up
+                self.beats_on_time_since = now
+            self.last_beat = now
+            if now - self.beats_on_time_since >= self.lease_seconds:
+                recover_lost_sessions(
+                    lease_seconds=self.lease_seconds, max_attempts=self.max_attempts
+                )
         except Exception as exc:  # a missed beat is retried next time; the worker goes on
             self.outages.failed(exc)
         else:
