@@ -91,6 +91,34 @@ def viewer_from_session_key(session_key: str | None) -> Viewer:
     return Viewer(user.pk if user.is_authenticated else None, store.get(OWNER_KEY))
 
 
+def viewers_from_session_keys(session_keys) -> dict:
+    """{session key: Viewer} for many cookies at once (streams opening together): one query
+    with the database session engine; a signed-in user's cookie still gets the full check
+    of `viewer_from_session_key` (its auth hash)."""
+    from django.contrib.auth import SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
+    from django.utils import timezone
+
+    store_class = import_module(settings.SESSION_ENGINE).SessionStore
+    if not issubclass(store_class, DatabaseStore):
+        return {key: viewer_from_session_key(key) for key in session_keys}
+    rows = store_class.get_model_class().objects.filter(
+        session_key__in=[key for key in session_keys if key], expire_date__gt=timezone.now()
+    )
+    decoder = store_class()
+    data = {
+        key: decoder.decode(text) for key, text in rows.values_list("session_key", "session_data")
+    }
+    viewers = {}
+    for key in session_keys:
+        found = data.get(key, {})
+        if SESSION_KEY in found:
+            viewers[key] = viewer_from_session_key(key)
+        else:
+            viewers[key] = Viewer(None, found.get(OWNER_KEY))
+    return viewers
+
+
 @receiver(user_logged_in, dispatch_uid="sdsite-adopt-anonymous-generations")
 def adopt_anonymous_generations(sender, request, user, **kwargs):
     from .models import GenerationSession

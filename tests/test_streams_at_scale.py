@@ -88,7 +88,8 @@ def count_hub_queries(hub_work):
         await hub_work(hub)
         # The streams are gone: let the hub finish its last read, so each query
         # made is counted as a read too.
-        await asyncio.wait_for(hub._task, 5)
+        if hub._task is not None:
+            await asyncio.wait_for(hub._task, 5)
         return hub
 
     try:
@@ -115,6 +116,48 @@ def test_the_hub_makes_one_query_per_tick_whatever_the_number_of_streams(make_se
 
     assert reads >= 5
     assert queries == reads
+
+
+def test_streams_opening_together_share_their_first_reads(make_session, django_user_model):
+    """Each opening stream needs its viewer (from the cookie) and its session's first
+    snapshot: those of streams opening together are read together, a few queries in all."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client
+
+    from generator.ownership import OWNER_KEY
+
+    browsers = []
+    for n in range(20):
+        store = SessionStore()
+        store[OWNER_KEY] = f"browser-{n}"
+        store.create()
+        browsers.append(store.session_key)
+    sessions = [make_session(owner_key=f"browser-{n}") for n in range(20)]
+    user = django_user_model.objects.create_user("signed-in", password="x")
+    signed_in = Client()
+    signed_in.force_login(user)
+    user_cookie = signed_in.cookies["sessionid"].value
+    theirs = make_session(owner=user)
+    opened = []
+
+    async def open_many(hub):
+        async def one(n):
+            cookie, session = (
+                (user_cookie, theirs) if n % 50 == 0 else (browsers[n % 20], sessions[n % 20])
+            )
+            viewer = await hub.read_viewer(cookie)
+            first = await hub.read_one(session.pk)
+            return viewer.can_see(first.owner_id, first.owner_key), viewer.user_id
+
+        opened.extend(await asyncio.gather(*(one(n) for n in range(400))))
+
+    _, queries = count_hub_queries(open_many)
+
+    assert all(allowed for allowed, _ in opened) and len(opened) == 400
+    assert {user_id for _, user_id in opened} == {None, user.pk}
+    # Opened one by one: 800 reads. Together: a handful of batches (the signed-in
+    # cookie adds get_user's own queries once).
+    assert queries <= 12
 
 
 def stats(server):

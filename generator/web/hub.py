@@ -22,7 +22,7 @@ from django.db import connections
 
 from ..models import Status
 from ..notify import listen_for_changes, listener_conninfo
-from ..ownership import Viewer, viewer_from_session_key
+from ..ownership import Viewer, viewers_from_session_keys
 from .metrics import HUB_TICK, PROGRESS_STREAMS
 from .snapshots import Snapshot, read_snapshots
 
@@ -80,6 +80,56 @@ class Subscription:
         return None if snapshot is KEEPALIVE else snapshot
 
 
+class BatchedReads:
+    """Reads by key through the hub's thread, batched: the keys asked for while one read
+    runs are read together by the next, so a thousand streams opening at once cost a few
+    queries, not a thousand."""
+
+    def __init__(self, hub: "ProgressHub", read_many):
+        self.hub = hub
+        self.read_many = read_many
+        """Called with a list of keys on the hub's thread; answers {key: value}."""
+        self.waiting: dict[object, list[asyncio.Future]] = {}
+        self.reading = False
+
+    async def get(self, key):
+        """The value for `key` (None if absent)."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(key, []).append(future)
+        if not self.reading:
+            self.reading = True
+            asyncio.get_running_loop().create_task(self._read())
+        return await future
+
+    async def _read(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, {}
+                try:
+                    # With no stream open, the hub holds no connection between reads.
+                    found = await self.hub._query(
+                        self.read_many, list(batch), release=not self.hub.subscribers
+                    )
+                except Exception as exc:
+                    for futures in batch.values():
+                        settle(futures, exception=exc)
+                else:
+                    for key, futures in batch.items():
+                        settle(futures, result=found.get(key))
+        finally:
+            self.reading = False
+
+
+def settle(futures, *, result=None, exception=None) -> None:
+    for future in futures:
+        if future.done():  # its stream closed while it waited
+            continue
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+
+
 class ProgressHub:
     def __init__(self, interval: float, keepalive: float = 15.0):
         self.interval = interval
@@ -95,6 +145,9 @@ class ProgressHub:
         self._task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
+        # Streams that open together share their first reads: a query for all of them.
+        self._first_reads = BatchedReads(self, read_snapshots)
+        self._viewer_reads = BatchedReads(self, viewers_from_session_keys)
 
     @property
     def stream_count(self) -> int:
@@ -115,15 +168,13 @@ class ProgressHub:
 
     async def read_one(self, session_id) -> Snapshot | None:
         """The session's current snapshot, read through the hub's thread (None if absent)."""
-        # With no stream open, the hub holds no connection between reads.
-        snapshots = await self._query(read_snapshots, [session_id], release=not self.subscribers)
-        return snapshots.get(session_id)
+        return await self._first_reads.get(session_id)
 
     async def read_viewer(self, session_key: str | None) -> Viewer:
         """Who holds this session cookie, read through the hub's thread."""
         if not session_key:
             return Viewer()
-        return await self._query(viewer_from_session_key, session_key, release=not self.subscribers)
+        return await self._viewer_reads.get(session_key)
 
     def refusal(self, holder: str) -> str | None:
         """Why one more stream cannot open (SD_MAX_STREAMS, per process and per holder)."""
