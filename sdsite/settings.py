@@ -250,6 +250,10 @@ SD_API_AUTH = os.environ.get("SD_API_AUTH", "on").strip().lower() not in {"off",
 # 1: images, previews and inputs are served only to whoever may see their
 # session (and staff); 0 (default): to anyone with the URL, a long random name.
 SD_PRIVATE_MEDIA = env_bool("SD_PRIVATE_MEDIA", False)
+# Seconds a client has to send its request's headers (generator.web.connections,
+# uvicorn --http), and that a request body may stall before a 408.
+SD_HEADER_TIMEOUT = env_float("SD_HEADER_TIMEOUT", 10.0)
+SD_BODY_TIMEOUT = env_float("SD_BODY_TIMEOUT", 30.0)
 SD_MAX_BODY_BYTES = int(env_float("SD_MAX_BODY_MB", 2 * SD_MAX_UPLOAD_MB + 1) * 1024 * 1024)
 # Django refuses bigger form bodies before any view reads them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(2 * SD_MAX_UPLOAD_MB * 1024 * 1024) + 1024 * 1024

@@ -61,11 +61,16 @@ def free_port() -> int:
 
 
 class Process:
-    def __init__(self, args, env, log_path: Path):
+    def __init__(self, args, env, log_path: Path, preexec_fn=None):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     def log(self) -> str:
@@ -84,11 +89,15 @@ class Process:
 
 
 class WebServer(Process):
-    def __init__(self, tmp_path: Path, **env):
+    """uvicorn as deployed (the Procfile's protocol); `file_limit`: its `ulimit -n`."""
+
+    def __init__(self, tmp_path: Path, file_limit: int | None = None, **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "uvicorn", "sdsite.asgi:application"]
         args += [
+            "--http",
+            "generator.web.connections:GuardedHttpProtocol",
             "--host",
             "127.0.0.1",
             "--port",
@@ -96,7 +105,18 @@ class WebServer(Process):
             "--timeout-graceful-shutdown",
             "1",
         ]
-        super().__init__(args, process_env(**env), tmp_path / f"web-{self.port}.log")
+
+        def limit_files():
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, file_limit))
+
+        super().__init__(
+            args,
+            process_env(**env),
+            tmp_path / f"web-{self.port}.log",
+            preexec_fn=limit_files if file_limit else None,
+        )
         wait_for(self._ready, timeout=60, message=f"the web server on port {self.port}")
 
     def _ready(self):

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import WebServer
+from tests.processes import WebServer, wait_for
 
 # Nothing here depends on the database engine (the PostgreSQL restart test brings its own
 # cluster): CI runs it on SQLite only.
@@ -81,6 +81,49 @@ def test_bodies_within_the_limit_pass(small_body_server):
 
 
 # --- Login throttle ----------------------------------------------------------------
+
+
+def test_half_sent_headers_and_stalled_bodies_do_not_hold_a_connection(tmp_path):
+    server = WebServer(tmp_path, SD_HEADER_TIMEOUT="1", SD_BODY_TIMEOUT="1")
+    try:
+        # Headers that never end: the server closes the socket (uvicorn alone never would).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            assert sock.recv(1024) == b""  # closed, not answered
+        # A body that stops halfway: a JSON 408, and the connection closes.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(
+                b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt"'
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"SD_BODY_TIMEOUT" in answer
+        # A request sent in time is served as ever.
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_nearing_the_file_limit_is_logged(tmp_path):
+    server = WebServer(tmp_path, file_limit=128)
+    sockets = []
+    try:
+        wait_for(
+            lambda: (
+                sockets.append(socket.create_connection(("127.0.0.1", server.port)))
+                or "near this process's file limit of 128" in server.log()
+            ),
+            timeout=30,
+            message="the warning",
+        )
+        assert len(sockets) < 128  # it warned before the process ran out
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
 
 
 def test_admin_login_locks_out_after_repeated_failures(client, django_user_model, settings):
