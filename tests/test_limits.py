@@ -120,6 +120,15 @@ def test_nearing_the_file_limit_is_logged(tmp_path):
         )
         assert len(sockets) < 128  # it warned before the process ran out
         assert httpx.get(f"{server.url}/healthz").status_code == 200
+        # Near the limit a new connection is answered 503 at once, and the process keeps
+        # the descriptors it needs; once the sockets go, it serves again.
+        while len(sockets) < 120:
+            sockets.append(socket.create_connection(("127.0.0.1", server.port)))
+        full = httpx.get(f"{server.url}/healthz")
+        assert full.status_code == 503 and "connections open" in full.json()["message"]
+        for sock in sockets:
+            sock.close()
+        wait_for(lambda: httpx.get(f"{server.url}/healthz").status_code == 200, timeout=30)
     finally:
         for sock in sockets:
             sock.close()
@@ -388,6 +397,32 @@ def test_streams_past_the_per_owner_and_process_caps_get_503_with_retry_after(
             other.close()
             for stream, _ in open_streams:
                 stream.__exit__(None, None, None)
+    finally:
+        server.stop()
+
+
+def test_streams_opening_at_once_cannot_slip_past_the_cap(tmp_path, make_session):
+    import asyncio
+
+    session = make_session()
+    server = WebServer(tmp_path, SD_MAX_STREAMS_PER_OWNER=5)
+
+    async def open_many(count: int) -> list[bytes]:
+        async def one():
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                f"GET /api/progress/{session.pk} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            status = (await asyncio.wait_for(reader.readline(), 30)).split(b" ")[1]
+            return status, writer
+
+        answers = await asyncio.gather(*(one() for _ in range(count)))
+        for _, writer in answers:
+            writer.close()
+        return sorted(status for status, _ in answers)
+
+    try:
+        assert asyncio.run(open_many(40)) == [b"200"] * 5 + [b"503"] * 35
     finally:
         server.stop()
 

@@ -6,8 +6,10 @@
   runs out of file descriptors. (Idle keep-alive connections are uvicorn's
   `--timeout-keep-alive`; a body that stalls is `body_limit`'s.)
 - When the open connections pass 80 % of the process's file limit (`ulimit -n`,
-  systemd's LimitNOFILE), a warning says so, once a minute, before accept()
-  starts failing.
+  systemd's LimitNOFILE), a warning says so, once a minute; within RESERVED_FILES
+  of the limit, a new connection gets a 503 and is closed at once, so the
+  process keeps the descriptors its database, files and logs need (without
+  this, a flood of sockets made every request fail with "Too many open files").
 
     uvicorn sdsite.asgi:application --http generator.web.connections:GuardedHttpProtocol
 """
@@ -27,13 +29,23 @@ logger = logging.getLogger(__name__)
 
 NEAR_FILE_LIMIT = 0.8
 WARN_EVERY_SECONDS = 60.0
+RESERVED_FILES = 64
+"""Descriptors kept for the database, model and media files, and the logs (an eighth of a
+smaller limit)."""
+FULL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 10\r\nconnection: close\r\ncontent-length: 76\r\n\r\n"
+    b'{"message": "The server has as many connections open as it can; try again."}'
+)
 
 
 class GuardedHttpProtocol(UvicornProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.headers_due = self.loop.call_later(settings.SD_HEADER_TIMEOUT, self.headers_overdue)
-        file_limit.opened(len(self.connections))
+        if file_limit.opened(len(self.connections)):
+            transport.write(FULL)
+            transport.close()
 
     def headers_overdue(self) -> None:
         # `cycle` is set once a request's headers are in.
@@ -53,9 +65,10 @@ class FileLimit:
         self.limit = None if soft == resource.RLIM_INFINITY else soft
         self.warned_at = -WARN_EVERY_SECONDS
 
-    def opened(self, connections: int) -> None:
+    def opened(self, connections: int) -> bool:
+        """Count a new connection in; True when there is no room for it."""
         if self.limit is None or connections < NEAR_FILE_LIMIT * self.limit:
-            return
+            return False
         now = time.monotonic()
         if now - self.warned_at >= WARN_EVERY_SECONDS:
             self.warned_at = now
@@ -66,6 +79,7 @@ class FileLimit:
                 connections,
                 self.limit,
             )
+        return connections > self.limit - min(RESERVED_FILES, self.limit // 8)
 
 
 file_limit = FileLimit()

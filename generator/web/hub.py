@@ -80,6 +80,20 @@ class Subscription:
         return None if snapshot is KEEPALIVE else snapshot
 
 
+class StreamSlot:
+    """One open stream's place under the caps; `release()` gives it back (once)."""
+
+    __slots__ = ("hub", "holder", "held")
+
+    def __init__(self, hub: "ProgressHub", holder: str):
+        self.hub, self.holder, self.held = hub, holder, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.hub.release(self.holder)
+
+
 class BatchedReads:
     """Reads by key through the hub's thread, batched: the keys asked for while one read
     runs are read together by the next, so a thousand streams opening at once cost a few
@@ -137,6 +151,8 @@ class ProgressHub:
         self.subscribers: dict[object, set[Subscription]] = {}
         self.holders: Counter = Counter()
         """Open streams per holder (a user, an anonymous browser, else an address)."""
+        self.slots = 0
+        """Open streams, counted from the moment they are let in (`reserve`)."""
         self.latest: dict[object, Snapshot] = {}
         self.reads = 0
         self.notifications = 0
@@ -176,9 +192,27 @@ class ProgressHub:
             return Viewer()
         return await self._viewer_reads.get(session_key)
 
+    def reserve(self, holder: str) -> "StreamSlot | str":
+        """A slot for one more stream of `holder`, or why it cannot open (SD_MAX_STREAMS, per
+        process and per holder). Taken at once, with no wait between the check and the
+        count: streams opening together cannot all slip under the cap."""
+        refusal = self.refusal(holder)
+        if refusal:
+            return refusal
+        self.holders[holder] += 1
+        self.slots += 1
+        PROGRESS_STREAMS.inc()
+        return StreamSlot(self, holder)
+
+    def release(self, holder: str) -> None:
+        PROGRESS_STREAMS.dec()
+        self.slots -= 1
+        self.holders[holder] -= 1
+        if not self.holders[holder]:
+            del self.holders[holder]
+
     def refusal(self, holder: str) -> str | None:
-        """Why one more stream cannot open (SD_MAX_STREAMS, per process and per holder)."""
-        if self.stream_count >= settings.SD_MAX_STREAMS:
+        if self.slots >= settings.SD_MAX_STREAMS:
             return "This server has as many progress streams open as it allows (SD_MAX_STREAMS)."
         if self.holders[holder] >= settings.SD_MAX_STREAMS_PER_OWNER:
             return (
@@ -188,11 +222,9 @@ class ProgressHub:
         return None
 
     @asynccontextmanager
-    async def subscribe(self, session_id, holder: str = ""):
+    async def subscribe(self, session_id):
         subscription = Subscription(session_id)
-        self.holders[holder] += 1
         self.subscribers.setdefault(session_id, set()).add(subscription)
-        PROGRESS_STREAMS.inc()
         if self.stopped:
             subscription.queue.put_nowait(SHUTDOWN)
         elif session_id in self.latest:
@@ -203,10 +235,6 @@ class ProgressHub:
         try:
             yield subscription
         finally:
-            PROGRESS_STREAMS.dec()
-            self.holders[holder] -= 1
-            if not self.holders[holder]:
-                del self.holders[holder]
             watchers = self.subscribers.get(session_id)
             if watchers is not None:
                 watchers.discard(subscription)

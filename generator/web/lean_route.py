@@ -73,7 +73,9 @@ async def progress_app(scope, receive, send) -> None:
     status, events = await open_stream(session_id, last_event_id, viewer, address)
     if status == 503:
         body = json.dumps(error_body(events)).encode()
-        return await respond(send, 503, body, [(b"retry-after", str(STREAMS_RETRY_AFTER).encode())])
+        # Closed after the answer: under a flood a refused socket should not linger.
+        retry = str(STREAMS_RETRY_AFTER).encode()
+        return await respond(send, 503, body, [(b"retry-after", retry), (b"connection", b"close")])
     if events is None:
         return await respond(send, status, NOT_FOUND if status == 404 else b"")
 
@@ -96,9 +98,12 @@ async def progress_app(scope, receive, send) -> None:
 
     streaming = asyncio.ensure_future(stream())
     watching = asyncio.ensure_future(client_gone())
-    await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (streaming, watching):
-        if not task.done():
-            task.cancel()  # the stream's subscription is released on cancel
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await task
+    try:
+        await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (streaming, watching):
+            if not task.done():
+                task.cancel()  # the stream's subscription is released on cancel
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
+    finally:
+        events.close()  # its slot under the caps, even if it never began to stream

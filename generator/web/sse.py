@@ -108,12 +108,27 @@ def render(
     return "".join(text).encode(), position
 
 
+class ProgressStream:
+    """A stream's events and the slot it holds under the caps. `close()` gives the slot back:
+    the servers call it when the response ends, even one that never began to stream."""
+
+    def __init__(self, events: AsyncIterator[bytes], slot):
+        self.events = events
+        self.slot = slot
+
+    def __aiter__(self):
+        return self.events
+
+    def close(self) -> None:
+        self.slot.release()
+
+
 async def session_events(
     hub: ProgressHub,
     session_id,
     first: Snapshot,
     resume: Position | None = None,
-    holder: str = "",
+    slot=None,
 ) -> AsyncIterator[bytes]:
     """`connected`, then a message per change until the session finishes.
 
@@ -128,26 +143,30 @@ async def session_events(
         opening += format_message(
             position.event_id, {"type": "connected", "session_id": str(session_id)}
         )
-    text, position = render(None, first, position)
-    yield opening.encode() + text
-    if first.is_finished:
-        return
-    previous = first
-    async with hub.subscribe(session_id, holder) as subscription:
-        while True:
-            snapshot = await subscription.next_snapshot()
-            if subscription.closed:  # the server is shutting down
-                return
-            if snapshot is None:
-                yield KEEPALIVE
-                continue
-            text, position = render(previous, snapshot, position)
-            if text:
-                subscription.spoke = True
-                yield text
-            previous = snapshot
-            if snapshot.is_finished:
-                return
+    try:
+        text, position = render(None, first, position)
+        yield opening.encode() + text
+        if first.is_finished:
+            return
+        previous = first
+        async with hub.subscribe(session_id) as subscription:
+            while True:
+                snapshot = await subscription.next_snapshot()
+                if subscription.closed:  # the server is shutting down
+                    return
+                if snapshot is None:
+                    yield KEEPALIVE
+                    continue
+                text, position = render(previous, snapshot, position)
+                if text:
+                    subscription.spoke = True
+                    yield text
+                previous = snapshot
+                if snapshot.is_finished:
+                    return
+    finally:
+        if slot is not None:
+            slot.release()
 
 
 STREAMS_RETRY_AFTER = 10
@@ -169,8 +188,7 @@ async def open_stream(session_id, last_event_id: str | None, viewer: Viewer, add
     if resume is not None and resume.finished:
         # The client has the final message: 204 tells EventSource to stop reconnecting.
         return 204, None
-    holder = viewer.holder() or f"address:{address}"
-    refusal = hub.refusal(holder)
-    if refusal:
-        return 503, refusal
-    return 200, session_events(hub, session_id, first, resume, holder)
+    slot = hub.reserve(viewer.holder() or f"address:{address}")
+    if isinstance(slot, str):
+        return 503, slot
+    return 200, ProgressStream(session_events(hub, session_id, first, resume, slot), slot)
