@@ -11,6 +11,7 @@ process shares (configure a Redis cache as `default` for heavy traffic).
 """
 
 from django.conf import settings
+from django.db import OperationalError
 from django_ratelimit.core import get_usage
 
 from .models import GenerationSession
@@ -54,6 +55,10 @@ def check_rate(request) -> None:
     usage = get_usage(
         request, group="sdsite:generate", key=rate_key, rate=settings.SD_RATE_LIMIT, increment=True
     )
+    if usage and usage["limit"] == 0:
+        # django-ratelimit's answer when the cache could not count (its table locked
+        # or away): the database is busy, which is a 503 to retry, not a 429.
+        raise OperationalError("database is locked: the request rate could not be counted")
     if usage and usage["should_limit"]:
         raise TooManyRequests(
             f"Too many requests: the limit is {settings.SD_RATE_LIMIT} (SD_RATE_LIMIT); "

@@ -233,7 +233,8 @@ def test_errors_shown_to_users_carry_no_server_paths():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
-def test_a_locked_sqlite_database_is_a_503_with_retry_after(tmp_path):
+@pytest.mark.parametrize("rate_limit", ["", "30/m"])  # the rate's counter is in the database too
+def test_a_locked_sqlite_database_is_a_503_with_retry_after(tmp_path, rate_limit):
     import sqlite3
 
     import httpx
@@ -242,7 +243,7 @@ def test_a_locked_sqlite_database_is_a_503_with_retry_after(tmp_path):
     from tests.processes import WebServer
 
     _, key = issue_key(user_for("tool"))
-    server = WebServer(tmp_path, SD_SQLITE_TIMEOUT="0.5")
+    server = WebServer(tmp_path, SD_SQLITE_TIMEOUT="0.5", SD_RATE_LIMIT=rate_limit)
     holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # another writer holds the database
