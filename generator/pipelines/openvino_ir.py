@@ -9,6 +9,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from .sources import resolve_model
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
@@ -25,10 +27,25 @@ def holds_openvino_ir(source: str) -> bool:
 
 
 def ir_cache_dir(model: str, precision: str) -> Path:
-    """The cache folder of one model at one precision, e.g. models/openvino/demo-3f2a-fp32."""
+    """The cache folder of one model at one precision, e.g. models/openvino/demo-3f2a-fp32.
+
+    For a model in a local folder (the demo included) the name also depends on its
+    files (names, sizes, times): new weights in the same folder are exported anew,
+    never served from the IR of the old ones."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")[-60:] or "model"
-    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
-    return settings.MODELS_DIR / "openvino" / f"{slug}-{digest}-{precision}"
+    digest = hashlib.sha256(model.encode())
+    try:
+        folder = Path(resolve_model(model))
+    except FileNotFoundError:
+        folder = None
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(
+                    f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                )
+    return settings.MODELS_DIR / "openvino" / f"{slug}-{digest.hexdigest()[:8]}-{precision}"
 
 
 def is_cached(cache_dir: Path) -> bool:
