@@ -3,6 +3,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..images import filled, pasted_back
+from ..prompts import extract_loras
+from . import prompt_embeds
 from .schedulers import make_scheduler
 
 StepHook = Callable[..., bool]
@@ -96,8 +98,7 @@ class PipelineBackend(ABC):
         # No "denoising" phase write here: the first step's write says it, and
         # a warm job's time to its first step stays close to one step.
         result = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            **text_inputs(pipe, request),
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             width=request.width,
@@ -111,6 +112,16 @@ class PipelineBackend(ABC):
             # Outside the mask the result is the original, exactly (as A1111 does).
             image = pasted_back(image, request.init_image, request.mask_image)
         return image
+
+
+def text_inputs(pipe, request: GenerationRequest) -> dict:
+    """The prompts as the pipeline takes them: A1111-style embeddings (weights, long
+    prompts, BREAK) where `prompt_embeds` can build them, else the text; LoRA tags out."""
+    prompt, _ = extract_loras(request.prompt)
+    negative, _ = extract_loras(request.negative_prompt)
+    if prompt_embeds.supports(pipe):
+        return prompt_embeds.prompt_embeddings(pipe, prompt, negative)
+    return {"prompt": prompt, "negative_prompt": negative or None}
 
 
 def image_inputs(request: GenerationRequest) -> dict:

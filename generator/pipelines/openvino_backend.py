@@ -1,7 +1,10 @@
 from collections import OrderedDict
+from pathlib import Path
 
 from django.conf import settings
 
+from ..prompts import extract_loras
+from . import prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend
 from .openvino_ir import export_to_ir, holds_openvino_ir, ir_cache_dir, is_cached
 from .sources import resolve_model
@@ -37,6 +40,8 @@ class OpenVINOBackend(PipelineBackend):
         # gets its own compiled pipeline; the least recently used is dropped.
         self.compiled: OrderedDict[tuple[str, int, int], object] = OrderedDict()
         self.max_compiled = settings.SD_OPENVINO_COMPILED_SIZES
+        self.tokenizer = None
+        self.one_text_encoder = True
 
     def load(self, on_phase: PhaseHook) -> None:
         self.ov_device = openvino_device(self.device)
@@ -44,15 +49,30 @@ class OpenVINOBackend(PipelineBackend):
         source = resolve_model(self.model)
         if holds_openvino_ir(source):
             self.ir_dir = source
+            self.one_text_encoder = not (Path(self.ir_dir) / "text_encoder_2").exists()
             return
         cache_dir = ir_cache_dir(self.model, self.precision)
         if not is_cached(cache_dir):
             on_phase("preparing OpenVINO model (first use)")
             export_to_ir(source, cache_dir, self.precision)
         self.ir_dir = str(cache_dir)
+        self.one_text_encoder = not (Path(self.ir_dir) / "text_encoder_2").exists()
+
+    def prompt_chunks(self, request: GenerationRequest) -> int:
+        """How many 77-token windows the prompts take (prompt_embeds): the UNet is
+        compiled for that many, as for a size."""
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(f"{self.ir_dir}/tokenizer")
+        return max(
+            len(prompt_embeds.chunks_of(self.tokenizer, extract_loras(text)[0]))
+            for text in (request.prompt, request.negative_prompt)
+        )
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
-        key = (request.mode, request.width, request.height)
+        chunks = self.prompt_chunks(request) if self.one_text_encoder else 1
+        key = (request.mode, request.width, request.height, chunks)
         if key in self.compiled:
             self.compiled.move_to_end(key)
             return self.compiled[key]
@@ -80,6 +100,11 @@ class OpenVINOBackend(PipelineBackend):
         pipe.reshape(
             batch_size=1, height=request.height, width=request.width, num_images_per_prompt=1
         )
+        if chunks > 1:  # a long prompt: the text embeddings are chunks x 77 tokens long
+            pipe.unet.model = pipe._reshape_unet(
+                pipe.unet.model, 1, request.height, request.width, 1,
+                chunks * pipe.tokenizer.model_max_length,
+            )  # fmt: skip
         pipe.compile()
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)

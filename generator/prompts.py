@@ -1,0 +1,119 @@
+"""Prompts as AUTOMATIC1111 users write them: attention weights, BREAK and `<lora:...>`.
+
+Pure text work, shared by the web (to check a prompt's LoRA before anything is
+queued) and the worker (to build the text embeddings, `pipelines.prompt_embeds`).
+
+The attention syntax, as A1111 reads it:
+- `(text)` multiplies the attention to `text` by 1.1, `((text))` by 1.21, `[text]` divides it
+  by 1.1, `(text:1.5)` sets 1.5 (times the brackets around it);
+- `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are the literal characters;
+- a bracket left open weights everything after it, as if closed at the end; a closing
+  bracket with nothing open, or `:1.5)` outside brackets, is plain text;
+- `BREAK` (in capitals, as a word) starts a new 75-token chunk.
+"""
+
+import re
+from dataclasses import dataclass
+
+ROUND = 1.1
+SQUARE = 1 / 1.1
+BREAK = "BREAK"
+
+_TOKENS = re.compile(
+    r"""
+    \\[()\[\]\\]            # an escaped bracket or backslash
+    | \\                    # a lone backslash
+    | \(                    # open: 1.1
+    | \[                    # open: 1/1.1
+    | :\s*([+-]?[.\d]+)\s*\)  # close with an explicit weight
+    | \)
+    | \]
+    | [^\\()\[\]:]+         # text
+    | :                     # a colon that is not a weight
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_LORA = re.compile(r"<lora:([^:>]+)(?::([+-]?[.\d]+))?(?::[^>]*)?>")
+
+
+@dataclass(frozen=True)
+class Fragment:
+    text: str
+    weight: float
+
+    @property
+    def is_break(self) -> bool:
+        return self.text == BREAK and self.weight < 0
+
+
+def parse_attention(prompt: str) -> list[Fragment]:
+    """The prompt as (text, weight) fragments, neighbours of equal weight merged; a BREAK is
+    a fragment of its own with weight -1."""
+    parts: list[list] = []  # [text, weight], weights multiplied as brackets close
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def weigh(start: int, factor: float) -> None:
+        for part in parts[start:]:
+            part[1] *= factor
+
+    for match in _TOKENS.finditer(prompt):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\"):  # escaped: the character itself (a lone one is dropped)
+            parts.append([token[1:], 1.0])
+        elif token == "(":
+            round_open.append(len(parts))
+        elif token == "[":
+            square_open.append(len(parts))
+        elif weight is not None and round_open and is_number(weight):
+            weigh(round_open.pop(), float(weight))
+        elif token == ")" and round_open:
+            weigh(round_open.pop(), ROUND)
+        elif token == "]" and square_open:
+            weigh(square_open.pop(), SQUARE)
+        else:
+            for index, piece in enumerate(_BREAK.split(token)):
+                if index:
+                    parts.append([BREAK, -1.0])
+                if piece:
+                    parts.append([piece, 1.0])
+    for start in round_open:
+        weigh(start, ROUND)
+    for start in square_open:
+        weigh(start, SQUARE)
+
+    merged: list[list] = []
+    for text, weight in parts:
+        if not text:
+            continue
+        if merged and merged[-1][1] == weight and weight >= 0:
+            merged[-1][0] += text
+        else:
+            merged.append([text, weight])
+    return [Fragment(text, weight) for text, weight in merged] or [Fragment("", 1.0)]
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    name: str
+    weight: float
+
+
+def extract_loras(prompt: str) -> tuple[str, list[LoraUse]]:
+    """The prompt without its `<lora:name:weight>` tags, and the LoRA they name (weight 1 when
+    left out; A1111's third field, a separate text-encoder weight, is not read)."""
+    uses = [
+        LoraUse(match.group(1).strip(), float(match.group(2)) if match.group(2) else 1.0)
+        for match in _LORA.finditer(prompt)
+        if match.group(2) is None or is_number(match.group(2))
+    ]
+    return _LORA.sub("", prompt), uses
