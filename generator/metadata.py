@@ -6,14 +6,28 @@ import re
 
 from PIL.PngImagePlugin import PngInfo
 
+from . import __version__
 from .params import PARAMETERS
 
 A1111_KEY = "parameters"
 SDSITE_KEY = "sdsite"
 
 
-def a1111_parameters(session) -> str:
-    """`prompt`, `Negative prompt: ...`, then the settings line, as A1111 writes them."""
+def quote(value) -> str:
+    """A setting's value as A1111 writes it: in JSON quotes when it holds `,`, `:` or a
+    line break (its `quote()`), else as it is; floats as Python prints them ("7.0")."""
+    text = str(value)
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = "") -> str:
+    """`prompt`, `Negative prompt: ...`, then the settings line, as A1111 (1.9 and later)
+    writes them: the sampler and its schedule type apart, the model's short hash before its
+    name, the LoRA's hashes and sdsite's version last."""
+    from .pipelines.schedulers import a1111_sampler
+
     values = session.parameters()
     lines = [values.pop("prompt")]
     if values.get("negative_prompt"):
@@ -22,24 +36,43 @@ def a1111_parameters(session) -> str:
     for parameter in PARAMETERS:
         if parameter.name == "width":  # A1111 writes the two sides as one setting
             settings["Size"] = f"{values['width']}x{values['height']}"
+        if parameter.name == "model" and model_hash:
+            settings["Model hash"] = model_hash
         # The negative prompt has its own line above; unused image settings are left out.
         skipped = parameter.name == "negative_prompt" or parameter.name not in values
         if not parameter.a1111 or skipped:
             continue
         value = values[parameter.name]
-        settings[parameter.a1111] = f"{value:g}" if isinstance(value, float) else value
-    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items()))
+        if parameter.name == "scheduler":
+            value, schedule_type = a1111_sampler(value)
+            settings["Sampler"] = value
+            if schedule_type:
+                settings["Schedule type"] = schedule_type
+            continue
+        settings[parameter.a1111] = value
+    if lora_hashes:
+        settings["Lora hashes"] = lora_hashes
+    settings["Version"] = f"sdsite {__version__}"
+    lines.append(", ".join(f"{key}: {quote(value)}" for key, value in settings.items()))
     return "\n".join(lines)
 
 
-def png_info(session) -> PngInfo:
+def png_info(session, model_hash: str | None = None, lora_hashes: str = "") -> PngInfo:
     info = PngInfo()
-    info.add_text(A1111_KEY, a1111_parameters(session))
+    info.add_text(A1111_KEY, a1111_parameters(session, model_hash, lora_hashes))
     info.add_text(SDSITE_KEY, json.dumps({"session_id": str(session.pk), **session.parameters()}))
     return info
 
 
-SETTING = re.compile(r"\s*([\w ]+):\s*([^,]+)(?:,|$)")
+SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+"""A1111's own pattern for one `Key: value` of the settings line (a value may be quoted)."""
+
+
+def unquote(text: str) -> str:
+    if text.startswith('"') and text.endswith('"'):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+    return text
 
 
 def parse_a1111(text: str) -> dict:
@@ -51,8 +84,32 @@ def parse_a1111(text: str) -> dict:
             negative = "\n".join(prompt_lines[index:])[len("Negative prompt: ") :]
             prompt_lines = prompt_lines[:index]
             break
-    settings = {key.strip(): value.strip() for key, value in SETTING.findall(settings_line)}
+    settings = {
+        key.strip(): unquote(value.strip()) for key, value in SETTING.findall(settings_line)
+    }
     return {"prompt": "\n".join(prompt_lines), "negative_prompt": negative, **settings}
+
+
+def from_a1111_text(text: str) -> dict:
+    """sdsite's parameters from A1111 `parameters` text (those it names; others left out)."""
+    from .pipelines.schedulers import from_a1111
+
+    read = parse_a1111(text)
+    found = {"prompt": read.pop("prompt"), "negative_prompt": read.pop("negative_prompt")}
+    kinds = {"int": int, "float": float}
+    for parameter in PARAMETERS:
+        value = read.get(parameter.a1111) if parameter.a1111 else None
+        if value is not None and parameter.kind in kinds:
+            with contextlib.suppress(ValueError):
+                found[parameter.name] = kinds[parameter.kind](value)
+    if "Sampler" in read:
+        scheduler = from_a1111(read["Sampler"], read.get("Schedule type"))
+        if scheduler:
+            found["scheduler"] = scheduler
+    size = read.get("Size", "")
+    if re.fullmatch(r"\d+x\d+", size):
+        found["width"], found["height"] = (int(side) for side in size.split("x"))
+    return {k: v for k, v in found.items() if v not in ("", None)}
 
 
 def read_parameters(image) -> tuple[str, dict]:
@@ -62,7 +119,7 @@ def read_parameters(image) -> tuple[str, dict]:
     through sd-parsers. ("", {}) for an image without any.
     """
     from .params import BY_A1111_API, BY_NAME
-    from .pipelines.schedulers import SCHEDULERS
+    from .pipelines.schedulers import from_a1111
 
     own = image.info.get(SDSITE_KEY)
     if own:
@@ -72,6 +129,11 @@ def read_parameters(image) -> tuple[str, dict]:
             values = None
         if isinstance(values, dict):
             return "sdsite", {k: v for k, v in values.items() if k in BY_NAME}
+    a1111 = image.info.get(A1111_KEY)
+    if isinstance(a1111, str) and "Steps: " in a1111:
+        # A1111's own rule for its text: sd-parsers (0.6) splits the settings at every
+        # comma, so a quoted value ("my model, v2") would come back in pieces.
+        return "automatic1111", from_a1111_text(a1111)
     from sd_parsers import ParserManager
 
     try:
@@ -83,8 +145,10 @@ def read_parameters(image) -> tuple[str, dict]:
     found = {"prompt": info.full_prompt, "negative_prompt": info.full_negative_prompt}
     if info.samplers:
         sampler = info.samplers[0]
-        if sampler.name in SCHEDULERS:
-            found["scheduler"] = sampler.name
+        schedule_type = info.metadata.get("Schedule type") or sampler.parameters.get("scheduler")
+        scheduler = from_a1111(sampler.name, str(schedule_type) if schedule_type else None)
+        if scheduler:
+            found["scheduler"] = scheduler
         kinds = {"int": int, "float": float}
         for key, value in sampler.parameters.items():
             known = BY_A1111_API.get(key)

@@ -1,15 +1,20 @@
 """A1111 names and metadata, and reproducible images, on the real demo pipeline."""
 
+import hashlib
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from django.core.management import call_command
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from generator import __version__
 from generator.metadata import parse_a1111
 from generator.models import Status
-from generator.pipelines import GenerationRequest, create_backend
+from generator.pipelines import GenerationRequest, create_backend, demo
 from generator.pipelines.schedulers import SCHEDULERS
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
@@ -67,6 +72,42 @@ def test_same_parameters_give_the_same_image(backends, backend_name):
     assert np.abs(first - other_seed).mean() > 10
 
 
+def test_metadata_is_written_as_a1111_writes_it_and_read_back_whole():
+    from sd_parsers import ParserManager
+
+    from generator.metadata import a1111_parameters, read_parameters
+    from generator.models import GenerationSession
+
+    session = GenerationSession(
+        prompt="a cat", negative_prompt="", steps=20, guidance_scale=7.0, width=512,
+        height=512, seed=9, scheduler="DPM++ 2M Karras", model="my demo, v2: final",
+        backend="pytorch",
+    )  # fmt: skip
+    text = a1111_parameters(session, model_hash="0123456789")
+    assert text.splitlines()[1] == (
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 9, "
+        'Size: 512x512, Model hash: 0123456789, Model: "my demo, v2: final", '
+        f"Backend: pytorch, Version: sdsite {__version__}"
+    )
+    assert parse_a1111(text)["Model"] == "my demo, v2: final"
+    # sd-parsers reads the rest (0.6 splits every value at commas, quoted or not); the
+    # page's PNG drop reads it all by A1111's rule, the schedule type back in sdsite's name.
+    info = PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    with Image.open(buffer) as image:
+        parsed = ParserManager().parse(image)
+        assert (parsed.full_prompt, parsed.samplers[0].parameters["seed"]) == ("a cat", "9")
+        source, read = read_parameters(image)
+    assert source == "automatic1111"
+    assert read == {
+        "prompt": "a cat", "steps": 20, "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0,
+        "seed": 9, "width": 512, "height": 512,
+    }  # fmt: skip
+    assert __version__ in Path("pyproject.toml").read_text()
+
+
 def test_the_png_carries_a1111_parameters_and_sdsite_json(make_session):
     session = make_session(
         prompt="a lighthouse, oil painting",
@@ -84,11 +125,13 @@ def test_the_png_carries_a1111_parameters_and_sdsite_json(make_session):
 
     with Image.open(session.image.path) as image:
         text = image.text
+    unet = demo.WEIGHTS / "unet" / "diffusion_pytorch_model.safetensors"
+    model_hash = hashlib.sha256(unet.read_bytes()).hexdigest()[:10]  # A1111's short hash
     assert text["parameters"].splitlines() == [
         "a lighthouse, oil painting",
         "Negative prompt: blurry",
-        "Steps: 2, Sampler: DPM++ 2M, CFG scale: 6.5, Seed: 123, Size: 64x96, Model: demo, "
-        "Backend: pytorch",
+        "Steps: 2, Sampler: DPM++ 2M, CFG scale: 6.5, Seed: 123, Size: 64x96, "
+        f"Model hash: {model_hash}, Model: demo, Backend: pytorch, Version: sdsite {__version__}",
     ]
     assert parse_a1111(text["parameters"]) == {
         "prompt": "a lighthouse, oil painting",
@@ -98,8 +141,10 @@ def test_the_png_carries_a1111_parameters_and_sdsite_json(make_session):
         "CFG scale": "6.5",
         "Seed": "123",
         "Size": "64x96",
+        "Model hash": model_hash,
         "Model": "demo",
         "Backend": "pytorch",
+        "Version": f"sdsite {__version__}",
     }
     stored = json.loads(text["sdsite"])
     assert stored["session_id"] == str(session.pk)

@@ -34,3 +34,23 @@ def make_scheduler(name: str, model_config):
             f"Unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}."
         ) from None
     return getattr(diffusers, class_name).from_config(model_config, **overrides)
+
+
+SCHEDULE_TYPES = ("Karras",)
+"""A1111's schedule types (1.9 and later) that a sampler name here may end with."""
+
+
+def a1111_sampler(name: str) -> tuple[str, str | None]:
+    """("DPM++ 2M", "Karras") for "DPM++ 2M Karras": A1111 1.9 writes them apart."""
+    for schedule_type in SCHEDULE_TYPES:
+        if name.endswith(f" {schedule_type}"):
+            return name[: -len(schedule_type) - 1], schedule_type
+    return name, None
+
+
+def from_a1111(sampler: str, schedule_type: str | None = None) -> str | None:
+    """The sampler named here for A1111's sampler and schedule type (None if none fits)."""
+    for candidate in (f"{sampler} {schedule_type}", sampler) if schedule_type else (sampler,):
+        if candidate in SCHEDULERS:
+            return candidate
+    return None

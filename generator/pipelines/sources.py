@@ -1,5 +1,7 @@
 """Where a model named in SD_MODEL comes from: the demo, a local folder, or a hub id."""
 
+import functools
+import hashlib
 from pathlib import Path
 
 from . import demo
@@ -21,3 +23,54 @@ def resolve_model(name: str) -> str:
     # Anything else is a hub id such as "stabilityai/sd-turbo"; from_pretrained
     # downloads it once into the Hugging Face cache (HF_HOME).
     return name
+
+
+DENOISER_WEIGHTS = [
+    f"{part}/diffusion_pytorch_model{variant}.{ext}"
+    for part in ("unet", "transformer")
+    for ext in ("safetensors", "bin")
+    for variant in ("", ".fp16")
+]
+
+
+def model_hash(name: str) -> str | None:
+    """A1111's "Model hash": the short sha256 (10 hex digits) of the checkpoint; for a
+    diffusers model, of its UNet's (or transformer's) weights file. None where the file is
+    not here (a hub model not downloaded yet)."""
+    try:
+        source = resolve_model(name)
+    except FileNotFoundError:
+        return None
+    for relative in DENOISER_WEIGHTS:
+        path = Path(source) / relative
+        if not path.is_file() and not Path(source).is_dir():
+            path = hub_file(source, relative)
+        if path is not None and path.is_file():
+            return file_sha256(path)[:10]
+    return None
+
+
+def hub_file(repo_id: str, relative: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, relative)
+    return Path(found) if isinstance(found, str) else None
+
+
+def file_sha256(path: Path, *, skip_header: bool = False) -> str:
+    """The file's sha256 (remembered while its size and time stay). `skip_header`: of a
+    safetensors file's tensors only, without its JSON header (A1111's LoRA hash)."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns, skip_header)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime: int, skip_header: bool) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        if skip_header:
+            header = int.from_bytes(file.read(8), "little")
+            file.seek(8 + header)
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -119,9 +119,10 @@ class ClaimedJob:
             default_storage.delete(stale)
         return written
 
-    def complete(self, image) -> bool:
+    def complete(self, image, **metadata) -> bool:
+        """Save the image, with `metadata` (model_hash, lora_hashes) in its PNG text."""
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", pnginfo=png_info(self.session))
+        image.save(buffer, format="PNG", pnginfo=png_info(self.session, **metadata))
         name = save_whole(
             GenerationSession.image.field.generate_filename(None, f"{self.session.pk}.png"),
             buffer.getvalue(),

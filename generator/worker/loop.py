@@ -20,6 +20,7 @@ from ..images import blurred_mask, fitted
 from ..models import WorkerRecord, model_key
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
+from ..pipelines.sources import model_hash
 from .chores import Chores
 from .claims import ClaimedJob, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
@@ -183,7 +184,7 @@ class Worker:
                 request_of(session), on_step=on_step, on_phase=on_phase, on_start=on_start
             )
             on_phase("saving")
-            if job.complete(image):
+            if job.complete(image, model_hash=model_hash(session.model)):
                 logger.info("Completed session %s", session.pk)
         except GenerationInterrupted:
             self.settle_interrupted(job)
