@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .images import output_size, read_upload
+from .loras import UnknownLora, loras_of
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
 from .webhooks import check_callback_url
@@ -124,6 +125,7 @@ class GenerateForm(forms.Form):
                 f"{width}x{height} is {width * height:,} pixels; this server allows at most "
                 f"{settings.SD_MAX_PIXELS:,} (SD_MAX_PIXELS), e.g. 1024x1024.",
             )
+        self._check_loras(data)
         if image is not None and mask is not None and image.size != mask.size:
             self.add_error(
                 "mask_image",
@@ -148,6 +150,22 @@ class GenerateForm(forms.Form):
                     f"Strength {strength:g} of {steps} steps runs no step: raise either.",
                 )
         return data
+
+    def _check_loras(self, data: dict) -> None:
+        """Every `<lora:...>` of the prompts is a LoRA here, on a backend that applies them."""
+        backend = data.get("backend") or settings.SD_BACKEND
+        for field in ("prompt", "negative_prompt"):
+            try:
+                named = loras_of(data.get(field) or "")
+            except UnknownLora as error:
+                self.add_error(field, str(error))
+                continue
+            if named and backend != Backend.PYTORCH:
+                self.add_error(
+                    field,
+                    f"LoRA ({', '.join(lora.name for lora, _ in named)}) need the pytorch "
+                    f"backend; the {backend} backend cannot apply them.",
+                )
 
     def queue_options(self) -> dict:
         """What the queue needs beyond the parameters: the count and the webhook."""

@@ -28,6 +28,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "var").resolve()
 MEDIA_ROOT = DATA_DIR / "media"
 MODELS_DIR = Path(os.environ.get("SD_MODELS_DIR") or DATA_DIR / "models").resolve()
+# LoRA files (.safetensors) that prompts may name as <lora:name:weight> (generator.loras).
+SD_LORA_DIR = Path(os.environ.get("SD_LORA_DIR") or DATA_DIR / "loras").resolve()
 for folder in (DATA_DIR, MEDIA_ROOT, MODELS_DIR, DATA_DIR / "static"):
     folder.mkdir(parents=True, exist_ok=True)
 # The database and the images are the service user's alone (0600 files, 0700

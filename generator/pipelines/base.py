@@ -79,6 +79,12 @@ class PipelineBackend(ABC):
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
         """The loaded pipeline for this request's mode (`request.mode`) and size."""
 
+    def apply_loras(self, request: GenerationRequest) -> None:
+        """Put the LoRA the prompts name in place for this job (and take away the last
+        job's). This backend applies none: a prompt that names one is refused."""
+        if extract_loras(request.prompt)[1] or extract_loras(request.negative_prompt)[1]:
+            raise ValueError(f"LoRA need the pytorch backend; {type(self).__name__} has none.")
+
     @abstractmethod
     def random_generator(self, seed: int):
         """The random source that makes a seed reproducible on this backend."""
@@ -93,6 +99,7 @@ class PipelineBackend(ABC):
         """Run the pipeline and return the PIL image; `on_start` marks the start of denoising."""
         pipe = self.pipeline_for(request, on_phase)
         pipe.scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        self.apply_loras(request)
         if on_start is not None:
             on_start()
         # No "denoising" phase write here: the first step's write says it, and

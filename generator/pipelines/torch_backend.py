@@ -9,6 +9,8 @@ class TorchBackend(PipelineBackend):
         super().__init__(model, device)
         self.pipe = None
         self.by_mode = {}
+        self.adapters: dict[str, str] = {}
+        """LoRA loaded as adapters: {adapter name: the file's hash when loaded}."""
 
     def load(self, on_phase: PhaseHook) -> None:
         import torch
@@ -47,7 +49,36 @@ class TorchBackend(PipelineBackend):
             self.by_mode[request.mode] = pipe
         return self.by_mode[request.mode]
 
+    def apply_loras(self, request: GenerationRequest) -> None:
+        """The prompts' LoRA as diffusers adapters (loaded once, weighted per job); a job
+        without LoRA runs with every adapter off, exactly the base model."""
+        from ..loras import lora_hash, loras_of
+
+        weights: dict[str, float] = {}
+        for lora, weight in loras_of(request.prompt) + loras_of(request.negative_prompt):
+            adapter = adapter_name(lora.name)
+            current = lora_hash(lora.path)
+            if self.adapters.get(adapter) != current:
+                if adapter in self.adapters:  # the file changed: load it afresh
+                    self.pipe.delete_adapters(adapter)
+                self.pipe.load_lora_weights(
+                    str(lora.path.parent), weight_name=lora.path.name, adapter_name=adapter
+                )
+                self.adapters[adapter] = current
+            weights[adapter] = weights.get(adapter, 0.0) + weight
+        if not weights:
+            if self.adapters:
+                self.pipe.disable_lora()
+            return
+        self.pipe.enable_lora()
+        self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+
     def random_generator(self, seed: int):
         import torch
 
         return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def adapter_name(name: str) -> str:
+    """A LoRA's name as a peft adapter name (letters, digits and underscores)."""
+    return "lora_" + "".join(c if c.isalnum() else "_" for c in name)

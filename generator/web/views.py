@@ -12,6 +12,7 @@ from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from .. import loras
 from ..forms import GenerateForm
 from ..images import open_upload
 from ..limits import check_queue, check_rate
@@ -79,6 +80,7 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
         "model": settings.SD_MODEL,
         "is_demo_model": settings.SD_MODEL == DEMO_MODEL,
         "demo": demo.vocabulary(),
+        "loras": list(loras.available().values()),
     }
 
 
@@ -103,6 +105,18 @@ def history_delete(request, session_id):
     page = request.POST.get("page", "")
     history_url = reverse("generator:history")
     return redirect(f"{history_url}?page={page}" if page.isdigit() else history_url)
+
+
+@require_GET
+def api_loras(request):
+    """The LoRA a prompt may name as <lora:name:weight>: name and model family, where told."""
+    return JsonResponse(
+        {
+            "loras": [
+                {"name": lora.name, "family": lora.family} for lora in loras.available().values()
+            ]
+        }
+    )
 
 
 @require_POST

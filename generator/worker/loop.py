@@ -17,6 +17,7 @@ from .. import logs
 from ..db import OUTAGE_ERRORS, until_database_answers
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
+from ..loras import hashes_text
 from ..models import WorkerRecord, model_key
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
@@ -184,7 +185,11 @@ class Worker:
                 request_of(session), on_step=on_step, on_phase=on_phase, on_start=on_start
             )
             on_phase("saving")
-            if job.complete(image, model_hash=model_hash(session.model)):
+            metadata = {
+                "model_hash": model_hash(session.model),
+                "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
+            }
+            if job.complete(image, **metadata):
                 logger.info("Completed session %s", session.pk)
         except GenerationInterrupted:
             self.settle_interrupted(job)

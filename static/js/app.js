@@ -501,6 +501,23 @@
     // The progress stream reports the cancellation itself.
   });
 
+  // The LoRA picker writes <lora:name:weight> at the end of the prompt.
+  const loraAdd = document.getElementById("lora-add");
+  if (loraAdd) {
+    const weight = document.getElementById("lora-weight");
+    const weightValue = document.getElementById("lora-weight-value");
+    weight.addEventListener("input", () => {
+      weightValue.textContent = Number(weight.value).toFixed(1);
+    });
+    loraAdd.addEventListener("click", () => {
+      const prompt = form.elements.prompt;
+      const tag = `<lora:${document.getElementById("lora-name").value}:${Number(weight.value).toFixed(1)}>`;
+      prompt.value = prompt.value.trim() ? `${prompt.value.trimEnd()} ${tag}` : tag;
+      prompt.dispatchEvent(new Event("input", { bubbles: true }));
+      prompt.focus();
+    });
+  }
+
   // Back and forward move between generations: the server renders each one.
   window.addEventListener("popstate", () => window.location.reload());
 

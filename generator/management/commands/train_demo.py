@@ -26,10 +26,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--checkpoint", type=int, default=0, help="Also save every N UNet steps (0: never)."
         )
+        parser.add_argument(
+            "--lora",
+            action="store_true",
+            help="Train only the demo LoRA (demo-swap) on the shipped model (about 2 minutes).",
+        )
 
     def handle(
         self, *args, out, vae_steps, unet_steps, dataset, refine_steps, refine_only, checkpoint,
-        **options,
+        lora, **options,
     ):  # fmt: skip
         import torch
 
@@ -47,6 +52,12 @@ class Command(BaseCommand):
             self.stdout.write(f"{stage} {step + 1}/{total} {figures}")
             self.stdout.flush()
 
+        if lora:
+            from generator.pipelines.demo.lora import train_lora
+
+            path = train_lora(report=report)
+            self.stdout.write(self.style.SUCCESS(f"Saved the demo LoRA in {path}"))
+            return
         if refine_only:
             demo_train.refine(plan, report, checkpoint)
         else:
