@@ -8,6 +8,8 @@ from .images import output_size, read_upload
 from .loras import UnknownLora, loras_of
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
+from .pipelines.schedulers import family_samplers, model_scheduler_class
+from .pipelines.sources import local_folder
 from .webhooks import check_callback_url
 
 FORM_FIELDS = {
@@ -65,6 +67,13 @@ class GenerateForm(forms.Form):
             self.fields[parameter.name] = form_field(parameter)
         self.fields["model"].choices = [(m, m) for m in settings.SD_MODELS]
         self.fields["model"].initial = settings.SD_MODEL
+        # The page offers the samplers of the served models' families (SD's for SD 1.x
+        # and SDXL, flow samplers for SD3 and Flux, LCM); `clean` checks the pair.
+        offered = {}
+        for model in settings.SD_MODELS:
+            folder = local_folder(model)
+            offered |= family_samplers(model_scheduler_class(str(folder) if folder else None))
+        self.fields["scheduler"].widget.choices = [(name, name) for name in offered]
         self.fields["backend"].choices = Backend.choices
         self.fields["backend"].initial = settings.SD_BACKEND
         self.fields["count"] = forms.IntegerField(
@@ -126,6 +135,7 @@ class GenerateForm(forms.Form):
                 f"{settings.SD_MAX_PIXELS:,} (SD_MAX_PIXELS), e.g. 1024x1024.",
             )
         self._check_loras(data)
+        self._check_sampler(data)
         if image is not None and mask is not None and image.size != mask.size:
             self.add_error(
                 "mask_image",
@@ -150,6 +160,20 @@ class GenerateForm(forms.Form):
                     f"Strength {strength:g} of {steps} steps runs no step: raise either.",
                 )
         return data
+
+    def _check_sampler(self, data: dict) -> None:
+        """The sampler must fit the model's family (flow-matching, LCM or SD), where the
+        model is here to tell."""
+        name = data.get("scheduler")
+        folder = local_folder(data.get("model") or settings.SD_MODEL)
+        scheduler_class = model_scheduler_class(str(folder) if folder else None)
+        samplers = family_samplers(scheduler_class)
+        if name and scheduler_class and name not in samplers:
+            self.add_error(
+                "scheduler",
+                f"{name} does not fit this model (its scheduler is {scheduler_class}): "
+                f"use {', '.join(samplers)}.",
+            )
 
     def _check_loras(self, data: dict) -> None:
         """Every `<lora:...>` of the prompts is a LoRA here, on a backend that applies them."""

@@ -28,13 +28,23 @@ from .models import (
 from .notify import notify_session_changed
 from .params import MAX_SEED, PARAMETERS, steps_to_run
 from .pipelines import demo
-from .pipelines.sources import DEMO_MODEL
+from .pipelines.schedulers import default_sampler, model_scheduler_class
+from .pipelines.sources import DEMO_MODEL, local_folder, native_size
 from .retention import check_media_quota
 
 
 def default_size(model: str) -> int:
-    """The demo model's own size (it was trained at it), else SD 1.x's."""
-    return demo.SIZE if model == DEMO_MODEL else 512
+    """The model's own size, from its configs (128 for the demo, 1024 for SDXL), else SD 1.x's
+    512 (a hub model not downloaded yet)."""
+    if model == DEMO_MODEL:
+        return demo.SIZE
+    return native_size(model) or 512
+
+
+def default_sampler_of(model: str) -> str:
+    """The sampler a job of this model gets when none is asked for (LCM for an LCM model)."""
+    folder = local_folder(model)
+    return default_sampler(model_scheduler_class(str(folder) if folder else None))
 
 
 def session_create(
@@ -59,6 +69,8 @@ def session_create(
     values.setdefault("width", default_size(values["model"]))
     values.setdefault("height", default_size(values["model"]))
     values.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
+    if parameters.get("scheduler") is None:
+        values["scheduler"] = default_sampler_of(values["model"])
     total_steps = steps_to_run(
         values["steps"],
         values["strength"],

@@ -22,7 +22,7 @@ from ..images import open_upload
 from ..metadata import a1111_parameters, read_parameters
 from ..models import Status
 from ..params import INPAINTING_FILLS, PARAMETERS, RESIZE_MODES
-from ..pipelines.schedulers import SCHEDULERS
+from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULERS
 from ..services import session_cancel
 from ..web.snapshots import preview_data_url
 from .common import decode_image, image_base64, own_sessions, queue, require_key
@@ -66,7 +66,7 @@ def sampler_of(body: dict) -> str | None:
     name = body.get("sampler_name") or body.get("sampler_index") or "Euler"
     schedule = str(body.get("scheduler") or "").lower()
     name = f"{name}{SCHEDULE_TYPES.get(schedule, '')}" if not name.endswith("Karras") else name
-    return name if name in SCHEDULERS else None
+    return name if name in ALL_SCHEDULERS else None
 
 
 def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, dict]:
@@ -74,7 +74,7 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     errors, ignored = {}, []
     sampler = sampler_of(body)
     if sampler is None:
-        errors["sampler_name"] = [f"Sampler not found: use one of {', '.join(SCHEDULERS)}."]
+        errors["sampler_name"] = [f"Sampler not found: use one of {', '.join(ALL_SCHEDULERS)}."]
     model = (body.get("override_settings") or {}).get("sd_model_checkpoint")
     if model is None and request.api_key is not None and request.api_key.default_model:
         model = request.api_key.default_model

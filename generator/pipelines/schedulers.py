@@ -1,7 +1,15 @@
-"""Samplers by their A1111 names, mapped to diffusers schedulers.
+"""Samplers by their A1111 names, mapped to diffusers schedulers, by the model's family.
 
-Both backends run diffusers' scheduler loop, so the same table serves both.
+Both backends run diffusers' scheduler loop, so the same tables serve both. A
+model's own scheduler (its `scheduler_config.json`) says its family: an SD-style
+noise-prediction model may take any sampler of SCHEDULERS; a flow-matching model
+(SD3, Flux) only the flow samplers; a distilled LCM model only LCM. Each sampler
+is built from the model's own config, so its settings (shift, timestep spacing,
+prediction type) carry over.
 """
+
+import json
+from pathlib import Path
 
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "Euler": ("EulerDiscreteScheduler", {}),
@@ -19,21 +27,60 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "LMS": ("LMSDiscreteScheduler", {}),
     "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
 }
+FLOW_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "Euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "Heun": ("FlowMatchHeunDiscreteScheduler", {}),
+}
+"""Flow-matching models (SD3, Flux): A1111 and Forge offer Euler for them."""
+LCM_SCHEDULERS: dict[str, tuple[str, dict]] = {"LCM": ("LCMScheduler", {})}
+"""Latent-consistency models (LCM distillations) need their own sampler."""
+
 DEFAULT_SCHEDULER = "Euler"
-SCHEDULER_CHOICES = [(name, name) for name in SCHEDULERS]
+ALL_SCHEDULERS = {**SCHEDULERS, **FLOW_SCHEDULERS, **LCM_SCHEDULERS}
+SCHEDULER_CHOICES = [(name, name) for name in ALL_SCHEDULERS]
+
+
+def family_samplers(scheduler_class: str | None) -> dict[str, tuple[str, dict]]:
+    """The samplers a model whose own scheduler is `scheduler_class` may run."""
+    if scheduler_class and scheduler_class.startswith("FlowMatch"):
+        return FLOW_SCHEDULERS
+    if scheduler_class == "LCMScheduler":
+        return LCM_SCHEDULERS
+    return SCHEDULERS
+
+
+def default_sampler(scheduler_class: str | None) -> str:
+    """The sampler a job of this model gets when none is asked for."""
+    samplers = family_samplers(scheduler_class)
+    return DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in samplers else next(iter(samplers))
 
 
 def make_scheduler(name: str, model_config):
-    """A fresh scheduler `name`, configured from the model's own scheduler config."""
+    """A fresh scheduler `name` of the model's family, configured from its own config."""
     import diffusers
 
+    samplers = family_samplers(model_config.get("_class_name"))
     try:
-        class_name, overrides = SCHEDULERS[name]
+        class_name, overrides = samplers[name]
     except KeyError:
         raise ValueError(
-            f"Unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}."
+            f"The sampler {name!r} does not fit this model (its scheduler is "
+            f"{model_config.get('_class_name')}): use one of {', '.join(samplers)}."
         ) from None
     return getattr(diffusers, class_name).from_config(model_config, **overrides)
+
+
+def model_scheduler_class(model_folder: str | None) -> str | None:
+    """The class of a model's own scheduler, read from its folder (None if unknown)."""
+    if model_folder is None:
+        return None
+    try:
+        config = json.loads(
+            (Path(model_folder) / "scheduler" / "scheduler_config.json").read_text()
+        )
+    except (OSError, ValueError):
+        return None
+    return config.get("_class_name")
 
 
 SCHEDULE_TYPES = ("Karras",)

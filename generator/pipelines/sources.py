@@ -25,6 +25,38 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def local_folder(name: str) -> Path | None:
+    """The model's folder on this machine (a local one, or a hub model's cached snapshot);
+    None for a hub model not downloaded here."""
+    try:
+        source = resolve_model(name)
+    except FileNotFoundError:
+        return None
+    if Path(source).is_dir():
+        return Path(source)
+    index = hub_file(source, "model_index.json")
+    return index.parent if index is not None else None
+
+
+def native_size(name: str) -> int | None:
+    """The image side the model was trained at, from its own configs: the denoiser's sample
+    size times the VAE's downscale (512 for SD 1.5, 1024 for SDXL and SD3)."""
+    import json
+
+    folder = local_folder(name)
+    if folder is None:
+        return None
+    for part in ("unet", "transformer"):
+        try:
+            sample = json.loads((folder / part / "config.json").read_text())["sample_size"]
+            blocks = json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if isinstance(sample, int):
+            return sample * 2 ** (len(blocks) - 1)
+    return None
+
+
 DENOISER_WEIGHTS = [
     f"{part}/diffusion_pytorch_model{variant}.{ext}"
     for part in ("unet", "transformer")

@@ -25,8 +25,9 @@ class TorchBackend(PipelineBackend):
         on_phase("loading model")
         # Half precision halves memory and doubles speed on a GPU; CPUs want float32.
         dtype = torch.float32 if device.type == "cpu" else torch.float16
+        source = resolve_model(self.model)
         pipe = AutoPipelineForText2Image.from_pretrained(
-            resolve_model(self.model), torch_dtype=dtype
+            source, torch_dtype=dtype, **left_out_parts(source)
         )
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
@@ -82,3 +83,16 @@ class TorchBackend(PipelineBackend):
 def adapter_name(name: str) -> str:
     """A LoRA's name as a peft adapter name (letters, digits and underscores)."""
     return "lora_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def left_out_parts(source: str) -> dict:
+    """{part: None} for each part the model's index leaves out (SD3 without T5 has no
+    text_encoder_3): diffusers wants them named to load without them."""
+    import json
+    from pathlib import Path
+
+    try:
+        index = json.loads((Path(source) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}  # a hub id: diffusers reads its index itself
+    return {name: None for name, value in index.items() if value == [None, None]}

@@ -1,0 +1,64 @@
+"""Models beyond SD 1.x, on tiny random SDXL and SD3 pipelines built here (tests/tiny_models.py):
+each generates with progress through the worker, keeps its own scheduler family, and takes its
+default size from its own configs."""
+
+import pytest
+from django.test import Client
+
+from generator.models import Status
+from generator.pipelines import GenerationRequest, create_backend
+from tests import tiny_models
+from tests.test_openvino import run_and_record
+
+# Nothing here depends on the database engine: CI runs it on SQLite only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
+
+
+@pytest.fixture(scope="module")
+def models(django_db_blocker):
+    return {"sdxl": str(tiny_models.sdxl()), "sd3": str(tiny_models.sd3())}
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_each_family_generates_with_progress_at_its_own_size(models, family, settings):
+    settings.SD_MODELS = ["demo", models[family]]
+    response = Client().post(
+        "/api/generate",
+        {"prompt": "a red circle", "model": models[family], "steps": 3},
+        content_type="application/json",
+    )
+    assert response.status_code == 202, response.content
+    from generator.models import GenerationSession
+
+    session = GenerationSession.objects.get(pk=response.json()["session_id"])
+    assert (session.width, session.height, session.scheduler) == (64, 64, "Euler")  # its own
+    steps, _ = run_and_record(session)
+    assert session.status == Status.COMPLETED, session.error
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_flow_matching_model_keeps_its_scheduler_family(models, settings):
+    backend = create_backend("pytorch", models["sd3"], "cpu")
+    backend.load(lambda phase: None)
+    for sampler, expected in [
+        ("Euler", "FlowMatchEulerDiscreteScheduler"), ("Heun", "FlowMatchHeunDiscreteScheduler")
+    ]:  # fmt: skip
+        request = GenerationRequest("a circle", "", 2, 5.0, 64, 64, 1, scheduler=sampler)
+        backend.generate(request, lambda *a: True, lambda phase: None)
+        assert type(backend.pipe.scheduler).__name__ == expected
+        assert backend.pipe.scheduler.config.shift == 3.0  # the model's own settings kept
+
+    # The web refuses a sampler of another family, naming the field; the SD model takes it.
+    settings.SD_MODELS = ["demo", models["sd3"]]
+    for model, sampler, status in [
+        (models["sd3"], "DPM++ 2M", 400), (models["sd3"], "Heun", 202),
+        ("demo", "DPM++ 2M", 202), ("demo", "Heun", 400),
+    ]:  # fmt: skip
+        response = Client().post(
+            "/api/generate",
+            {"prompt": "x", "model": model, "scheduler": sampler},
+            content_type="application/json",
+        )
+        assert response.status_code == status, (model, sampler, response.content)
+        if status == 400:
+            assert "does not fit this model" in response.json()["errors"]["scheduler"][0]
