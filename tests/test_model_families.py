@@ -62,3 +62,33 @@ def test_a_flow_matching_model_keeps_its_scheduler_family(models, settings):
         assert response.status_code == status, (model, sampler, response.content)
         if status == 400:
             assert "does not fit this model" in response.json()["errors"]["scheduler"][0]
+
+
+def test_sdxl_prompts_go_through_both_encoders_as_a1111_weights_them(models):
+    import numpy as np
+
+    backend = create_backend("pytorch", models["sdxl"], "cpu")
+    backend.load(lambda phase: None)
+
+    def pixels(prompt):
+        request = GenerationRequest(prompt, "", 3, 5.0, 64, 64, seed=4)
+        image = backend.generate(request, lambda *a: True, lambda phase: None)
+        return np.asarray(image).astype(int)
+
+    plain = pixels("a red circle")
+    # Exactly what diffusers makes of the text itself (its own two-encoder path)...
+    import torch
+
+    from generator.pipelines.schedulers import make_scheduler
+
+    backend.pipe.scheduler = make_scheduler("Euler", backend.scheduler_config)
+    own = backend.pipe(
+        prompt="a red circle", num_inference_steps=3, guidance_scale=5.0, width=64, height=64,
+        generator=torch.Generator().manual_seed(4),
+    ).images[0]  # fmt: skip
+    assert (np.asarray(own).astype(int) == plain).all()
+    # ...the syntax never reaches the model, and weights and long prompts do.
+    assert (pixels("a (red circle:1.0)") == plain).all()
+    assert np.abs(pixels("a (red:1.8) circle") - plain).mean() > 0
+    long = "a red circle, " + ", ".join(["plain"] * 80)
+    assert np.abs(pixels(long + " green") - pixels(long)).mean() > 0

@@ -8,8 +8,12 @@ weight, then the chunk is scaled back to its original mean (A1111's "Original"
 emphasis). A prompt whose weights are all 1 gets exactly the embeddings
 diffusers would have made from the text itself.
 
-Works for the one-encoder pipelines (SD 1.x and 2.x, the demo) on both backends:
-it needs only the pipeline's `tokenizer` and a callable `text_encoder`.
+Works for the one-encoder pipelines (SD 1.x and 2.x, the demo) on both backends
+(it needs only the pipeline's `tokenizer` and a callable `text_encoder`), and for
+SDXL on PyTorch: each chunk goes through both text encoders (their penultimate
+layers, side by side, as diffusers does), and the pooled embedding is the second
+encoder's of the first chunk, as in A1111. An empty negative prompt is zeros when
+the model says so (`force_zeros_for_empty_prompt`), as diffusers makes it.
 """
 
 from dataclasses import dataclass
@@ -24,12 +28,28 @@ class Chunk:
 
 
 def supports(pipe) -> bool:
-    """Whether the pipeline is one this module encodes for (one CLIP text encoder)."""
-    return (
+    """Whether the pipeline is one this module encodes for (one CLIP text encoder, or SDXL's
+    two on PyTorch)."""
+    one = (
         getattr(pipe, "tokenizer", None) is not None
         and getattr(pipe, "text_encoder", None) is not None
         and getattr(pipe, "tokenizer_2", None) is None
         and getattr(pipe, "text_encoder_2", None) is None
+    )
+    return one or is_sdxl(pipe)
+
+
+def is_sdxl(pipe) -> bool:
+    """SDXL on PyTorch: two CLIP encoders of one vocabulary, the second with a projection."""
+    import torch
+
+    encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
+    return (
+        "XL" in type(pipe).__name__
+        and all(isinstance(encoder, torch.nn.Module) for encoder in encoders)
+        and getattr(pipe, "tokenizer", None) is not None
+        and getattr(pipe, "tokenizer_2", None) is not None
+        and len(pipe.tokenizer) == len(pipe.tokenizer_2)
     )
 
 
@@ -61,22 +81,36 @@ def chunks_of(tokenizer, prompt: str) -> list[Chunk]:
 
 
 def encode(pipe, prompt: str, chunks_at_least: int = 1):
-    """[1, 77 * chunks, width] embeddings of `prompt` (padded with empty chunks to at least
-    `chunks_at_least`, so a prompt and its negative line up)."""
+    """([1, 77 * chunks, width] embeddings of `prompt`, SDXL's pooled embedding or None),
+    padded with empty chunks to at least `chunks_at_least` (a prompt and its negative
+    line up)."""
     import torch
 
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    tokenizer = pipe.tokenizer
     chunks = chunks_of(tokenizer, prompt)
     chunks += [Chunk([], []) for _ in range(chunks_at_least - len(chunks))]
     length = tokenizer.model_max_length
-    device = getattr(encoder, "device", "cpu")
-    encoded = []
+    sdxl = is_sdxl(pipe)
+    encoders = [(pipe.text_encoder, tokenizer)]
+    if sdxl:
+        encoders.append((pipe.text_encoder_2, pipe.tokenizer_2))
+    encoded, pooled = [], None
     for chunk in chunks:
-        ids = [tokenizer.bos_token_id, *chunk.ids, tokenizer.eos_token_id]
-        ids += [tokenizer.pad_token_id] * (length - len(ids))
         weights = [1.0, *chunk.weights] + [1.0] * (length - 1 - len(chunk.weights))
-        with torch.no_grad():
-            hidden = encoder(torch.tensor([ids], device=device))[0]
+        parts = []
+        for encoder, its_tokenizer in encoders:
+            ids = [its_tokenizer.bos_token_id, *chunk.ids, its_tokenizer.eos_token_id]
+            ids += [its_tokenizer.pad_token_id] * (length - len(ids))
+            device = getattr(encoder, "device", "cpu")
+            with torch.no_grad():
+                if not sdxl:
+                    parts.append(encoder(torch.tensor([ids], device=device))[0])
+                    continue
+                output = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+                parts.append(output.hidden_states[-2])
+                if pooled is None and output[0].ndim == 2:  # the second encoder's projection
+                    pooled = output[0]
+        hidden = torch.cat(parts, dim=-1)
         if any(weight != 1.0 for weight in weights):
             mean = hidden.mean()
             hidden = (
@@ -85,15 +119,27 @@ def encode(pipe, prompt: str, chunks_at_least: int = 1):
             )
             hidden = hidden * (mean / hidden.mean())
         encoded.append(hidden)
-    return torch.cat(encoded, dim=1)
+    return torch.cat(encoded, dim=1), pooled
 
 
 def prompt_embeddings(pipe, prompt: str, negative_prompt: str) -> dict:
-    """The pipeline's `prompt_embeds` and `negative_prompt_embeds` for these prompts."""
+    """The pipeline's `prompt_embeds` and `negative_prompt_embeds` (and SDXL's pooled ones)."""
+    import torch
+
     positive = len(chunks_of(pipe.tokenizer, prompt))
     negative = len(chunks_of(pipe.tokenizer, negative_prompt))
     both = max(positive, negative)
-    return {
-        "prompt_embeds": encode(pipe, prompt, both),
-        "negative_prompt_embeds": encode(pipe, negative_prompt, both),
-    }
+    embeds, pooled = encode(pipe, prompt, both)
+    negative_embeds, negative_pooled = encode(pipe, negative_prompt, both)
+    inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
+    if pooled is not None:
+        if not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            negative_embeds, negative_pooled = (
+                torch.zeros_like(negative_embeds), torch.zeros_like(pooled)
+            )  # fmt: skip
+        inputs |= {
+            "negative_prompt_embeds": negative_embeds,
+            "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
+    return inputs
