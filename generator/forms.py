@@ -8,7 +8,7 @@ from .images import output_size, read_upload
 from .loras import UnknownLora, loras_of
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
-from .pipelines.schedulers import family_samplers, model_scheduler_class
+from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
 from .webhooks import check_callback_url
 
@@ -174,6 +174,10 @@ class GenerateForm(forms.Form):
                 f"{name} does not fit this model (its scheduler is {scheduler_class}): "
                 f"use {', '.join(samplers)}.",
             )
+        schedule_type = data.get("schedule_type") or "Automatic"
+        problem = schedule_type_problem(name or "", schedule_type, samplers)
+        if name and problem:
+            self.add_error("schedule_type", problem)
 
     def _check_loras(self, data: dict) -> None:
         """Every `<lora:...>` of the prompts is a LoRA here, on a backend that applies them."""

@@ -46,9 +46,12 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
         if parameter.name == "scheduler":
             value, schedule_type = a1111_sampler(value)
             settings["Sampler"] = value
-            if schedule_type:
-                settings["Schedule type"] = schedule_type
+            chosen = values.get("schedule_type", "Automatic")
+            if chosen != "Automatic" or schedule_type:
+                settings["Schedule type"] = schedule_type if chosen == "Automatic" else chosen
             continue
+        if parameter.name == "schedule_type":
+            continue  # written beside the sampler
         settings[parameter.a1111] = value
     if lora_hashes:
         settings["Lora hashes"] = lora_hashes
@@ -92,7 +95,7 @@ def parse_a1111(text: str) -> dict:
 
 def from_a1111_text(text: str) -> dict:
     """sdsite's parameters from A1111 `parameters` text (those it names; others left out)."""
-    from .pipelines.schedulers import from_a1111
+    from .pipelines.schedulers import SCHEDULE_TYPES_SETTINGS, from_a1111
 
     read = parse_a1111(text)
     found = {"prompt": read.pop("prompt"), "negative_prompt": read.pop("negative_prompt")}
@@ -106,6 +109,10 @@ def from_a1111_text(text: str) -> dict:
         scheduler = from_a1111(read["Sampler"], read.get("Schedule type"))
         if scheduler:
             found["scheduler"] = scheduler
+        if not scheduler or not scheduler.endswith(str(read.get("Schedule type"))):
+            schedule_type = read.get("Schedule type")
+            if schedule_type in SCHEDULE_TYPES_SETTINGS:
+                found["schedule_type"] = schedule_type
     size = read.get("Size", "")
     if re.fullmatch(r"\d+x\d+", size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))

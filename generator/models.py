@@ -189,6 +189,7 @@ class GenerationSession(models.Model):
     height = models.PositiveSmallIntegerField(**P("height").model_options())
     seed = models.BigIntegerField(**P("seed").model_options())
     scheduler = models.CharField(max_length=32, **P("scheduler").model_options())
+    schedule_type = models.CharField(max_length=20, **P("schedule_type").model_options())
     backend = models.CharField(
         max_length=16, choices=Backend.choices, **P("backend").model_options()
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 
-from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULER_CHOICES
+from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULE_TYPE_CHOICES, SCHEDULER_CHOICES
 
 MAX_SEED = 2**32 - 1
 
@@ -130,6 +130,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         default=DEFAULT_SCHEDULER,
         choices=tuple(SCHEDULER_CHOICES),
         a1111="Sampler",
+    ),
+    Parameter(
+        "schedule_type",
+        "Schedule type",
+        "choice",
+        help="How the sampler spaces its noise levels (A1111's schedule type).",
+        default=SCHEDULE_TYPE_CHOICES[0][0],
+        choices=tuple(SCHEDULE_TYPE_CHOICES),
+        a1111="Schedule type",
+        a1111_api="scheduler",
     ),
     Parameter(
         "guidance_scale",

@@ -67,7 +67,9 @@ def test_webuiapi_txt2img_batches_with_consecutive_seeds_for_the_key_s_user(a111
 
     assert [image.size for image in result.images] == [(64, 64), (64, 64)]
     assert result.info["all_seeds"] == [5, 6]
-    assert result.info["sampler_name"] == "DPM++ 2M Karras"
+    # As A1111 1.9 answers: the sampler and its schedule type apart.
+    assert (result.info["sampler_name"], result.info["scheduler"]) == ("DPM++ 2M", "Karras")
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in result.info["infotexts"][0]
     assert result.info["ignored"] == ["enable_hr"]
     assert "Steps: 3" in result.info["infotexts"][0]
     sessions = GenerationSession.objects.filter(owner__username="tool")

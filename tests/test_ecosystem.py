@@ -149,3 +149,33 @@ def test_the_png_carries_a1111_parameters_and_sdsite_json(make_session):
     stored = json.loads(text["sdsite"])
     assert stored["session_id"] == str(session.pk)
     assert (stored["seed"], stored["scheduler"], stored["width"]) == (123, "DPM++ 2M", 64)
+
+
+def test_the_schedule_type_is_a_choice_of_its_own(backends):
+    backend = backends["pytorch"]
+    legacy, _ = generate(backend, scheduler="DPM++ 2M Karras")
+    apart, _ = generate(backend, scheduler="DPM++ 2M", schedule_type="Karras")
+    automatic, _ = generate(backend, scheduler="Euler")
+    karras, _ = generate(backend, scheduler="Euler", schedule_type="Karras")
+    assert np.array_equal(legacy, apart)  # the old name is the sampler and its schedule type
+    assert np.abs(karras - automatic).mean() > 0
+    for schedule_type in ("Exponential", "SGM Uniform"):
+        assert generate(backend, scheduler="Euler", schedule_type=schedule_type)[0].shape
+
+    from django.test import Client
+
+    from generator.metadata import a1111_parameters
+    from generator.models import GenerationSession
+
+    refused = Client().post(
+        "/api/generate",
+        {"prompt": "x", "scheduler": "DDIM", "schedule_type": "Karras"},
+        content_type="application/json",
+    )
+    assert refused.status_code == 400
+    assert "no Karras schedule" in refused.json()["errors"]["schedule_type"][0]
+    session = GenerationSession(
+        prompt="x", steps=2, guidance_scale=7.0, width=64, height=64, seed=1, scheduler="Euler",
+        schedule_type="Karras", model="demo", backend="pytorch",
+    )  # fmt: skip
+    assert "Sampler: Euler, Schedule type: Karras," in a1111_parameters(session)

@@ -22,7 +22,7 @@ from ..images import open_upload
 from ..metadata import a1111_parameters, read_parameters
 from ..models import Status
 from ..params import INPAINTING_FILLS, PARAMETERS, RESIZE_MODES
-from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULERS
+from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
 from ..services import session_cancel
 from ..web.snapshots import preview_data_url
 from .common import decode_image, image_base64, own_sessions, queue, require_key
@@ -31,7 +31,6 @@ from .common import wait_for_sessions as wait
 VERSION = "sdsite"
 # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
 FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent noise"}
-SCHEDULE_TYPES = {"karras": " Karras"}
 """A1111 >= 1.9 names the schedule apart: `DPM++ 2M` with `scheduler: Karras`."""
 IGNORED_IF_SET = (
     "enable_hr",
@@ -62,11 +61,17 @@ def body_of(request) -> dict | None:
 
 
 def sampler_of(body: dict) -> str | None:
-    """The sdsite sampler for A1111's names, old (`DPM++ 2M Karras`) and new (+ `scheduler`)."""
+    """The sdsite sampler for A1111's names, old (`DPM++ 2M Karras`) and new (its schedule
+    type apart, in `scheduler`)."""
     name = body.get("sampler_name") or body.get("sampler_index") or "Euler"
-    schedule = str(body.get("scheduler") or "").lower()
-    name = f"{name}{SCHEDULE_TYPES.get(schedule, '')}" if not name.endswith("Karras") else name
     return name if name in ALL_SCHEDULERS else None
+
+
+def schedule_type_of(body: dict) -> str | None:
+    """sdsite's schedule type for A1111's `scheduler` (its label or its name: `sgm_uniform`)."""
+    given = str(body.get("scheduler") or "automatic")
+    by_key = {name.lower().replace(" ", "_"): name for name in SCHEDULE_TYPES_SETTINGS}
+    return by_key.get(given.lower().replace(" ", "_"))
 
 
 def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, dict]:
@@ -88,7 +93,12 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.a1111_api in body}
     if data.get("seed") in (-1, ""):
         del data["seed"]  # random
+    schedule_type = schedule_type_of(body)
+    if schedule_type is None:
+        names = ", ".join(SCHEDULE_TYPES_SETTINGS)
+        errors["scheduler"] = [f"Schedule type not found: use one of {names}."]
     data |= {"scheduler": sampler, "model": model, "callback_url": body.get("callback_url")}
+    data["schedule_type"] = schedule_type
     data.setdefault("steps", 20)
     data.setdefault("negative_prompt", "")
     files = {}
@@ -295,10 +305,9 @@ def samplers(request):
 def schedulers(request):
     return JsonResponse(
         [
-            {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1,
-             "need_inner_model": False},
-            {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
-             "need_inner_model": False},
+            {"name": label.lower().replace(" ", "_"), "label": label, "aliases": None,
+             "default_rho": 7.0 if label == "Karras" else -1, "need_inner_model": False}
+            for label in SCHEDULE_TYPES_SETTINGS
         ],
         safe=False,
     )  # fmt: skip

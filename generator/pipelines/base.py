@@ -29,6 +29,7 @@ class GenerationRequest:
     height: int
     seed: int
     scheduler: str = "Euler"
+    schedule_type: str = "Automatic"
     strength: float = 0.75
     resize_mode: str = "just resize"
     mask_blur: int = 4
@@ -98,7 +99,9 @@ class PipelineBackend(ABC):
     ):
         """Run the pipeline and return the PIL image; `on_start` marks the start of denoising."""
         pipe = self.pipeline_for(request, on_phase)
-        pipe.scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        pipe.scheduler = make_scheduler(
+            request.scheduler, self.scheduler_config, request.schedule_type
+        )
         self.apply_loras(request)
         if on_start is not None:
             on_start()

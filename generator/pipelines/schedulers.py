@@ -35,6 +35,17 @@ FLOW_SCHEDULERS: dict[str, tuple[str, dict]] = {
 LCM_SCHEDULERS: dict[str, tuple[str, dict]] = {"LCM": ("LCMScheduler", {})}
 """Latent-consistency models (LCM distillations) need their own sampler."""
 
+SCHEDULE_TYPES_SETTINGS: dict[str, dict] = {
+    "Automatic": {},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "Beta": {"use_beta_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+}
+"""A1111's schedule types (1.9 and later) as settings of diffusers' schedulers; "Automatic"
+keeps the sampler's and the model's own."""
+SCHEDULE_TYPE_CHOICES = [(name, name) for name in SCHEDULE_TYPES_SETTINGS]
+
 DEFAULT_SCHEDULER = "Euler"
 ALL_SCHEDULERS = {**SCHEDULERS, **FLOW_SCHEDULERS, **LCM_SCHEDULERS}
 SCHEDULER_CHOICES = [(name, name) for name in ALL_SCHEDULERS]
@@ -55,8 +66,9 @@ def default_sampler(scheduler_class: str | None) -> str:
     return DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in samplers else next(iter(samplers))
 
 
-def make_scheduler(name: str, model_config):
-    """A fresh scheduler `name` of the model's family, configured from its own config."""
+def make_scheduler(name: str, model_config, schedule_type: str = "Automatic"):
+    """A fresh scheduler `name` of the model's family, configured from its own config, with
+    the schedule type's settings."""
     import diffusers
 
     samplers = family_samplers(model_config.get("_class_name"))
@@ -67,7 +79,33 @@ def make_scheduler(name: str, model_config):
             f"The sampler {name!r} does not fit this model (its scheduler is "
             f"{model_config.get('_class_name')}): use one of {', '.join(samplers)}."
         ) from None
-    return getattr(diffusers, class_name).from_config(model_config, **overrides)
+    scheduler_class = getattr(diffusers, class_name)
+    problem = schedule_type_problem(name, schedule_type, samplers)
+    if problem:
+        raise ValueError(problem)
+    settings = SCHEDULE_TYPES_SETTINGS[schedule_type]
+    return scheduler_class.from_config(model_config, **overrides, **settings)
+
+
+def schedule_type_problem(sampler: str, schedule_type: str, samplers=SCHEDULERS) -> str | None:
+    """Why the sampler (of the model family `samplers`) cannot take this schedule type."""
+    import inspect
+
+    import diffusers
+
+    settings = SCHEDULE_TYPES_SETTINGS.get(schedule_type)
+    if settings is None:
+        names = ", ".join(SCHEDULE_TYPES_SETTINGS)
+        return f"Unknown schedule type {schedule_type!r}: use one of {names}."
+    class_name, overrides = samplers.get(sampler, (None, {}))
+    if class_name is None or not settings:
+        return None
+    accepted = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    if any(key not in accepted for key in settings) or (
+        schedule_type != "Karras" and overrides.get("use_karras_sigmas")
+    ):
+        return f"The sampler {sampler} has no {schedule_type} schedule: choose Automatic."
+    return None
 
 
 def model_scheduler_class(model_folder: str | None) -> str | None:
