@@ -41,6 +41,26 @@ def default_size(model: str) -> int:
     return native_size(model) or 512
 
 
+DISTILLED_DEFAULTS = (
+    # (what the model is, its steps, its guidance): the settings their makers publish.
+    ("turbo", 1, 0.0),  # stabilityai/sd-turbo, sdxl-turbo: one step, no guidance
+    ("lightning", 4, 0.0),  # ByteDance/SDXL-Lightning's 4-step
+    ("LCMScheduler", 4, 1.0),  # latent-consistency distillations
+)
+
+
+def model_defaults(model: str) -> dict:
+    """Steps and guidance a distilled model needs, when none are asked for: told by its own
+    scheduler (LCM) or, where nothing in its files says it, by its name (turbo, lightning).
+    Empty for an ordinary model (the spec's defaults)."""
+    folder = local_folder(model)
+    scheduler_class = model_scheduler_class(str(folder) if folder else None) or ""
+    for marker, steps, guidance in DISTILLED_DEFAULTS:
+        if marker == scheduler_class or marker in model.lower():
+            return {"steps": steps, "guidance_scale": guidance}
+    return {}
+
+
 def default_sampler_of(model: str) -> str:
     """The sampler a job of this model gets when none is asked for (LCM for an LCM model)."""
     folder = local_folder(model)
@@ -65,6 +85,9 @@ def session_create(
     values = {p.name: p.default for p in PARAMETERS if p.default is not None}
     values |= {name: value for name, value in parameters.items() if value is not None}
     values.setdefault("model", settings.SD_MODEL)
+    for name, value in model_defaults(values["model"]).items():
+        if parameters.get(name) is None:
+            values[name] = value
     values.setdefault("backend", settings.SD_BACKEND)
     values.setdefault("width", default_size(values["model"]))
     values.setdefault("height", default_size(values["model"]))

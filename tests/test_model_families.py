@@ -92,3 +92,36 @@ def test_sdxl_prompts_go_through_both_encoders_as_a1111_weights_them(models):
     assert np.abs(pixels("a (red:1.8) circle") - plain).mean() > 0
     long = "a red circle, " + ", ".join(["plain"] * 80)
     assert np.abs(pixels(long + " green") - pixels(long)).mean() > 0
+
+
+def test_distilled_models_get_their_own_steps_guidance_and_sampler(models, tmp_path, make_session):
+    import json
+    import shutil
+
+    from tests.test_openvino import run_and_record
+
+    turbo = tmp_path / "tiny-sdxl-turbo"
+    shutil.copytree(models["sdxl"], turbo)
+    session = make_session(prompt="a red circle", model=str(turbo), steps=None)
+    assert (session.steps, session.guidance_scale, session.scheduler) == (1, 0.0, "Euler")
+    session.delete()
+
+    lcm = tmp_path / "tiny-lcm"  # the same model, distilled: its scheduler says LCM
+    shutil.copytree(models["sdxl"], lcm)
+    config_path = lcm / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text()) | {"_class_name": "LCMScheduler"}
+    config_path.write_text(json.dumps(config))
+    index_path = lcm / "model_index.json"
+    index_path.write_text(
+        json.dumps(
+            json.loads(index_path.read_text()) | {"scheduler": ["diffusers", "LCMScheduler"]}
+        )
+    )
+    session = make_session(prompt="a red circle", model=str(lcm), steps=None)
+    assert (session.steps, session.guidance_scale, session.scheduler) == (4, 1.0, "LCM")
+    steps, _ = run_and_record(session)
+    assert session.status == Status.COMPLETED, session.error
+    assert steps[-1] == (4, 4)
+    # Asked for, the user's own settings win.
+    asked = make_session(prompt="x", model=str(lcm), steps=6, guidance_scale=2.0)
+    assert (asked.steps, asked.guidance_scale) == (6, 2.0)
