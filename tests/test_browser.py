@@ -253,7 +253,7 @@ def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
 
     page.focus("#id_prompt")
     page.keyboard.type(" ")  # blank after trimming: the server refuses it
-    for _ in ("negative prompt", "start from an image", "advanced settings", "Generate"):
+    for _ in ("negative prompt", "LoRA", "start from an image", "advanced settings", "Generate"):
         page.keyboard.press("Tab")
     page.keyboard.press("Enter")
 
@@ -262,6 +262,17 @@ def test_keyboard_errors_and_a_phone_screen(new_page, web_server):
     assert page.evaluate("document.activeElement.id") == "id_prompt"  # focus went to the error
     assert page.inner_text("[data-error-for=prompt]") == "This field is required."
     assert page.is_hidden("#progress-text")
+
+    # The LoRA picker writes the A1111 tag into the prompt.
+    page.fill("#id_prompt", "a red circle on a blue background")
+    page.click("#lora-picker summary")
+    page.select_option("#lora-name", "demo-swap")
+    page.fill("#lora-weight", "0.5")
+    page.click("#lora-add")
+    assert page.input_value("#id_prompt") == (
+        "a red circle on a blue background <lora:demo-swap:0.5>"
+    )
+    assert page.inner_text("#lora-weight-value") == "0.5"
 
 
 def test_each_click_queues_and_the_page_lists_and_finishes_ones_own_queue(
