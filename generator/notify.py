@@ -1,7 +1,9 @@
-"""PostgreSQL LISTEN/NOTIFY: workers announce each progress write, web processes wake at once.
+"""PostgreSQL LISTEN/NOTIFY: workers announce each progress write, web processes wake at once;
+and a job entering the queue wakes idle workers at once.
 
-On SQLite (and if the listening connection drops) the progress hub's poll is
-the only path, so nothing here is needed for correctness, only for latency.
+On SQLite (and if the listening connection drops) the progress hub's poll and the
+workers' poll are the only paths, so nothing here is needed for correctness, only
+for latency.
 """
 
 import asyncio
@@ -13,6 +15,8 @@ from django.db import connection, connections
 logger = logging.getLogger(__name__)
 
 CHANNEL = "sdsite_progress"
+QUEUE_CHANNEL = "sdsite_queue"
+"""Notified when a session enters the queue (new, re-queued, released): idle workers claim."""
 
 
 def notify_session_changed(session_id) -> None:
@@ -21,6 +25,65 @@ def notify_session_changed(session_id) -> None:
         return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, str(session_id)])
+
+
+def notify_queued() -> None:
+    """Wake idle workers: a session is pending (PostgreSQL only; sent when the transaction
+    that queued it commits, so a woken worker finds the row)."""
+    if connection.vendor != "postgresql":
+        return
+
+    def send():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [QUEUE_CHANNEL])
+
+    from django.db import transaction
+
+    transaction.on_commit(send)
+
+
+class QueueListener:
+    """A worker's LISTEN on the queue channel, on a thread and a connection of its own.
+
+    `wake` is set on each notification; `listening` tells whether notifications can
+    arrive now (the worker polls while they cannot)."""
+
+    def __init__(self, conninfo: str, wake):
+        import threading
+
+        self.conninfo = conninfo
+        self.wake = wake
+        self.listening = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="queue-listener", daemon=True)
+
+    def start(self) -> "QueueListener":
+        self.thread.start()
+        return self
+
+    def run(self) -> None:
+        import psycopg
+
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    self.listening.set()
+                    self.wake.set()  # anything queued while it was away: look once
+                    logger.info("Listening for new jobs")
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.wake.set()
+            except Exception as exc:
+                if self.listening.is_set():
+                    logger.warning("Queue listener lost its connection (%s); polling", exc)
+            self.listening.clear()
+            self.wake.set()  # the worker goes back to polling
+            self.stopping.wait(1.0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
 
 
 def listener_conninfo() -> str | None:

@@ -25,7 +25,7 @@ from .models import (
     Status,
     WorkerRecord,
 )
-from .notify import notify_session_changed
+from .notify import notify_queued, notify_session_changed
 from .params import MAX_SEED, PARAMETERS, steps_to_run
 from .pipelines import demo
 from .pipelines.schedulers import default_sampler, model_scheduler_class
@@ -120,6 +120,7 @@ def session_create(
     )
     session.full_clean()
     session.save()
+    notify_queued()
     return session
 
 
@@ -315,6 +316,8 @@ def session_requeue(session_ids) -> int:
     delete_files(previews)
     for pk in ids:
         notify_session_changed(pk)
+    if count:
+        notify_queued()
     return count
 
 

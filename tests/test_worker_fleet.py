@@ -5,6 +5,7 @@ import threading
 
 import httpx
 import pytest
+from django.db import connection
 from django.test import Client
 
 from generator.models import GenerationSession, Status
@@ -291,3 +292,14 @@ def test_a_model_no_worker_can_load_fails_with_the_real_reason(make_session, sta
     assert done.status == Status.FAILED
     assert "does not exist on this worker" in done.error
     assert "huggingface" not in done.error
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+def test_a_queued_job_wakes_an_idle_worker_at_once(make_session, start_worker):
+    # A two-minute poll: only the notification can bring the job to the worker in time.
+    worker = start_worker("--poll-interval", "120")
+    wait_for(lambda: "Listening for new jobs" in worker.log(), timeout=60, message="the listener")
+    session = make_session(steps=2)
+    done = wait_until_status(session, Status.COMPLETED, Status.FAILED, timeout=60)
+    assert done.status == Status.COMPLETED, done.error
+    assert (done.started_at - done.created_at).total_seconds() < 30

@@ -27,7 +27,7 @@ from ..models import (
     Status,
     WorkerRecord,
 )
-from ..notify import notify_session_changed
+from ..notify import notify_queued, notify_session_changed
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ClaimedJob:
     def release(self, reason: str = WORKER_STOPPED) -> bool:
         """Give the job back to the queue (shutdown, a model this worker cannot load);
         the attempt does not count."""
-        return self._changed(
+        released = self._changed(
             self._mine().update(
                 status=Status.PENDING,
                 claim_token=None,
@@ -175,6 +175,9 @@ class ClaimedJob:
                 **FRESH_PROGRESS,
             )
         )
+        if released:
+            notify_queued()
+        return released
 
 
 def preview_name(session_id, step: int) -> str:
@@ -259,6 +262,8 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
                        "restart_reason": WORKER_LOST, **FRESH_PROGRESS}  # fmt: skip
         if same_claim.update(phase="", **changes):
             notify_session_changed(pk)
+            if changes["status"] == Status.PENDING:
+                notify_queued()
             logger.warning("Session %s lost by worker %s: now %s", pk, worker, changes["status"])
             outcomes[pk] = changes["status"]
     WorkerRecord.objects.exclude(pk__in=live_workers).delete()

@@ -19,6 +19,7 @@ from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
 from ..loras import hashes_text
 from ..models import WorkerRecord, model_key
+from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from ..pipelines.sources import model_hash
@@ -29,6 +30,10 @@ from .step_reporter import StepReporter
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
+
+
+IDLE_LOOK_SECONDS = 60.0
+"""With LISTEN, how often an idle worker still looks at the queue (a missed notification)."""
 
 
 class Worker:
@@ -58,6 +63,9 @@ class Worker:
         self.pipelines: OrderedDict[tuple[str, str], PipelineBackend] = OrderedDict()
         self.max_pipelines = settings.SD_WORKER_PIPELINES
         self.stopping = threading.Event()
+        self.wake = threading.Event()
+        """Set by a queue notification (PostgreSQL), or to stop: an idle worker looks now."""
+        self.listener: QueueListener | None = None
         self.stop_deadline: float | None = None
         self.current_job: ClaimedJob | None = None
         self.job_deadline: float | None = None
@@ -80,6 +88,9 @@ class Worker:
         chores.start()
         watchdog = Watchdog(self)
         watchdog.start()
+        conninfo = listener_conninfo()
+        if conninfo and not self.once and self.session_ids is None:
+            self.listener = QueueListener(conninfo, self.wake).start()
         logger.info(
             "Worker %s ready (device %s, serves %s)", self.worker_id, self.device, self.serves
         )
@@ -89,6 +100,8 @@ class Worker:
             heartbeat.stop()
             chores.stop()
             watchdog.stop()
+            if self.listener is not None:
+                self.listener.stop()
             with contextlib.suppress(*OUTAGE_ERRORS):  # the lease ends it anyway
                 unregister_worker(self.worker_id)
             close_old_connections()
@@ -96,6 +109,7 @@ class Worker:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            self.wake.clear()  # a notification from here on wakes the wait below
             close_old_connections()
             # A database outage is waited out here (one log line each way); a
             # job is never claimed, or failed, for the database's sake.
@@ -115,18 +129,27 @@ class Worker:
             if job is None:
                 if self.once:
                     return
-                self.stopping.wait(self.poll_interval)
+                self.wait_for_work()
                 continue
             with logs.job(job.session.pk):
                 self.process(job)
             if self.once:
                 return
 
+    def wait_for_work(self) -> None:
+        """Idle: on PostgreSQL, until a job is queued (LISTEN; a look a minute in case a
+        notification was missed); else, or while the listener is down, a poll interval."""
+        if self.listener is not None and self.listener.listening.is_set():
+            self.wake.wait(IDLE_LOOK_SECONDS)
+        else:
+            self.wake.wait(self.poll_interval)
+
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming; interrupt the current job once `grace` seconds have passed."""
         grace = self.grace if grace is None else grace
         self.stop_deadline = time.monotonic() + grace
         self.stopping.set()
+        self.wake.set()
 
     def past_grace(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
