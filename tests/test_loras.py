@@ -108,3 +108,24 @@ def test_the_png_names_the_lora_and_its_hash(make_session):
     digest = hashlib.sha256(tensors).hexdigest()[:12]  # A1111's hash of the tensors alone
     with Image.open(session.image.path) as image:
         assert f'Lora hashes: "demo-swap: {digest}"' in image.text["parameters"]
+
+
+def test_a_kohya_format_lora_applies_as_its_diffusers_twin(backend, settings, tmp_path):
+    """The demo LoRA rewritten with kohya's names (lora_unet_..., lora_down/up, alpha)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    kohya = {}
+    for key, tensor in load_file(DEMO_LORA).items():
+        module, _, kind = key.removeprefix("unet.").partition(".lora.")
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.lora_{kind.split('.')[0]}.weight"] = tensor
+        kohya[f"{name}.alpha"] = torch.tensor(8.0, dtype=torch.float16)  # rank 8, scale 1
+    settings.SD_LORA_DIR = tmp_path
+    save_file(kohya, tmp_path / "kohya-swap.safetensors")
+
+    prompt = world.caption_of(*SCENES[0])
+    theirs = np.asarray(draw(backend, prompt + " <lora:kohya-swap:1>", seed=0)).astype(int)
+    ours = np.asarray(draw(backend, prompt + " <lora:demo-swap:1>", seed=0)).astype(int)
+    plain = np.asarray(draw(backend, prompt, seed=0)).astype(int)
+    assert np.abs(theirs - ours).mean() < 1 < np.abs(theirs - plain).mean()
