@@ -5,8 +5,9 @@
 
 Prints claim throughput (sessions claimed per second by 1 and by 3 concurrent
 claimer processes, each session claimed exactly once) and the pickup delay of
-an idle `runworker` (its default 0.2 s poll): the time from the row's creation
-by POST /api/generate to its claim, median and p95.
+an idle `runworker` (woken by LISTEN/NOTIFY on PostgreSQL, its 0.2 s poll on
+SQLite): the time from the row's creation by POST /api/generate to its claim,
+median and p95.
 """
 
 import argparse
@@ -125,8 +126,9 @@ def main():
     delays = pickup_delays(args.jobs)
     median = statistics.median(delays) * 1000
     p95 = statistics.quantiles(delays, n=20)[-1] * 1000
+    how = "woken by LISTEN/NOTIFY" if connection.vendor == "postgresql" else "polling every 0.2 s"
     print(
-        f"pickup delay, idle worker polling every 0.2 s ({len(delays)} jobs): "
+        f"pickup delay, idle worker {how} ({len(delays)} jobs): "
         f"median {median:.0f} ms, p95 {p95:.0f} ms, max {max(delays) * 1000:.0f} ms"
     )
 

@@ -206,3 +206,44 @@ class PostgresCluster:
             capture_output=True,
         )
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RecordedWrites:
+    """The progress writes of the jobs this process runs: (step, total) and phases, in order.
+
+    Steps are written by each job's ProgressWriter thread, on a connection of its own
+    that Django's query capture does not see; this wraps the ClaimedJob methods that
+    write them (calling through) instead."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, int]] = []
+        self.phases: list[str] = []
+
+    def __enter__(self):
+        from generator.worker.claims import ClaimedJob
+
+        self.originals = ClaimedJob.record_step, ClaimedJob.record_phase
+        record_step, record_phase = self.originals
+        recorded = self
+
+        def step(job, step, total, **fields):
+            written = record_step(job, step, total, **fields)
+            recorded.steps.append((step, total))
+            recorded._phase("decoding" if step >= total else "denoising")
+            return written
+
+        def phase(job, name):
+            recorded._phase(name)
+            return record_phase(job, name)
+
+        ClaimedJob.record_step, ClaimedJob.record_phase = step, phase
+        return self
+
+    def _phase(self, name: str) -> None:
+        if name and (not self.phases or self.phases[-1] != name):
+            self.phases.append(name)
+
+    def __exit__(self, *exc):
+        from generator.worker.claims import ClaimedJob
+
+        ClaimedJob.record_step, ClaimedJob.record_phase = self.originals

@@ -1,18 +1,14 @@
 """The OpenVINO backend against the PyTorch one, on the demo model (real pipelines)."""
 
-import re
-
 import numpy as np
 import pytest
 from django.core.management import call_command
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 from PIL import Image
 
 from generator.models import GenerationSession, Status
 from generator.pipelines import GenerationRequest, create_backend
 from generator.pipelines.openvino_ir import ir_cache_dir
-from tests.processes import wait_for
+from tests.processes import RecordedWrites, wait_for
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
@@ -26,20 +22,10 @@ MAX_MEAN_ABS_PIXEL_DIFFERENCE = 3.0
 
 def run_and_record(session):
     """Run `session` in this process; return its (step, total) writes and phases."""
-    with CaptureQueriesContext(connection) as queries:
+    with RecordedWrites() as writes:
         call_command("runworker", once=True, verbosity=0)
-    steps, phases = [], []
-    for query in queries:
-        sql = query["sql"]
-        if not sql.startswith("UPDATE"):
-            continue
-        if match := re.search(r'"current_step" = (\d+), "total_steps" = (\d+)', sql):
-            steps.append((int(match.group(1)), int(match.group(2))))
-        match = re.search(r"\"phase\" = '([^']*)'", sql)
-        if match and (not phases or phases[-1] != match.group(1)):
-            phases.append(match.group(1))
     session.refresh_from_db()
-    return steps, phases
+    return writes.steps, writes.phases
 
 
 def test_both_backends_report_the_same_steps_and_agree_on_the_image(make_session):

@@ -23,19 +23,34 @@ JPEG_QUALITY = 70
 
 def latents_to_image(latents):
     """The first image of a (batch, channels, height, width) latent tensor, as a PIL image."""
-    import torch
-    from PIL import Image
+    return rgb_to_image(latents_to_rgb(latents))
 
-    x = torch.as_tensor(latents)[0].detach().float().cpu()
+
+def latents_to_rgb(latents):
+    """The first image's small RGB picture (3, h, w) as 8-bit values, on the CPU.
+
+    The projection runs where the latents are (one small matmul on a GPU); only the
+    small result crosses to the CPU, and the pipeline's tensors are never touched."""
+    import torch
+
+    x = torch.as_tensor(latents)[0].detach().float()
     if x.shape[0] == len(SD_LATENT_RGB):
-        rgb = torch.einsum("chw,cr->rhw", x, torch.tensor(SD_LATENT_RGB)).add(1).div(2)
+        factors = torch.tensor(SD_LATENT_RGB, device=x.device)
+        rgb = torch.einsum("chw,cr->rhw", x, factors).add(1).div(2)
     else:
         # An unknown latent space: its first three channels, each stretched to 0..1.
         rgb = x[:3]
         low = rgb.amin(dim=(1, 2), keepdim=True)
         high = rgb.amax(dim=(1, 2), keepdim=True)
         rgb = (rgb - low) / (high - low).clamp_min(1e-6)
-    pixels = rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def rgb_to_image(rgb):
+    """The PIL picture of `latents_to_rgb`'s result, scaled up for the page."""
+    from PIL import Image
+
+    pixels = rgb.permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels if pixels.shape[2] == 3 else pixels[:, :, 0])
     scale = min(UPSCALE, MAX_SIDE / max(image.size))
     if scale > 1:

@@ -90,14 +90,18 @@ class ClaimedJob:
         step_seconds: list[float] = (),
         eta_seconds: float | None = None,
         preview: bytes | None = None,
+        preview_step: int | None = None,
+        recorded_at: float | None = None,
     ) -> bool:
-        """Write the step (and a new live preview); False tells the pipeline to stop."""
+        """Write the step (and a new live preview, of `preview_step`: this step unless
+        said); False tells the pipeline to stop. `recorded_at`: when the step ended (Unix
+        time; now unless said)."""
         # After the last step the pipeline decodes the latents: say so, so the
         # page does not sit at a silent 100 %.
         fields = {
             "current_step": step,
             "total_steps": total,
-            "step_recorded_at": time.time(),
+            "step_recorded_at": recorded_at or time.time(),
             "phase": "decoding" if step >= total else "denoising",
             "step_seconds": list(step_seconds),
             "eta_seconds": eta_seconds,
@@ -111,7 +115,7 @@ class ClaimedJob:
         except OSError:  # a full disk, say: previews are a nicety, the step is not
             logger.warning("Could not write the preview of session %s", self.session.pk)
             return self._update(**fields)
-        written = self._update(**fields, preview=name, preview_step=step)
+        written = self._update(**fields, preview=name, preview_step=preview_step or step)
         stale, self.preview_name = (
             (self.preview_name, name) if written else (name, self.preview_name)
         )

@@ -26,7 +26,7 @@ from ..pipelines.sources import model_hash
 from .chores import Chores
 from .claims import ClaimedJob, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
-from .step_reporter import StepReporter
+from .step_reporter import ProgressWriter, StepReporter
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -165,11 +165,14 @@ class Worker:
         )
 
         timing = measured_timing(session.model, session.backend, session.width, session.height)
+        writer = ProgressWriter(job)
+        writer.start()
         report_step = StepReporter(
             job,
             seconds_after_steps=timing.seconds_after_steps if timing else 0.0,
             previews=settings.SD_PREVIEWS,
             preview_interval=settings.SD_PREVIEW_INTERVAL,
+            writer=writer,
         )
 
         self.timed_out = False
@@ -191,7 +194,9 @@ class Worker:
             return report_step(step, total, latents)
 
         def on_phase(phase: str) -> None:
-            if self.past_grace() or over_time() or not job.record_phase(phase):
+            # In order: the steps handed to the writer are written before the phase.
+            going = writer.flush()
+            if not going or self.past_grace() or over_time() or not job.record_phase(phase):
                 raise GenerationInterrupted
 
         self.current_job = job
@@ -222,6 +227,7 @@ class Worker:
                 free_accelerator_memory()
             until_database_answers(job.fail, describe_error(exc), what="a failed job's record")
         finally:
+            writer.close()
             self.current_job, self.job_deadline = None, None
 
     def settle_interrupted(self, job: ClaimedJob) -> None:
