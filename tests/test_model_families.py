@@ -34,7 +34,8 @@ def test_each_family_generates_with_progress_at_its_own_size(models, family, set
     assert (session.width, session.height, session.scheduler) == (64, 64, "Euler")  # its own
     steps, _ = run_and_record(session)
     assert session.status == Status.COMPLETED, session.error
-    assert steps == [(1, 3), (2, 3), (3, 3)]
+    # In order, the last always (the writer may coalesce steps it could not keep up with).
+    assert steps == sorted(set(steps)) and steps[-1] == (3, 3)
 
 
 def test_a_flow_matching_model_keeps_its_scheduler_family(models, settings):

@@ -133,10 +133,13 @@ class ClaimedJob:
         )
         # A cancel that arrives after the last step loses to the finished image.
         # The image is kept through a database outage: the write waits for it.
+        # The last step is in, whatever the progress writer still holds (its writes find
+        # the job finished and change nothing).
         done = until_database_answers(
             retry_on_locked(self._mine().update),
             what=f"the completion of session {self.session.pk}",
             status=Status.COMPLETED,
+            current_step=F("total_steps"),
             phase="",
             image=name,
             finished_at=timezone.now(),

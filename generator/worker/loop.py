@@ -32,6 +32,7 @@ from .watchdog import Watchdog
 logger = logging.getLogger(__name__)
 
 
+TIMING_CACHE_SECONDS = 60.0
 IDLE_LOOK_SECONDS = 60.0
 """With LISTEN, how often an idle worker still looks at the queue (a missed notification)."""
 
@@ -72,6 +73,7 @@ class Worker:
         self.timed_out = False
         # Models this worker failed to load: {(backend, model): (why, when to try again)}.
         self.cannot_load: dict[tuple[str, str], tuple[str, float]] = {}
+        self.timings: dict[tuple, tuple[float, object]] = {}
 
     def run(self) -> None:
         self._install_signal_handlers()
@@ -164,7 +166,7 @@ class Worker:
             session.attempts + 1,
         )
 
-        timing = measured_timing(session.model, session.backend, session.width, session.height)
+        timing = self.timing_of(session)
         writer = ProgressWriter(job)
         writer.start()
         report_step = StepReporter(
@@ -178,7 +180,9 @@ class Worker:
         self.timed_out = False
 
         def on_start() -> None:
-            if not job.begin():  # cancelled, or the claim lost, while it loaded
+            # The attempt is counted by the writer, off the loop; cancelled, or the claim
+            # lost, while the model loaded: stop.
+            if not writer.submit_call("begin"):
                 raise GenerationInterrupted
             report_step.start()
             if settings.SD_JOB_TIMEOUT:
@@ -194,9 +198,9 @@ class Worker:
             return report_step(step, total, latents)
 
         def on_phase(phase: str) -> None:
-            # In order: the steps handed to the writer are written before the phase.
-            going = writer.flush()
-            if not going or self.past_grace() or over_time() or not job.record_phase(phase):
+            # Through the writer, in order after the steps handed to it.
+            going = writer.submit_call("record_phase", phase)
+            if not going or self.past_grace() or over_time():
                 raise GenerationInterrupted
 
         self.current_job = job
@@ -229,6 +233,15 @@ class Worker:
         finally:
             writer.close()
             self.current_job, self.job_deadline = None, None
+
+    def timing_of(self, session):
+        """The measured step timing of jobs like this one (for the ETA), read at most once
+        a minute per model, backend and size: a job does not wait on it."""
+        key = (session.model, session.backend, session.width, session.height)
+        cached = self.timings.get(key)
+        if cached is None or time.monotonic() - cached[0] > TIMING_CACHE_SECONDS:
+            cached = self.timings[key] = (time.monotonic(), measured_timing(*key))
+        return cached[1]
 
     def settle_interrupted(self, job: ClaimedJob) -> None:
         until_database_answers(self._settle_interrupted, job, what="an interrupted job's record")

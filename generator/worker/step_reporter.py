@@ -4,9 +4,10 @@ The denoising loop never waits on the database: the step callback hands the step
 (and, when one is due, the small RGB preview, projected where the latents are) to
 the job's ProgressWriter thread and returns at once. The writer writes the newest
 step it holds: if steps come faster than the database takes them, the ones in
-between are skipped (coalesced), but the last step is always written, and a phase
-change first waits for the steps before it. The callback stops the pipeline as
-soon as the writer learns that the job was cancelled or its claim lost.
+between are skipped (coalesced), but the last step is always written, and the
+other writes (the start of denoising, a phase) keep their order among the steps.
+The callback stops the pipeline as soon as the writer learns that the job was
+cancelled or its claim lost.
 """
 
 import logging
@@ -28,7 +29,8 @@ class ProgressWriter(threading.Thread):
     def __init__(self, job):
         super().__init__(name="progress-writer", daemon=True)
         self.job = job
-        self.pending: dict | None = None
+        self.pending: list[dict] = []
+        """What is still to write, in order; only the newest of consecutive steps is kept."""
         self.changed = threading.Condition()
         self.writing = False
         self.closed = False
@@ -40,24 +42,35 @@ class ProgressWriter(threading.Thread):
     def submit(self, step: int, total: int, preview_rgb=None, **fields) -> bool:
         """Hand over a step; returns at once whether the job should go on."""
         with self.changed:
-            held = self.pending
-            if preview_rgb is None and held is not None and held.get("preview_rgb") is not None:
-                # A skipped step's preview still shows, with the newer numbers.
-                preview_rgb, fields["preview_step"] = held["preview_rgb"], held["preview_step"]
-            self.pending = {"step": step, "total": total, "preview_rgb": preview_rgb, **fields}
-            self.pending.setdefault("preview_step", step)
-            self.changed.notify()
-            return self.keep_going
+            held = self.pending[-1] if self.pending and "step" in self.pending[-1] else None
+            if held is not None:
+                self.pending.pop()  # coalesced: the newer step replaces it
+                if preview_rgb is None and held["preview_rgb"] is not None:
+                    # A skipped step's preview still shows, with the newer numbers.
+                    preview_rgb, fields["preview_step"] = held["preview_rgb"], held["preview_step"]
+            item = {"step": step, "total": total, "preview_rgb": preview_rgb, **fields}
+            item.setdefault("preview_step", step)
+            return self._add(item)
+
+    def submit_call(self, method: str, *args) -> bool:
+        """Hand over another write of the job (`begin`, `record_phase`), kept in order."""
+        with self.changed:
+            return self._add({"call": method, "args": args})
+
+    def _add(self, item: dict) -> bool:
+        self.pending.append(item)
+        self.changed.notify()
+        return self.keep_going
 
     def run(self) -> None:
         try:
             while True:
                 with self.changed:
-                    while self.pending is None and not self.closed:
+                    while not self.pending and not self.closed:
                         self.changed.wait()
-                    if self.pending is None:
+                    if not self.pending:
                         return
-                    item, self.pending = self.pending, None
+                    item = self.pending.pop(0)
                     self.writing = True
                 try:
                     if self.keep_going:
@@ -72,6 +85,8 @@ class ProgressWriter(threading.Thread):
             connections.close_all()
 
     def write(self, item: dict) -> bool:
+        if "call" in item:
+            return getattr(self.job, item["call"])(*item["args"])
         preview = None
         if item["preview_rgb"] is not None:
             try:
@@ -93,7 +108,7 @@ class ProgressWriter(threading.Thread):
     def flush(self) -> bool:
         """Wait until every step handed over is written; whether the job should go on."""
         with self.changed:
-            while self.pending is not None or self.writing:
+            while self.pending or self.writing:
                 self.changed.wait()
             return self.keep_going
 
