@@ -435,7 +435,7 @@ def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker)
     from tests.processes import PostgresCluster, wait_for
 
     cluster = PostgresCluster(tmp_path)
-    server = None
+    server = worker = None
     try:
         cluster.migrate()
         server = WebServer(tmp_path, DATABASE_URL=cluster.url)
@@ -468,8 +468,9 @@ def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker)
         assert "Traceback" not in worker.log()
         client.close()
     finally:
-        if server:
-            server.stop()
+        for process in (worker, server):  # before the cluster goes, or they wait on it
+            if process:
+                process.stop()
         cluster.remove()
 
 

@@ -79,6 +79,7 @@ def test_three_workers_run_thirty_sessions_each_exactly_once(make_session, start
     assert not GenerationSession.objects.exclude(status=Status.COMPLETED).exists()
 
 
+@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_poison_job_ends_failed_after_the_last_attempt(make_session, start_worker, settings):
     session = make_session(steps=150, width=128, height=128)
     for attempt in (1, 2):
@@ -97,6 +98,7 @@ def test_a_poison_job_ends_failed_after_the_last_attempt(make_session, start_wor
     assert failed.error == "worker lost (attempt 2 of 2)"
 
 
+@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_sigterm_lets_the_current_job_finish_within_the_grace_period(make_session, start_worker):
     session = make_session(steps=15, width=128, height=128)
     worker = start_worker("--grace", "120")
@@ -108,6 +110,7 @@ def test_sigterm_lets_the_current_job_finish_within_the_grace_period(make_sessio
     assert reload(session).status == Status.COMPLETED
 
 
+@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_sigterm_past_the_grace_period_releases_the_job_to_another_worker(
     make_session, start_worker
 ):
@@ -128,6 +131,7 @@ def test_sigterm_past_the_grace_period_releases_the_job_to_another_worker(
     assert done.status == Status.COMPLETED, done.error
 
 
+@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_running_session_is_cancelled_at_its_next_step(make_session, start_worker, web_server):
     session = make_session(steps=150, width=128, height=128)
     worker = start_worker()
@@ -187,6 +191,7 @@ def test_out_of_memory_fails_the_session_and_the_worker_takes_the_next(make_sess
     assert reload(next_one).status == Status.COMPLETED
 
 
+@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_lost_worker_is_told_on_the_stream_and_its_restart_too(
     tmp_path, make_session, start_worker, settings
 ):
