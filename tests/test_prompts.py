@@ -4,6 +4,8 @@ import pytest
 
 from generator.prompts import Fragment, extract_loras, parse_attention
 
+pytestmark = pytest.mark.any_database  # text only: CI runs it once, on SQLite
+
 
 def fragments(prompt):
     return [(f.text, round(f.weight, 6)) for f in parse_attention(prompt)]

@@ -276,7 +276,7 @@ def test_a_worker_that_cannot_load_a_model_leaves_its_jobs_to_one_that_can(
     model_copy(bad_home, broken=True)
     start_worker(HOME=str(good_home))
     wait_for(lambda: WorkerRecord.objects.filter(ready=True).count() == 1, timeout=60)
-    sessions = [make_session(model="~/model", steps=2) for _ in range(6)]
+    sessions = [make_session(model="~/model", steps=2) for _ in range(4)]
     broken = start_worker(HOME=str(bad_home))
 
     for session in sessions:
