@@ -13,6 +13,8 @@ import httpx
 from django.conf import settings
 from django.db import connection
 
+from tests.forked import ForkedPopen
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,9 +63,12 @@ def free_port() -> int:
 
 
 class Process:
-    def __init__(self, args, env, log_path: Path, preexec_fn=None):
+    def __init__(self, args, env, log_path: Path, preexec_fn=None, forked: bool = False):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        if forked:  # a management command, forked from a parent with the libraries imported
+            self.popen = ForkedPopen(["manage.py", *args], env, ROOT, log_path)
+            return
         self.popen = subprocess.Popen(
             args,
             cwd=ROOT,
@@ -133,9 +138,9 @@ class WorkerProcess(Process):
 
     def __init__(self, tmp_path: Path, *extra_args, **env):
         WorkerProcess.count += 1
-        args = [sys.executable, "manage.py", "runworker", "--poll-interval", "0.05", *extra_args]
+        args = ["runworker", "--poll-interval", "0.05", *extra_args]
         log = tmp_path / f"worker-{WorkerProcess.count}.log"
-        super().__init__(args, process_env(**env), log)
+        super().__init__(args, process_env(**env), log, forked=True)
 
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))

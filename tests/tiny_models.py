@@ -47,8 +47,12 @@ def _built(name: str, build) -> Path:
     if not (folder / "model_index.json").exists():
         staging = Path(tempfile.mkdtemp(dir=Path(settings.MODELS_DIR)))
         build().save_pretrained(staging)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except OSError:  # another test process (pytest -n) finished the same build first
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (folder / "model_index.json").exists():
+                raise
     return folder
 
 
