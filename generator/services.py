@@ -284,16 +284,13 @@ def session_requeue(session_ids) -> int:
     rows = list(
         GenerationSession.objects.filter(
             pk__in=list(session_ids), status__in=REQUEUEABLE
-        ).values_list("pk", "preview")
+        ).values_list("pk", "preview", "owner_id", "owner_key", "client_ip")
     )
-    ids = [pk for pk, _ in rows]
-    previews = [preview for _, preview in rows if preview]
+    ids = [pk for pk, *_ in rows]
+    previews = [preview for _, preview, *_ in rows if preview]
     count = 0
-    for pk in ids:  # back in the queue as new: each takes its owner's next turn
-        session = GenerationSession.objects.get(pk=pk)
-        turn = GenerationSession.objects.next_turn(
-            session.owner_id, session.owner_key, session.client_ip
-        )
+    for pk, _, *owner in rows:  # back in the queue as new: each takes its owner's next turn
+        turn = GenerationSession.objects.next_turn(*owner)
         count += GenerationSession.objects.filter(pk=pk, status__in=REQUEUEABLE).update(
             status=Status.PENDING,
             queue_turn=turn,

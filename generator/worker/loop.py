@@ -182,7 +182,7 @@ class Worker:
         def on_start() -> None:
             # The attempt is counted by the writer, off the loop; cancelled, or the claim
             # lost, while the model loaded: stop.
-            if not writer.submit_call("begin"):
+            if not writer.submit_call(job.begin):
                 raise GenerationInterrupted
             report_step.start()
             if settings.SD_JOB_TIMEOUT:
@@ -199,7 +199,7 @@ class Worker:
 
         def on_phase(phase: str) -> None:
             # Through the writer, in order after the steps handed to it.
-            going = writer.submit_call("record_phase", phase)
+            going = writer.submit_call(job.record_phase, phase)
             if not going or self.past_grace() or over_time():
                 raise GenerationInterrupted
 

@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 
 from django.db import connections
 
@@ -52,10 +53,11 @@ class ProgressWriter(threading.Thread):
             item.setdefault("preview_step", step)
             return self._add(item)
 
-    def submit_call(self, method: str, *args) -> bool:
-        """Hand over another write of the job (`begin`, `record_phase`), kept in order."""
+    def submit_call(self, write: Callable[..., bool], *args) -> bool:
+        """Hand over another write of the job (`job.begin`, `job.record_phase`), kept in order;
+        it returns, like a step's write, whether the job should go on."""
         with self.changed:
-            return self._add({"call": method, "args": args})
+            return self._add({"call": write, "args": args})
 
     def _add(self, item: dict) -> bool:
         self.pending.append(item)
@@ -86,7 +88,7 @@ class ProgressWriter(threading.Thread):
 
     def write(self, item: dict) -> bool:
         if "call" in item:
-            return getattr(self.job, item["call"])(*item["args"])
+            return item["call"](*item["args"])
         preview = None
         if item["preview_rgb"] is not None:
             try:
