@@ -106,24 +106,34 @@ def test_training_is_seeded_and_reproducible_in_one_run_or_two_passes(tmp_path):
 
     from generator.pipelines.demo import train
 
-    def plan(folder, refine_steps=2):
+    def plan(folder, refine_steps=2, decoder_steps=2):
         return train.Plan(
             vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, dataset=5,
-            refine_steps=refine_steps, out=tmp_path / folder,
+            refine_steps=refine_steps, decoder_steps=decoder_steps, decoder_batch=2,
+            out=tmp_path / folder,
         )  # fmt: skip
 
     train.train(plan("a"))
-    # A second run, in two passes: the same weights, bit for bit.
-    first_pass = plan("c", refine_steps=0)
+    # A second run, pass by pass: the same weights, bit for bit.
+    first_pass = plan("c", refine_steps=0, decoder_steps=0)
     train.train(first_pass)
-    train.refine(dataclasses.replace(first_pass, refine_steps=2))
+    for round in (1, 2):
+        train.refine(dataclasses.replace(first_pass, refine_steps=2), round=round)
+    train.refine_decoder(dataclasses.replace(first_pass, decoder_steps=2))
 
-    def unet(folder):
-        return load_file(tmp_path / folder / "unet" / "diffusion_pytorch_model.safetensors")
+    def weights(folder, part):
+        return load_file(tmp_path / folder / part / "diffusion_pytorch_model.safetensors")
 
-    a, c = unet("a"), unet("c")
-    assert a.keys() == c.keys()
-    assert all(torch.equal(a[key], c[key]) for key in a)
+    for part in ("unet", "vae"):
+        a, c = weights("a", part), weights("c", part)
+        assert a.keys() == c.keys()
+        assert all(torch.equal(a[key], c[key]) for key in a), part
+    # The decoder pass changed the decoder, and only the decoder.
+    first = plan("b", decoder_steps=0)
+    train.train(first)
+    before, after = weights("b", "vae"), weights("a", "vae")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
 @pytest.mark.django_db

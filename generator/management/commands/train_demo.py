@@ -7,7 +7,7 @@ from generator.pipelines.demo import train as demo_train
 
 class Command(BaseCommand):
     help = (
-        "Train the demo model from scratch on the scenes it draws itself (about 40 minutes on "
+        "Train the demo model from scratch on the scenes it draws itself (about 1 h 45 min on "
         "two CPU cores; seeded, so the same machine gives the same weights)."
     )
 
@@ -18,10 +18,21 @@ class Command(BaseCommand):
         parser.add_argument("--unet-steps", type=int, default=plan.unet_steps)
         parser.add_argument("--dataset", type=int, default=plan.dataset)
         parser.add_argument("--refine-steps", type=int, default=plan.refine_steps)
+        parser.add_argument("--decoder-steps", type=int, default=plan.decoder_steps)
         parser.add_argument(
             "--refine-only",
             action="store_true",
             help="Only the second pass, from the first pass's weights already at --out.",
+        )
+        parser.add_argument(
+            "--refine-round",
+            type=int,
+            help="Only this one further pass (1, 2, ...), on the weights already at --out.",
+        )
+        parser.add_argument(
+            "--decoder-only",
+            action="store_true",
+            help="Only the last pass (the VAE decoder on whole scenes), on the weights at --out.",
         )
         parser.add_argument(
             "--checkpoint", type=int, default=0, help="Also save every N UNet steps (0: never)."
@@ -33,8 +44,8 @@ class Command(BaseCommand):
         )
 
     def handle(
-        self, *args, out, vae_steps, unet_steps, dataset, refine_steps, refine_only, checkpoint,
-        lora, **options,
+        self, *args, out, vae_steps, unet_steps, dataset, refine_steps, decoder_steps,
+        refine_only, refine_round, decoder_only, checkpoint, lora, **options,
     ):  # fmt: skip
         import torch
 
@@ -44,6 +55,7 @@ class Command(BaseCommand):
             unet_steps=unet_steps,
             dataset=dataset,
             refine_steps=refine_steps,
+            decoder_steps=decoder_steps,
             out=out,
         )
 
@@ -58,8 +70,14 @@ class Command(BaseCommand):
             path = train_lora(report=report)
             self.stdout.write(self.style.SUCCESS(f"Saved the demo LoRA in {path}"))
             return
-        if refine_only:
-            demo_train.refine(plan, report, checkpoint)
+        if decoder_only:
+            demo_train.refine_decoder(plan, report)
+        elif refine_round:
+            demo_train.refine(plan, report, checkpoint, refine_round)
+        elif refine_only:
+            for round in range(1, plan.refine_rounds + 1):
+                demo_train.refine(plan, report, checkpoint, round)
+            demo_train.refine_decoder(plan, report)
         else:
             demo_train.train(plan, report, checkpoint)
         self.stdout.write(self.style.SUCCESS(f"Saved the demo model in {out}"))

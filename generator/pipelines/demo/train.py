@@ -2,10 +2,11 @@
 
     python manage.py train_demo [--out FOLDER] [--vae-steps N] [--unet-steps N]
 
-Three stages, all seeded: the 8x VAE learns to encode flat shapes (and to keep
-its latents readable by the live previews' fixed latent-to-RGB map); then the
-text encoder and the UNet learn to denoise those latents from the captions,
-with captions left out one time in ten for classifier-free guidance. The
+Stages, all seeded: the 8x VAE learns to encode flat shapes (and to keep its
+latents readable by the live previews' fixed latent-to-RGB map); then the text
+encoder and the UNet learn to denoise those latents from the captions, with
+captions left out one time in ten for classifier-free guidance (two passes);
+last, the decoder alone learns whole scenes back from their latents. The
 result is an ordinary diffusers Stable Diffusion folder, saved in fp16.
 """
 
@@ -41,6 +42,14 @@ class Plan:
     refine_steps: int = 4000
     """A second pass over fresh scenes, from the saved first-pass weights, at a lower rate."""
     refine_lr: float = 3e-4
+    refine_rounds: int = 2
+    """How many such passes, each over scenes of its own."""
+    decoder_steps: int = 400
+    """The last pass: the decoder alone, on whole scenes' latents (see `tune_decoder`)."""
+    decoder_batch: int = 8
+    decoder_lr: float = 3e-4
+    decoder_noise: float = 0.1
+    """Noise added to the latents the decoder learns from, as a share of their spread."""
     out: Path = WEIGHTS
 
 
@@ -155,6 +164,13 @@ def latent_rgb(latents):
     return torch.einsum("nchw,cr->nrhw", latents, torch.tensor(SD_LATENT_RGB))
 
 
+def set_cosine_rate(optimizer, base: float, step: int, total: int, warmup: int = 0) -> None:
+    """A cosine decay from `base` to 0 over `total` steps, after a linear warm-up."""
+    scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = base * scale * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def train_vae(vae, plan: Plan, rng: random.Random, report):
     import torch
     import torch.nn.functional as F
@@ -162,9 +178,7 @@ def train_vae(vae, plan: Plan, rng: random.Random, report):
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.lr, weight_decay=0.0)
     vae.train()
     for step in range(plan.vae_steps):
-        lr = plan.lr * 0.5 * (1 + math.cos(math.pi * step / plan.vae_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_cosine_rate(optimizer, plan.lr, step, plan.vae_steps)
         # Crops of scenes at the sizes the model draws: edges at every scale.
         size = rng.choice([IMAGE_SIZE // 2, IMAGE_SIZE])
         _, x = scenes(rng, plan.vae_batch, size)
@@ -183,6 +197,46 @@ def train_vae(vae, plan: Plan, rng: random.Random, report):
         optimizer.step()
         if step % 100 == 0 or step == plan.vae_steps - 1:
             report("vae", step, plan.vae_steps, rec=loss_rec.item(), preview=loss_preview.item())
+    vae.eval()
+
+
+def tune_decoder(vae, plan: Plan, rng: random.Random, report):
+    """Fit the decoder to the latents of whole scenes, the encoder (the UNet's latent space) fixed.
+
+    The first VAE pass learns from 32 px crops: cheap, but a crop is not a whole
+    picture to the group norms, and the UNet learns (and draws) the latents of
+    whole pictures, at 64 and 128 px. Decoded as they were, those came back with
+    washed-out colours and coloured edges. Here the decoder learns them back,
+    with a little noise added, since the UNet's own latents are never exact.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(SEED + 2)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=plan.decoder_lr, weight_decay=0.0)
+    vae.train()
+    for step in range(plan.decoder_steps):
+        set_cosine_rate(optimizer, plan.decoder_lr, step, plan.decoder_steps)
+        size = rng.choice([IMAGE_SIZE // 2, IMAGE_SIZE])
+        _, x = scenes(rng, plan.decoder_batch, size)
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + plan.decoder_noise * posterior.mean.std() * torch.randn(
+                posterior.mean.shape, generator=generator
+            )
+        out = vae.decode(z).sample
+        loss = F.l1_loss(out, x) + F.mse_loss(out, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == plan.decoder_steps - 1:
+            report("decoder", step, plan.decoder_steps, rec=loss.item())
+    vae.requires_grad_(False)
     vae.eval()
 
 
@@ -228,10 +282,7 @@ def train_diffusion(
     generator = torch.Generator().manual_seed(seed)
     warmup = 200
     for step in range(plan.unet_steps):
-        scale = min(1.0, (step + 1) / warmup)
-        lr = plan.lr * scale * 0.5 * (1 + math.cos(math.pi * step / plan.unet_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_cosine_rate(optimizer, plan.lr, step, plan.unet_steps, warmup)
         # Mostly the model's own size, sometimes half of it, so small images work too.
         every, means, stds = datasets[0 if rng.random() < 0.8 else 1]
         picks = torch.randint(0, len(every), (plan.unet_batch,), generator=generator)
@@ -311,23 +362,39 @@ def load_parts(folder: Path):
     )
 
 
-def refine(plan: Plan, report=None, checkpoint: int = 0) -> Path:
-    """The second pass: from the first pass's weights saved at `plan.out`, over fresh scenes."""
+def refine(plan: Plan, report=None, checkpoint: int = 0, round: int = 1) -> Path:
+    """A further pass (`round` 1, 2, ...): from the weights saved at `plan.out`, over fresh scenes.
+
+    It reads only the encoder of the VAE, so it may run before or after `refine_decoder`.
+    """
     import dataclasses
 
     import torch
 
     report = report or (lambda *a, **k: None)
-    torch.manual_seed(SEED + 1)
+    seed = SEED + 1 if round == 1 else SEED + 1 + round  # SEED + 2 is the decoder pass's
+    torch.manual_seed(seed)
     tokenizer = word_tokenizer()
     text_encoder, unet, vae = load_parts(plan.out)
     vae.requires_grad_(False)
     second = dataclasses.replace(plan, unet_steps=plan.refine_steps, lr=plan.refine_lr)
     unet_ema, text_ema = train_diffusion(
-        text_encoder, unet, vae, tokenizer, second, random.Random(SEED + 1), report, checkpoint,
-        seed=SEED + 1,
+        text_encoder, unet, vae, tokenizer, second, random.Random(seed), report, checkpoint,
+        seed=seed,
     )  # fmt: skip
     save(vae, unet_ema, text_ema, tokenizer, plan.out)
+    return plan.out
+
+
+def refine_decoder(plan: Plan, report=None) -> Path:
+    """The last pass alone (`tune_decoder`), on the weights saved at `plan.out`."""
+    import torch
+
+    report = report or (lambda *a, **k: None)
+    torch.manual_seed(SEED + 2)
+    text_encoder, unet, vae = load_parts(plan.out)
+    tune_decoder(vae, plan, random.Random(SEED + 2), report)
+    save(vae, unet, text_encoder, word_tokenizer(), plan.out)
     return plan.out
 
 
@@ -352,7 +419,9 @@ def train(plan: Plan | None = None, report=None, checkpoint: int = 0) -> Path:
         text_encoder, unet, vae, tokenizer, plan, rng, report, checkpoint
     )
     save(vae, unet_ema, text_ema, tokenizer, plan.out)
-    if plan.refine_steps:
-        refine(plan, report, checkpoint)
+    for round in range(1, plan.refine_rounds + 1 if plan.refine_steps else 1):
+        refine(plan, report, checkpoint, round)
+    if plan.decoder_steps:
+        refine_decoder(plan, report)
     logger.info("Trained the demo model in %.0f s", time.monotonic() - started)
     return plan.out
