@@ -48,7 +48,15 @@ def claim_throughput(count: int, processes: int, data_dir: str) -> float:
 
     GenerationSession.objects.all().delete()
     GenerationSession.objects.bulk_create(
-        GenerationSession(prompt=f"p{i}", seed=i, backend="pytorch", model="demo", total_steps=1)
+        GenerationSession(
+            prompt=f"p{i}",
+            seed=i,
+            backend="pytorch",
+            model="demo",
+            total_steps=1,
+            width=128,
+            height=128,
+        )
         for i in range(count)
     )
     # Fresh processes, not forks: a forked child would share this one's connection.
@@ -82,7 +90,8 @@ def pickup_delays(jobs: int) -> list[float]:
     from tests.processes import WebServer, WorkerProcess, wait_for
 
     logs = Path(tempfile.mkdtemp(prefix="sdsite-bench-logs-"))
-    server = WebServer(logs)
+    # One client posting jobs back to back: past the default per-client rate limit.
+    server = WebServer(logs, SD_RATE_LIMIT="", SD_MAX_QUEUED_PER_OWNER=0)
     worker = WorkerProcess(logs, "--poll-interval", "0.2")
     delays = []
     try:
@@ -92,6 +101,7 @@ def pickup_delays(jobs: int) -> list[float]:
             body = {"prompt": "warm-up", "steps": 1, "width": 64, "height": 64}
             for n in range(jobs + 1):
                 response = client.post("/api/generate", json=body, headers=headers)
+                assert response.status_code == 202, response.text
                 session_id = response.json()["session_id"]
                 session = wait_for(
                     lambda sid=session_id: (
