@@ -22,7 +22,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--refine-only",
             action="store_true",
-            help="Only the second pass, from the first pass's weights already at --out.",
+            help="Every pass after the first (the further UNet passes, then the decoder's), "
+            "on the first pass's weights already at --out.",
         )
         parser.add_argument(
             "--refine-round",
@@ -75,9 +76,7 @@ class Command(BaseCommand):
         elif refine_round:
             demo_train.refine(plan, report, checkpoint, refine_round)
         elif refine_only:
-            for round in range(1, plan.refine_rounds + 1):
-                demo_train.refine(plan, report, checkpoint, round)
-            demo_train.refine_decoder(plan, report)
+            demo_train.further_passes(plan, report, checkpoint)
         else:
             demo_train.train(plan, report, checkpoint)
         self.stdout.write(self.style.SUCCESS(f"Saved the demo model in {out}"))

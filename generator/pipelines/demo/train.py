@@ -398,6 +398,17 @@ def refine_decoder(plan: Plan, report=None) -> Path:
     return plan.out
 
 
+def further_passes(plan: Plan, report=None, checkpoint: int = 0) -> Path:
+    """Every pass after the first, on the first pass's weights saved at `plan.out`: the
+    further UNet passes (`refine`), then the decoder pass (`refine_decoder`)."""
+    if plan.refine_steps:
+        for round in range(1, plan.refine_rounds + 1):
+            refine(plan, report, checkpoint, round)
+    if plan.decoder_steps:
+        refine_decoder(plan, report)
+    return plan.out
+
+
 def train(plan: Plan | None = None, report=None, checkpoint: int = 0) -> Path:
     """Train the demo model and save it at `plan.out`; `checkpoint` saves every so many steps.
 
@@ -419,9 +430,6 @@ def train(plan: Plan | None = None, report=None, checkpoint: int = 0) -> Path:
         text_encoder, unet, vae, tokenizer, plan, rng, report, checkpoint
     )
     save(vae, unet_ema, text_ema, tokenizer, plan.out)
-    for round in range(1, plan.refine_rounds + 1 if plan.refine_steps else 1):
-        refine(plan, report, checkpoint, round)
-    if plan.decoder_steps:
-        refine_decoder(plan, report)
+    further_passes(plan, report, checkpoint)
     logger.info("Trained the demo model in %.0f s", time.monotonic() - started)
     return plan.out
