@@ -81,7 +81,7 @@ def child(jobs: int) -> None:
         session_create(prompt="a red circle on a blue background", steps=40, width=64, height=64)
         job = claim_next("bench")
         started = time.perf_counter()
-        worker.process(job)
+        worker.process([job])
         if n:  # the first loads the model
             seconds.append(time.perf_counter() - started)
     print(statistics.median(seconds))

@@ -62,6 +62,9 @@ class Parameter:
     """Whether the pipeline gets it (the model and backend choose the pipeline instead)."""
     cli: str = ""
     """A short flag for `manage.py generate` besides `--name-with-dashes`."""
+    per_image: bool = False
+    """Whether jobs batched into one pipeline call (SD_WORKER_BATCH) may differ in it: their
+    prompts and seeds. They agree on every other parameter."""
 
     def validators(self) -> list:
         found = []
@@ -98,6 +101,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         max_length=1000,
         group="prompt",
         a1111_api="prompt",
+        per_image=True,
     ),
     Parameter(
         "negative_prompt",
@@ -110,6 +114,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         group="prompt",
         cli="--negative",
         a1111_api="negative_prompt",
+        per_image=True,
     ),
     Parameter(
         "steps",
@@ -163,6 +168,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         maximum=MAX_SEED,
         a1111="Seed",
         a1111_api="seed",
+        per_image=True,
     ),
     Parameter(
         "width",
@@ -255,6 +261,8 @@ REQUEST_NAMES = tuple(p.name for p in PARAMETERS if p.request)
 IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.needs)
 """Parameters that mean something only with an input image."""
 MASK_ONLY = tuple(p.name for p in PARAMETERS if p.needs == "mask")
+BATCH_KEY = tuple(p.name for p in PARAMETERS if not p.per_image)
+"""What jobs must agree on to share one pipeline call (SD_WORKER_BATCH)."""
 
 
 BY_A1111_API = {p.a1111_api: p for p in PARAMETERS if p.a1111_api}

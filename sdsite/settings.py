@@ -229,6 +229,9 @@ SD_MODELS = [m.strip() for m in os.environ.get("SD_MODELS", "").split(",") if m.
 SD_MODEL = SD_MODELS[0] if SD_MODELS else os.environ.get("SD_MODEL", "demo")
 SD_MODELS = SD_MODELS or [SD_MODEL]
 SD_WORKER_PIPELINES = int(os.environ.get("SD_WORKER_PIPELINES", "2"))
+# Up to this many queued jobs that differ only in their prompts and seeds run as
+# one batched pipeline call (more images a minute on a GPU; see the README).
+SD_WORKER_BATCH = max(1, int(os.environ.get("SD_WORKER_BATCH", "1")))
 SD_BACKEND = os.environ.get("SD_BACKEND", "pytorch")
 SD_DEVICE = os.environ.get("SD_DEVICE", "cpu")
 # A worker whose heartbeat is older than the lease has lost its jobs; each

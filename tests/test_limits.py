@@ -351,7 +351,7 @@ def test_the_watchdog_fails_a_job_whose_step_never_ends_and_restarts(settings):
     settings.SD_WATCHDOG_GRACE = 0.05
     failed, restarted = [], threading.Event()
     job = SimpleNamespace(session=SimpleNamespace(pk="s1"), fail=failed.append)
-    worker = SimpleNamespace(current_job=job, job_deadline=time.monotonic(), worker_id="w:1")
+    worker = SimpleNamespace(current_jobs=[job], job_deadline=time.monotonic(), worker_id="w:1")
     watchdog = Watchdog(worker, restart=restarted.set, interval=0.01)
     watchdog.start()
     assert restarted.wait(5)

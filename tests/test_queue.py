@@ -216,3 +216,30 @@ def test_a_long_sqlite_lock_does_not_make_a_live_worker_look_dead(make_session):
         time.sleep(me.interval)
         outcome = reload(session).status if reload(session).worker_id != "other" else None
     assert outcome == Status.PENDING
+
+
+def test_a_batch_takes_the_queued_jobs_that_differ_only_in_prompts_and_seeds(make_session):
+    from generator.worker.claims import claim_companions
+
+    first = make_session(prompt="a red circle", seed=1, width=128, height=128)
+    other_prompt = make_session(prompt="a blue square", negative_prompt="red", seed=2)
+    other_steps = make_session(prompt="a red circle", seed=3, steps=5)
+    with_lora = make_session(prompt="a red circle <lora:demo-swap:1>", seed=4)
+    from_image = make_session(prompt="a red circle", seed=5, init_image="inputs/in.png")
+    other_size = make_session(prompt="a red circle", seed=6, width=64)
+    later = make_session(prompt="a green triangle", seed=7)
+    last = make_session(prompt="a white circle", seed=8)
+
+    job = claim_next("w")
+    assert job.session.pk == first.pk
+    taken = claim_companions(job, "w", limit=2)
+
+    assert [each.session.pk for each in taken] == [other_prompt.pk, later.pk]  # queue order
+    assert all(each.token and each.session.status == Status.RUNNING for each in taken)
+    assert len({job.token, *(each.token for each in taken)}) == 3  # a claim token each
+    left = [other_steps, with_lora, from_image, other_size, last]
+    assert all(reload(session).status == Status.PENDING for session in left)
+    # A job that cannot share a call takes no companions.
+    alone = claim_next("w")
+    assert alone.session.pk == other_steps.pk
+    assert claim_companions(claim_next("w"), "w", limit=3) == []  # the LoRA one

@@ -308,3 +308,62 @@ def test_a_queued_job_wakes_an_idle_worker_at_once(make_session, start_worker):
     done = wait_until_status(session, Status.COMPLETED, Status.FAILED, timeout=60)
     assert done.status == Status.COMPLETED, done.error
     assert (done.started_at - done.created_at).total_seconds() < 30
+
+
+@pytest.mark.any_database  # the claim of a batch runs on both engines in test_queue
+def test_a_worker_batches_compatible_jobs_each_with_its_own_progress_and_image(
+    make_session, start_worker
+):
+    import numpy as np
+    from PIL import Image
+
+    from generator.pipelines import create_backend
+    from generator.worker.loop import request_of
+
+    prompts = ["a red circle on a blue background", "a green square", "a white triangle"]
+    batched = [
+        make_session(prompt=prompt, seed=index, steps=8, width=128, height=128)
+        for index, prompt in enumerate(prompts)
+    ]
+    other = make_session(prompt="a red circle", seed=9, steps=6, width=128, height=128)
+    worker = start_worker(SD_WORKER_BATCH="4")
+    for session in [*batched, other]:
+        done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
+        assert done.status == Status.COMPLETED, done.error
+
+    log = worker.log()
+    for session in batched:
+        assert f"Running session {session.pk} (pytorch, demo, attempt 1, batch of 3)" in log
+    assert f"Running session {other.pk} (pytorch, demo, attempt 1)" in log
+    backend = create_backend("pytorch", "demo", "cpu")
+    backend.load(lambda phase: None)
+    for session in map(reload, batched):
+        assert (session.current_step, session.total_steps, len(session.step_seconds)) == (8, 8, 8)
+        alone = backend.generate(request_of(session), lambda *a: True, lambda phase: None)
+        with Image.open(session.image.path) as image:
+            difference = np.abs(np.asarray(image.convert("RGB"), int) - np.asarray(alone, int))
+        assert difference.max() <= 2, session.prompt  # see BATCH_TOLERANCE in test_ecosystem
+    previews = {reload(session).preview.name for session in batched}
+    assert len(previews) == 3 and "" not in previews  # each its own live preview
+
+
+@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
+def test_a_job_cancelled_in_a_batch_leaves_it_and_the_others_finish(make_session, start_worker):
+    from generator.services import session_cancel
+
+    sessions = [
+        make_session(prompt=f"a red circle {n}", seed=n, steps=60, width=64, height=64)
+        for n in range(3)
+    ]
+    start_worker(SD_WORKER_BATCH="3")
+    wait_until_step(sessions[1], 2)
+    session_cancel(sessions[1].pk)
+
+    cancelled = wait_until_status(sessions[1], Status.CANCELLED, Status.COMPLETED)
+    assert cancelled.status == Status.CANCELLED and not cancelled.image
+    assert {reload(s).status for s in (sessions[0], sessions[2])} == {Status.RUNNING}
+    for session in (sessions[0], sessions[2]):
+        done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
+        assert done.status == Status.COMPLETED, done.error
+        assert done.current_step == 60
+    assert reload(sessions[1]).current_step < 60

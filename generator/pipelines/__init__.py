@@ -2,7 +2,8 @@
 
 The rest of sdsite sees a `PipelineBackend` with `load()` and
 `generate(request, on_step, on_phase, on_start)`, where `on_step(step, total,
-latents)` returns False to stop the run.
+latents)` returns False to stop the run, and `generate_batch(requests, ...)` for
+requests that differ only in their prompts and seeds (one call, an image each).
 """
 
 from .base import GenerationInterrupted, GenerationRequest, PipelineBackend

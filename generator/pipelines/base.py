@@ -77,8 +77,9 @@ class PipelineBackend(ABC):
         """Load (and on first use build, export or compile) the model."""
 
     @abstractmethod
-    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
-        """The loaded pipeline for this request's mode (`request.mode`) and size."""
+    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
+        """The loaded pipeline for this request's mode (`request.mode`) and size, for
+        `batch` such requests at once."""
 
     def apply_loras(self, request: GenerationRequest) -> None:
         """Put the LoRA the prompts name in place for this job (and take away the last
@@ -98,30 +99,79 @@ class PipelineBackend(ABC):
         on_start: Callable[[], None] | None = None,
     ):
         """Run the pipeline and return the PIL image; `on_start` marks the start of denoising."""
-        pipe = self.pipeline_for(request, on_phase)
-        pipe.scheduler = make_scheduler(
-            request.scheduler, self.scheduler_config, request.schedule_type
-        )
-        self.apply_loras(request)
+        return self.generate_batch([request], on_step, on_phase, on_start)[0]
+
+    def prompt_windows(self, request: GenerationRequest) -> int:
+        """How many 77-token windows the request's prompts take (`prompt_embeds`): the
+        length of its text embeddings, which the jobs of one batch must share."""
+        return 1
+
+    def generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        on_step: StepHook,
+        on_phase: PhaseHook,
+        on_start: Callable[[], None] | None = None,
+    ) -> list:
+        """Run requests that differ only in their prompts and seeds as one pipeline call and
+        return their images, each the one its request gets alone (its own generator).
+
+        `on_step` gets the whole batch's latents, one row per request. Requests that
+        cannot share a call (image inputs, or prompts of different lengths in
+        77-token windows) raise `Unbatchable` before anything runs.
+        """
+        first = requests[0]
+        if len(requests) > 1 and (
+            first.mode != "txt2img"
+            or len({self.prompt_windows(request) for request in requests}) > 1
+        ):
+            raise Unbatchable
+        pipe = self.pipeline_for(first, on_phase, batch=len(requests))
+        pipe.scheduler = make_scheduler(first.scheduler, self.scheduler_config, first.schedule_type)
+        self.apply_loras(first)  # a batch has none (the worker's claim sees to it)
+        text = batch_text_inputs(pipe, requests)
         if on_start is not None:
             on_start()
+        generators = [self.random_generator(request.seed) for request in requests]
         # No "denoising" phase write here: the first step's write says it, and
         # a warm job's time to its first step stays close to one step.
         result = pipe(
-            **text_inputs(pipe, request),
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            width=request.width,
-            height=request.height,
-            generator=self.random_generator(request.seed),
+            **text,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            width=first.width,
+            height=first.height,
+            generator=generators if len(requests) > 1 else generators[0],
             callback_on_step_end=step_callback(on_step),
-            **image_inputs(request),
+            **image_inputs(first),
         )
-        image = result.images[0]
-        if request.mode == "inpaint":
+        images = list(result.images)
+        if first.mode == "inpaint":
             # Outside the mask the result is the original, exactly (as A1111 does).
-            image = pasted_back(image, request.init_image, request.mask_image)
-        return image
+            images = [pasted_back(images[0], first.init_image, first.mask_image)]
+        return images
+
+
+class Unbatchable(Exception):
+    """These requests cannot share one pipeline call: run them one at a time."""
+
+
+def batch_text_inputs(pipe, requests: list[GenerationRequest]) -> dict:
+    """`text_inputs` of each request, stacked into the batch's."""
+    import torch
+
+    inputs = [text_inputs(pipe, request) for request in requests]
+    if len(inputs) == 1:
+        return inputs[0]
+    if "prompt" in inputs[0]:  # a pipeline that encodes the text itself
+        negatives = [each["negative_prompt"] for each in inputs]
+        if None in negatives and any(negatives):  # None and "" differ for some (SDXL's zeros)
+            raise Unbatchable
+        return {
+            "prompt": [each["prompt"] for each in inputs],
+            "negative_prompt": None if None in negatives else negatives,
+        }
+    return {key: torch.cat([each[key] for each in inputs]) for key in inputs[0]}
 
 
 def text_inputs(pipe, request: GenerationRequest) -> dict:

@@ -5,7 +5,7 @@ from django.conf import settings
 
 from ..prompts import extract_loras
 from . import prompt_embeds
-from .base import GenerationRequest, PhaseHook, PipelineBackend
+from .base import GenerationRequest, PhaseHook, PipelineBackend, Unbatchable
 from .openvino_ir import export_to_ir, holds_openvino_ir, ir_cache_dir, is_cached
 from .sources import resolve_model
 
@@ -36,9 +36,10 @@ class OpenVINOBackend(PipelineBackend):
         self.precision = settings.SD_OPENVINO_PRECISION
         self.ir_dir: str | None = None
         self.ov_device: str | None = None
-        # Static shapes run much faster on CPU than dynamic ones, so each size
-        # gets its own compiled pipeline; the least recently used is dropped.
-        self.compiled: OrderedDict[tuple[str, int, int], object] = OrderedDict()
+        # Static shapes run much faster on CPU than dynamic ones, so each size (and
+        # prompt length, and batch) gets its own compiled pipeline; the least
+        # recently used is dropped.
+        self.compiled: OrderedDict[tuple, object] = OrderedDict()
         self.max_compiled = settings.SD_OPENVINO_COMPILED_SIZES
         self.tokenizer = None
         self.one_text_encoder = True
@@ -58,21 +59,25 @@ class OpenVINOBackend(PipelineBackend):
         self.ir_dir = str(cache_dir)
         self.one_text_encoder = not (Path(self.ir_dir) / "text_encoder_2").exists()
 
-    def prompt_chunks(self, request: GenerationRequest) -> int:
-        """How many 77-token windows the prompts take (prompt_embeds): the UNet is
-        compiled for that many, as for a size."""
+    def prompt_windows(self, request: GenerationRequest) -> int:
+        """The UNet is compiled for the prompts' length in 77-token windows, as for a size."""
+        if not self.one_text_encoder:
+            return 1
         if self.tokenizer is None:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(f"{self.ir_dir}/tokenizer")
-        return max(
-            len(prompt_embeds.chunks_of(self.tokenizer, extract_loras(text)[0]))
-            for text in (request.prompt, request.negative_prompt)
+        return prompt_embeds.windows(
+            self.tokenizer,
+            extract_loras(request.prompt)[0],
+            extract_loras(request.negative_prompt)[0],
         )
 
-    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
-        chunks = self.prompt_chunks(request) if self.one_text_encoder else 1
-        key = (request.mode, request.width, request.height, chunks)
+    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
+        if batch > 1 and not self.one_text_encoder:
+            raise Unbatchable  # SDXL's text encoders are reshaped for one prompt
+        chunks = self.prompt_windows(request)
+        key = (request.mode, request.width, request.height, chunks, batch)
         if key in self.compiled:
             self.compiled.move_to_end(key)
             return self.compiled[key]
@@ -97,12 +102,15 @@ class OpenVINOBackend(PipelineBackend):
             # OpenVINO's model cache makes the next worker start compile faster.
             ov_config={"CACHE_DIR": str(settings.MODELS_DIR / "openvino" / "compiled")},
         )
+        # One prompt at a time through the text encoder (`prompt_embeds`); a batch's
+        # images go through the UNet and the decoder together, as if one prompt asked
+        # for `batch` images.
         pipe.reshape(
-            batch_size=1, height=request.height, width=request.width, num_images_per_prompt=1
+            batch_size=1, height=request.height, width=request.width, num_images_per_prompt=batch
         )
         if chunks > 1:  # a long prompt: the text embeddings are chunks x 77 tokens long
             pipe.unet.model = pipe._reshape_unet(
-                pipe.unet.model, 1, request.height, request.width, 1,
+                pipe.unet.model, 1, request.height, request.width, batch,
                 chunks * pipe.tokenizer.model_max_length,
             )  # fmt: skip
         pipe.compile()

@@ -80,6 +80,12 @@ def chunks_of(tokenizer, prompt: str) -> list[Chunk]:
     return chunks
 
 
+def windows(tokenizer, prompt: str, negative_prompt: str) -> int:
+    """How many chunks the embeddings of a prompt and its negative take (the larger count:
+    the shorter one is padded with empty chunks)."""
+    return max(len(chunks_of(tokenizer, text)) for text in (prompt, negative_prompt))
+
+
 def encode(pipe, prompt: str, chunks_at_least: int = 1):
     """([1, 77 * chunks, width] embeddings of `prompt`, SDXL's pooled embedding or None),
     padded with empty chunks to at least `chunks_at_least` (a prompt and its negative
@@ -126,9 +132,7 @@ def prompt_embeddings(pipe, prompt: str, negative_prompt: str) -> dict:
     """The pipeline's `prompt_embeds` and `negative_prompt_embeds` (and SDXL's pooled ones)."""
     import torch
 
-    positive = len(chunks_of(pipe.tokenizer, prompt))
-    negative = len(chunks_of(pipe.tokenizer, negative_prompt))
-    both = max(positive, negative)
+    both = windows(pipe.tokenizer, prompt, negative_prompt)
     embeds, pooled = encode(pipe, prompt, both)
     negative_embeds, negative_pooled = encode(pipe, negative_prompt, both)
     inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}

@@ -1,3 +1,5 @@
+from ..prompts import extract_loras
+from . import prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend
 from .sources import resolve_model
 
@@ -33,7 +35,16 @@ class TorchBackend(PipelineBackend):
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
 
-    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook):
+    def prompt_windows(self, request: GenerationRequest) -> int:
+        if not prompt_embeds.supports(self.pipe):
+            return 1  # diffusers cuts every prompt to one window
+        return prompt_embeds.windows(
+            self.pipe.tokenizer,
+            extract_loras(request.prompt)[0],
+            extract_loras(request.negative_prompt)[0],
+        )
+
+    def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
         # Image-to-image and inpainting pipelines share the loaded components:
         # no second copy of the weights. A 4-channel UNet inpaints too (diffusers
         # blends the masked latents); a 9-channel inpainting model does it better.

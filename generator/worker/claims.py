@@ -28,6 +28,8 @@ from ..models import (
     WorkerRecord,
 )
 from ..notify import notify_queued, notify_session_changed
+from ..params import BATCH_KEY
+from ..prompts import extract_loras
 
 logger = logging.getLogger(__name__)
 
@@ -216,21 +218,54 @@ def claim_next(
             # already serializes this block.)
             candidates = candidates.select_for_update(skip_locked=True)
         pk = candidates.values_list("pk", flat=True).first()
-        if pk is None:
+        if pk is None or not _take(pk, worker_id):
             return None
-        # The compare-and-set: only a row that is still pending changes hands.
-        claimed = GenerationSession.objects.filter(pk=pk, status=Status.PENDING).update(
-            status=Status.RUNNING,
-            claim_token=uuid.uuid4(),
-            worker_id=worker_id,
-            started_at=timezone.now(),
-            phase="starting",
-            # A job that went back to the queue starts again from step 0.
-            **FRESH_PROGRESS,
-        )
-    if claimed != 1:
-        return None
     return ClaimedJob(GenerationSession.objects.get(pk=pk))
+
+
+def _take(pk, worker_id: str) -> bool:
+    """The compare-and-set: only a row that is still pending changes hands."""
+    claimed = GenerationSession.objects.filter(pk=pk, status=Status.PENDING).update(
+        status=Status.RUNNING,
+        claim_token=uuid.uuid4(),
+        worker_id=worker_id,
+        started_at=timezone.now(),
+        phase="starting",
+        # A job that went back to the queue starts again from step 0.
+        **FRESH_PROGRESS,
+    )
+    return claimed == 1
+
+
+def names_lora(*texts: str) -> bool:
+    return any(extract_loras(text)[1] for text in texts)
+
+
+@retry_on_locked
+def claim_companions(
+    job: ClaimedJob, worker_id: str, limit: int, session_ids=None
+) -> list[ClaimedJob]:
+    """Claim up to `limit` more pending sessions that can share `job`'s pipeline call, the
+    first in queue order: text to image, equal to it in every parameter but the prompts
+    and the seed (`params.BATCH_KEY`), and without LoRA (a LoRA applies to the whole
+    pipeline)."""
+    session = job.session
+    if limit < 1 or session.init_image or names_lora(session.prompt, session.negative_prompt):
+        return []
+    same = {name: getattr(session, name) for name in BATCH_KEY}
+    with transaction.atomic():
+        candidates = (
+            GenerationSession.objects.pending().in_queue_order().filter(init_image="", **same)
+        )
+        if session_ids is not None:
+            candidates = candidates.filter(pk__in=session_ids)
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        rows = candidates.values_list("pk", "prompt", "negative_prompt")[: limit * 4]
+        picked = [pk for pk, *texts in rows if not names_lora(*texts)][:limit]
+        taken = [pk for pk in picked if _take(pk, worker_id)]
+    claimed = GenerationSession.objects.in_bulk(taken)
+    return [ClaimedJob(claimed[pk]) for pk in taken]
 
 
 COLD_LOSSES_PER_ATTEMPT = 5

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -22,9 +23,10 @@ from ..models import WorkerRecord, model_key
 from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
+from ..pipelines.base import Unbatchable
 from ..pipelines.sources import model_hash
 from .chores import Chores
-from .claims import ClaimedJob, claim_next, recover_lost_sessions
+from .claims import ClaimedJob, claim_companions, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
 from .step_reporter import ProgressWriter, StepReporter
 from .watchdog import Watchdog
@@ -35,6 +37,19 @@ logger = logging.getLogger(__name__)
 TIMING_CACHE_SECONDS = 60.0
 IDLE_LOOK_SECONDS = 60.0
 """With LISTEN, how often an idle worker still looks at the queue (a missed notification)."""
+
+
+@dataclass
+class JobRun:
+    """A job in the pipeline call under way."""
+
+    job: ClaimedJob
+    writer: ProgressWriter
+    report_step: StepReporter
+    out: bool = False
+    """Cancelled, or its claim lost: its image is not kept."""
+    settled: bool = False
+    """Already marked so, while the rest of its batch went on."""
 
 
 class Worker:
@@ -68,7 +83,8 @@ class Worker:
         """Set by a queue notification (PostgreSQL), or to stop: an idle worker looks now."""
         self.listener: QueueListener | None = None
         self.stop_deadline: float | None = None
-        self.current_job: ClaimedJob | None = None
+        self.current_jobs: list[ClaimedJob] = []
+        """The jobs of the pipeline call under way (several with SD_WORKER_BATCH)."""
         self.job_deadline: float | None = None
         self.timed_out = False
         # Models this worker failed to load: {(backend, model): (why, when to try again)}.
@@ -133,10 +149,22 @@ class Worker:
                     return
                 self.wait_for_work()
                 continue
+            jobs = [job, *self.companions(job)]
             with logs.job(job.session.pk):
-                self.process(job)
+                self.process(jobs)
             if self.once:
                 return
+
+    def companions(self, job: ClaimedJob) -> list[ClaimedJob]:
+        """More queued jobs to run in `job`'s pipeline call, up to SD_WORKER_BATCH in all."""
+        if settings.SD_WORKER_BATCH < 2 or self.once:
+            return []
+        try:
+            return claim_companions(
+                job, self.worker_id, settings.SD_WORKER_BATCH - 1, self.session_ids
+            )
+        except OUTAGE_ERRORS:  # the database went away: the job runs alone
+            return []
 
     def wait_for_work(self) -> None:
         """Idle: on PostgreSQL, until a job is queued (LISTEN; a look a minute in case a
@@ -156,35 +184,39 @@ class Worker:
     def past_grace(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
 
-    def process(self, job: ClaimedJob) -> None:
-        session = job.session
-        logger.info(
-            "Running session %s (%s, %s, attempt %s)",
-            session.pk,
-            session.backend,
-            session.model,
-            session.attempts + 1,
-        )
+    def process(self, jobs: list[ClaimedJob]) -> None:
+        """Run the claimed jobs, one, or several sharing one pipeline call (SD_WORKER_BATCH).
 
-        timing = self.timing_of(session)
-        writer = ProgressWriter(job)
-        writer.start()
-        report_step = StepReporter(
-            job,
-            seconds_after_steps=timing.seconds_after_steps if timing else 0.0,
-            previews=settings.SD_PREVIEWS,
-            preview_interval=settings.SD_PREVIEW_INTERVAL,
-            writer=writer,
-        )
-
+        In a batch each job keeps its own progress, previews and result. A job cancelled
+        (or whose claim is lost) mid-batch is settled at once and leaves the others
+        running: the batch still computes its image, and discards it.
+        """
+        for job in jobs:
+            session = job.session
+            logger.info(
+                "Running session %s (%s, %s, attempt %s%s)",
+                session.pk,
+                session.backend,
+                session.model,
+                session.attempts + 1,
+                f", batch of {len(jobs)}" if len(jobs) > 1 else "",
+            )
+        runs = [self.run_of(job) for job in jobs]
         self.timed_out = False
 
+        def going() -> list[JobRun]:
+            return [run for run in runs if not run.out]
+
         def on_start() -> None:
-            # The attempt is counted by the writer, off the loop; cancelled, or the claim
-            # lost, while the model loaded: stop.
-            if not writer.submit_call(job.begin):
+            # The attempts are counted by the writers, off the loop; cancelled, or the
+            # claim lost, while the model loaded: that job is out.
+            for run in runs:
+                if not run.writer.submit_call(run.job.begin):
+                    self.leave_batch(run, runs)
+            if not going():
                 raise GenerationInterrupted
-            report_step.start()
+            for run in runs:
+                run.report_step.start()
             if settings.SD_JOB_TIMEOUT:
                 self.job_deadline = time.monotonic() + settings.SD_JOB_TIMEOUT
 
@@ -195,44 +227,98 @@ class Worker:
         def on_step(step: int, total: int, latents=None) -> bool:
             if self.past_grace() or over_time():
                 return False
-            return report_step(step, total, latents)
+            for index, run in enumerate(runs):
+                rows = None if latents is None else latents[index : index + 1]
+                if not run.out and not run.report_step(step, total, rows):
+                    self.leave_batch(run, runs)
+            return bool(going())
 
         def on_phase(phase: str) -> None:
-            # Through the writer, in order after the steps handed to it.
-            going = writer.submit_call(job.record_phase, phase)
-            if not going or self.past_grace() or over_time():
+            # Through the writers, in order after the steps handed to them.
+            for run in going():
+                if not run.writer.submit_call(run.job.record_phase, phase):
+                    self.leave_batch(run, runs)
+            if not going() or self.past_grace() or over_time():
                 raise GenerationInterrupted
 
-        self.current_job = job
-
+        first = jobs[0].session
+        self.current_jobs = jobs
         try:
             try:
-                backend = self.backend_for(session.backend, session.model, on_phase)
+                backend = self.backend_for(first.backend, first.model, on_phase)
             except GenerationInterrupted:
                 raise
             except Exception as exc:
-                self.could_not_load(job, exc)
+                self.could_not_load(jobs, exc)
                 return
-            image = backend.generate(
-                request_of(session), on_step=on_step, on_phase=on_phase, on_start=on_start
+            images = backend.generate_batch(
+                [request_of(run.job.session) for run in runs],
+                on_step=on_step,
+                on_phase=on_phase,
+                on_start=on_start,
             )
             on_phase("saving")
-            metadata = {
-                "model_hash": model_hash(session.model),
-                "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
-            }
-            if job.complete(image, **metadata):
-                logger.info("Completed session %s", session.pk)
+            for run, image in zip(runs, images, strict=True):
+                session = run.job.session
+                if run.out:
+                    if not run.settled:
+                        self.settle_interrupted(run.job)
+                    continue
+                metadata = {
+                    "model_hash": model_hash(session.model),
+                    "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
+                }
+                if run.job.complete(image, **metadata):
+                    logger.info("Completed session %s", session.pk)
+        except Unbatchable:
+            # Prompts of different lengths: nothing ran yet; one job at a time.
+            self.close_runs(runs)
+            for job in jobs:
+                with logs.job(job.session.pk):
+                    self.process([job])
         except GenerationInterrupted:
-            self.settle_interrupted(job)
+            for run in runs:
+                if not run.settled:
+                    self.settle_interrupted(run.job)
         except Exception as exc:  # the worker outlives any job
-            logger.exception("Session %s failed", session.pk)
+            logger.exception("Session(s) %s failed", ", ".join(str(job.session.pk) for job in jobs))
             if is_out_of_memory(exc):
                 free_accelerator_memory()
-            until_database_answers(job.fail, describe_error(exc), what="a failed job's record")
+            reason = describe_error(exc)
+            for run in runs:
+                if not run.settled:
+                    until_database_answers(run.job.fail, reason, what="a failed job's record")
         finally:
-            writer.close()
-            self.current_job, self.job_deadline = None, None
+            self.close_runs(runs)
+            self.current_jobs, self.job_deadline = [], None
+
+    def run_of(self, job: ClaimedJob) -> JobRun:
+        """The job's progress writer (started) and step reporter."""
+        timing = self.timing_of(job.session)
+        writer = ProgressWriter(job)
+        writer.start()
+        report_step = StepReporter(
+            job,
+            seconds_after_steps=timing.seconds_after_steps if timing else 0.0,
+            previews=settings.SD_PREVIEWS,
+            preview_interval=settings.SD_PREVIEW_INTERVAL,
+            writer=writer,
+        )
+        return JobRun(job, writer, report_step)
+
+    def leave_batch(self, run: JobRun, runs: list[JobRun]) -> None:
+        """`run` is out (cancelled, or its claim lost); in a batch that goes on, it is
+        settled now, so its page need not wait for the others."""
+        run.out = True
+        if any(not other.out for other in runs):
+            run.writer.close()
+            self.settle_interrupted(run.job)
+            run.settled = True
+
+    @staticmethod
+    def close_runs(runs: list[JobRun]) -> None:
+        for run in runs:
+            run.writer.close()
 
     def timing_of(self, session):
         """The measured step timing of jobs like this one (for the ETA), read at most once
@@ -276,12 +362,12 @@ class Worker:
             record_cannot_load(self.worker_id, self.cannot_load)
         return backend
 
-    def could_not_load(self, job: ClaimedJob, exc: Exception) -> None:
+    def could_not_load(self, jobs: list[ClaimedJob], exc: Exception) -> None:
         """The model did not load here: the worker is unhealthy for it, and leaves its jobs
-        to a worker that can load it (the job goes back to the queue, no attempt spent);
-        with none, the job fails with the real reason. It tries again after
+        to a worker that can load it (each job goes back to the queue, no attempt spent);
+        with none, the jobs fail with the real reason. It tries again after
         SD_LOAD_RETRY seconds."""
-        session = job.session
+        session = jobs[0].session
         key = (session.backend, session.model)
         why = str(exc) if isinstance(exc, ModelUnavailable) else describe_error(exc)
         if not isinstance(exc, ModelUnavailable):
@@ -291,14 +377,18 @@ class Worker:
                 record_cannot_load, self.worker_id, self.cannot_load, what="the worker's health"
             )
         reason = f"This worker could not load the model: {why}"
-        if key in self.left_to_others() and until_database_answers(
-            job.release, reason, what="a job left to another worker"
-        ):
-            logger.warning("Left session %s to a worker that can load its model", session.pk)
-        else:
-            until_database_answers(
-                job.fail, f"Could not load the model: {why}", what="a failed job"
-            )
+        leave = key in self.left_to_others()
+        for job in jobs:
+            if leave and until_database_answers(
+                job.release, reason, what="a job left to another worker"
+            ):
+                logger.warning(
+                    "Left session %s to a worker that can load its model", job.session.pk
+                )
+            else:
+                until_database_answers(
+                    job.fail, f"Could not load the model: {why}", what="a failed job"
+                )
 
     def left_to_others(self) -> list[tuple[str, str]]:
         """The models this worker failed to load that another live worker can serve."""

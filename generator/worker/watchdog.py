@@ -39,7 +39,7 @@ class Watchdog(threading.Thread):
     def stuck(self) -> bool:
         deadline = self.worker.job_deadline
         return (
-            self.worker.current_job is not None
+            self.worker.current_jobs
             and deadline is not None
             and time.monotonic() > deadline + settings.SD_WATCHDOG_GRACE
         )
@@ -48,14 +48,15 @@ class Watchdog(threading.Thread):
         from .heartbeat import unregister_worker
         from .loop import timeout_reason
 
-        job = self.worker.current_job
+        jobs = list(self.worker.current_jobs)
         logger.critical(
-            "Session %s: a step has not ended %s s past SD_JOB_TIMEOUT; restarting the worker",
-            job.session.pk,
+            "Session(s) %s: a step has not ended %s s past SD_JOB_TIMEOUT; restarting the worker",
+            ", ".join(str(job.session.pk) for job in jobs),
             settings.SD_WATCHDOG_GRACE,
         )
         try:
-            job.fail(timeout_reason() + " A step would not end, so the worker restarted.")
+            for job in jobs:
+                job.fail(timeout_reason() + " A step would not end, so the worker restarted.")
             unregister_worker(self.worker.worker_id)
         finally:
             self.restart()
