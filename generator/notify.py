@@ -1,5 +1,6 @@
-"""PostgreSQL LISTEN/NOTIFY: workers announce each progress write, web processes wake at once;
-and a job entering the queue wakes idle workers at once.
+"""PostgreSQL LISTEN/NOTIFY: every change of a session row is announced (by a trigger, see
+migration 0014), web processes wake at once; and a job entering the queue wakes idle
+workers at once.
 
 On SQLite (and if the listening connection drops) the progress hub's poll and the
 workers' poll are the only paths, so nothing here is needed for correctness, only
@@ -15,16 +16,9 @@ from django.db import connection, connections
 logger = logging.getLogger(__name__)
 
 CHANNEL = "sdsite_progress"
+"""Notified with a session's id by the database after each change of its row (a trigger)."""
 QUEUE_CHANNEL = "sdsite_queue"
 """Notified when a session enters the queue (new, re-queued, released): idle workers claim."""
-
-
-def notify_session_changed(session_id) -> None:
-    """Tell listening web processes that this session's row changed (PostgreSQL only)."""
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, str(session_id)])
 
 
 def notify_queued() -> None:

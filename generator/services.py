@@ -25,7 +25,7 @@ from .models import (
     Status,
     WorkerRecord,
 )
-from .notify import notify_queued, notify_session_changed
+from .notify import notify_queued
 from .params import MAX_SEED, PARAMETERS, steps_to_run
 from .pipelines import demo
 from .pipelines.schedulers import default_sampler, model_scheduler_class
@@ -263,7 +263,6 @@ def session_cancel(session_id) -> CancelOutcome:
         if sessions.filter(status=Status.PENDING).update(
             status=Status.CANCELLED, finished_at=timezone.now(), cancel_requested=True
         ):
-            notify_session_changed(session_id)
             return CancelOutcome.CANCELLED
         if sessions.filter(status=Status.RUNNING).update(cancel_requested=True):
             return CancelOutcome.CANCELLING
@@ -286,7 +285,6 @@ def session_requeue(session_ids) -> int:
             pk__in=list(session_ids), status__in=REQUEUEABLE
         ).values_list("pk", "preview", "owner_id", "owner_key", "client_ip")
     )
-    ids = [pk for pk, *_ in rows]
     previews = [preview for _, preview, *_ in rows if preview]
     count = 0
     for pk, _, *owner in rows:  # back in the queue as new: each takes its owner's next turn
@@ -311,8 +309,6 @@ def session_requeue(session_ids) -> int:
             webhook_error="",
         )
     delete_files(previews)
-    for pk in ids:
-        notify_session_changed(pk)
     if count:
         notify_queued()
     return count

@@ -279,6 +279,24 @@ def test_notify_delivers_steps_without_waiting_for_the_poll(tmp_path, start_work
         server.stop()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+def test_every_change_of_a_session_row_is_announced_by_the_database(make_session):
+    import psycopg
+
+    from generator.notify import CHANNEL, listener_conninfo
+    from generator.services import session_cancel
+
+    first, second = make_session(), make_session()
+    with psycopg.connect(listener_conninfo(), autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        # A write with no announcing code of its own: the trigger announces it.
+        GenerationSession.objects.filter(pk=first.pk).update(phase="anything")
+        session_cancel(second.pk)
+        GenerationSession.objects.filter(pk=first.pk).delete()
+        payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=3)]
+    assert payloads == [str(first.pk), str(second.pk), str(first.pk)]
+
+
 @override_settings(
     MIDDLEWARE=[
         "django.middleware.gzip.GZipMiddleware",

@@ -27,7 +27,7 @@ from ..models import (
     Status,
     WorkerRecord,
 )
-from ..notify import notify_queued, notify_session_changed
+from ..notify import notify_queued
 from ..params import BATCH_KEY
 from ..prompts import extract_loras
 
@@ -49,11 +49,6 @@ class ClaimedJob:
             pk=self.session.pk, claim_token=self.token, status=Status.RUNNING
         )
 
-    def _changed(self, rows: int) -> bool:
-        if rows:
-            notify_session_changed(self.session.pk)
-        return bool(rows)
-
     @retry_on_locked
     def _update(self, **fields) -> bool:
         """Write `fields` while the claim holds and nobody asked to cancel.
@@ -61,7 +56,7 @@ class ClaimedJob:
         With the database away, the job goes on without its progress writes (one
         line in the log); the final write waits for the database to return."""
         try:
-            return self._changed(self._mine().filter(cancel_requested=False).update(**fields))
+            return bool(self._mine().filter(cancel_requested=False).update(**fields))
         except OUTAGE_ERRORS as exc:
             if not is_outage(exc):
                 raise
@@ -148,11 +143,11 @@ class ClaimedJob:
         )
         if not done:  # the claim was lost: nobody will ever link to the file
             default_storage.delete(name)
-        return self._changed(done)
+        return bool(done)
 
     @retry_on_locked
     def fail(self, message: str) -> bool:
-        return self._changed(
+        return bool(
             self._mine().update(
                 status=Status.FAILED, phase="", error=message[:5000], finished_at=timezone.now()
             )
@@ -161,7 +156,7 @@ class ClaimedJob:
     @retry_on_locked
     def finish_cancelled(self) -> bool:
         """Mark the job cancelled if someone asked for it."""
-        return self._changed(
+        return bool(
             self._mine()
             .filter(cancel_requested=True)
             .update(status=Status.CANCELLED, phase="", finished_at=timezone.now())
@@ -171,7 +166,7 @@ class ClaimedJob:
     def release(self, reason: str = WORKER_STOPPED) -> bool:
         """Give the job back to the queue (shutdown, a model this worker cannot load);
         the attempt does not count."""
-        released = self._changed(
+        released = bool(
             self._mine().update(
                 status=Status.PENDING,
                 claim_token=None,
@@ -303,7 +298,6 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
                        "started_at": None, "restarts": F("restarts") + 1,
                        "restart_reason": WORKER_LOST, **FRESH_PROGRESS}  # fmt: skip
         if same_claim.update(phase="", **changes):
-            notify_session_changed(pk)
             if changes["status"] == Status.PENDING:
                 notify_queued()
             logger.warning("Session %s lost by worker %s: now %s", pk, worker, changes["status"])
