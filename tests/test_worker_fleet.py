@@ -163,16 +163,16 @@ def test_out_of_memory_fails_the_session_and_the_worker_takes_the_next(make_sess
 
     from generator.pipelines.torch_backend import TorchBackend
 
-    real_generate = TorchBackend.generate
+    real_generate = TorchBackend.generate_batch
     calls = []
 
-    def generate_once_out_of_memory(self, request, on_step, on_phase, on_start=None):
-        calls.append(request)
+    def generate_once_out_of_memory(self, requests, on_step, on_phase, on_start=None):
+        calls.append(requests)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_generate(self, request, on_step, on_phase, on_start)
+        return real_generate(self, requests, on_step, on_phase, on_start)
 
-    monkeypatch.setattr(TorchBackend, "generate", generate_once_out_of_memory)
+    monkeypatch.setattr(TorchBackend, "generate_batch", generate_once_out_of_memory)
     doomed = make_session(steps=2, width=64, height=64)
     next_one = make_session(steps=2, width=64, height=64)
     worker = Worker(poll_interval=0.05)
