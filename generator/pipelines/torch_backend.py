@@ -34,6 +34,12 @@ class TorchBackend(PipelineBackend):
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
+        if device.type == "cpu":
+            # 6 to 8 % less time a step on this project's CPU, images within 0.1 of a level
+            # (bench.torch_cpu); bfloat16 autocast and torch.compile did not pay there.
+            for part in ("unet", "vae"):
+                if isinstance(getattr(pipe, part, None), torch.nn.Module):
+                    getattr(pipe, part).to(memory_format=torch.channels_last)
 
     def prompt_windows(self, request: GenerationRequest) -> int:
         if not prompt_embeds.supports(self.pipe):
