@@ -17,7 +17,12 @@ class Command(BaseCommand):
         parser.add_argument("--vae-steps", type=int, default=plan.vae_steps)
         parser.add_argument("--unet-steps", type=int, default=plan.unet_steps)
         parser.add_argument("--dataset", type=int, default=plan.dataset)
+        parser.add_argument("--half-dataset", type=int, default=plan.half_dataset)
+        parser.add_argument("--half-share", type=float, default=plan.half_share)
+        parser.add_argument("--unet-batch", type=int, default=plan.unet_batch)
+        parser.add_argument("--lr", type=float, default=plan.lr)
         parser.add_argument("--refine-steps", type=int, default=plan.refine_steps)
+        parser.add_argument("--refine-rounds", type=int, default=plan.refine_rounds)
         parser.add_argument("--decoder-steps", type=int, default=plan.decoder_steps)
         parser.add_argument(
             "--refine-only",
@@ -45,8 +50,9 @@ class Command(BaseCommand):
         )
 
     def handle(
-        self, *args, out, vae_steps, unet_steps, dataset, refine_steps, decoder_steps,
-        refine_only, refine_round, decoder_only, checkpoint, lora, **options,
+        self, *args, out, vae_steps, unet_steps, dataset, half_dataset, half_share, unet_batch, lr,
+        refine_steps, refine_rounds, decoder_steps, refine_only, refine_round, decoder_only,
+        checkpoint, lora, **options,
     ):  # fmt: skip
         import torch
 
@@ -55,7 +61,12 @@ class Command(BaseCommand):
             vae_steps=vae_steps,
             unet_steps=unet_steps,
             dataset=dataset,
+            half_dataset=half_dataset,
+            half_share=half_share,
+            unet_batch=unet_batch,
+            lr=lr,
             refine_steps=refine_steps,
+            refine_rounds=refine_rounds,
             decoder_steps=decoder_steps,
             out=out,
         )

@@ -35,7 +35,11 @@ class Plan:
     vae_batch: int = 16
     vae_crop: int = 32
     dataset: int = 12000
-    """Scenes encoded once by the trained VAE, at the model's size (a fifth more at half size)."""
+    """Scenes encoded once by the trained VAE, at the model's size."""
+    half_dataset: int = 2400
+    """And at half the model's size."""
+    half_share: float = 0.2
+    """The share of UNet steps that learn from the half-size scenes, so small images work too."""
     unet_steps: int = 3500
     unet_batch: int = 32
     lr: float = 1e-3
@@ -264,7 +268,7 @@ def train_diffusion(
 
     datasets = [
         encoded_scenes(vae, plan.dataset, IMAGE_SIZE, rng),
-        encoded_scenes(vae, plan.dataset // 5, IMAGE_SIZE // 2, rng),
+        encoded_scenes(vae, plan.half_dataset, IMAGE_SIZE // 2, rng),
     ]
     report("latents", 0, 1, std=datasets[0][1].std().item())
 
@@ -283,8 +287,7 @@ def train_diffusion(
     warmup = 200
     for step in range(plan.unet_steps):
         set_cosine_rate(optimizer, plan.lr, step, plan.unet_steps, warmup)
-        # Mostly the model's own size, sometimes half of it, so small images work too.
-        every, means, stds = datasets[0 if rng.random() < 0.8 else 1]
+        every, means, stds = datasets[0 if rng.random() < 1 - plan.half_share else 1]
         picks = torch.randint(0, len(every), (plan.unet_batch,), generator=generator)
         batch = [every[i] for i in picks.tolist()]
         captions = [world.training_caption(scene, rng) for scene in batch]
