@@ -101,10 +101,21 @@ class PipelineBackend(ABC):
         """Run the pipeline and return the PIL image; `on_start` marks the start of denoising."""
         return self.generate_batch([request], on_step, on_phase, on_start)[0]
 
+    def prompt_tokenizer(self):
+        """The tokenizer `prompt_embeds` encodes this model's prompts with; None where it
+        does not (the pipeline cuts every prompt to one window)."""
+        return None
+
     def prompt_windows(self, request: GenerationRequest) -> int:
         """How many 77-token windows the request's prompts take (`prompt_embeds`): the
         length of its text embeddings, which the jobs of one batch must share."""
-        return 1
+        tokenizer = self.prompt_tokenizer()
+        if tokenizer is None:
+            return 1
+        prompt, negative = (
+            extract_loras(text)[0] for text in (request.prompt, request.negative_prompt)
+        )
+        return prompt_embeds.windows(tokenizer, prompt, negative)
 
     def generate_batch(
         self,

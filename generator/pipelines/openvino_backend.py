@@ -3,8 +3,6 @@ from pathlib import Path
 
 from django.conf import settings
 
-from ..prompts import extract_loras
-from . import prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend, Unbatchable
 from .openvino_ir import export_to_ir, holds_openvino_ir, ir_cache_dir, is_cached
 from .sources import resolve_model
@@ -59,19 +57,16 @@ class OpenVINOBackend(PipelineBackend):
         self.ir_dir = str(cache_dir)
         self.one_text_encoder = not (Path(self.ir_dir) / "text_encoder_2").exists()
 
-    def prompt_windows(self, request: GenerationRequest) -> int:
-        """The UNet is compiled for the prompts' length in 77-token windows, as for a size."""
+    def prompt_tokenizer(self):
+        """Read from the IR folder, without compiling a pipeline: the UNet is compiled for
+        the prompts' length in 77-token windows (`prompt_windows`), as for a size."""
         if not self.one_text_encoder:
-            return 1
+            return None
         if self.tokenizer is None:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(f"{self.ir_dir}/tokenizer")
-        return prompt_embeds.windows(
-            self.tokenizer,
-            extract_loras(request.prompt)[0],
-            extract_loras(request.negative_prompt)[0],
-        )
+        return self.tokenizer
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
         if batch > 1 and not self.one_text_encoder:

@@ -1,4 +1,3 @@
-from ..prompts import extract_loras
 from . import prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend
 from .sources import resolve_model
@@ -41,14 +40,8 @@ class TorchBackend(PipelineBackend):
                 if isinstance(getattr(pipe, part, None), torch.nn.Module):
                     getattr(pipe, part).to(memory_format=torch.channels_last)
 
-    def prompt_windows(self, request: GenerationRequest) -> int:
-        if not prompt_embeds.supports(self.pipe):
-            return 1  # diffusers cuts every prompt to one window
-        return prompt_embeds.windows(
-            self.pipe.tokenizer,
-            extract_loras(request.prompt)[0],
-            extract_loras(request.negative_prompt)[0],
-        )
+    def prompt_tokenizer(self):
+        return self.pipe.tokenizer if prompt_embeds.supports(self.pipe) else None
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
         # Image-to-image and inpainting pipelines share the loaded components:
