@@ -87,7 +87,7 @@ def child() -> None:
     # One core denoises, as a GPU would; the other is left to the bookkeeping, the
     # database and this benchmark's proxy, which on a saturated 2-core machine would
     # otherwise show up as job time wherever they ran.
-    torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "1")))
+    torch.set_num_threads(1)
     worker = Worker(once=True, worker_id="bench")
     for _ in sys.stdin:
         session_create(prompt="a red circle on a blue background", steps=40, width=64, height=64)
@@ -101,6 +101,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--delay-ms", type=float, default=2.0)
     parser.add_argument("--pairs", type=int, default=30, help="pairs of warm jobs")
+    parser.add_argument("--show-jobs", action="store_true", help="also print every job's time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -146,9 +147,9 @@ def main():
             away.append(job(args.delay_ms))
     worker.stdin.close()
     worker.wait()
-    if os.environ.get("BENCH_VERBOSE"):
-        print("near", [round(x * 1000) for x in near])
-        print("away", [round(x * 1000) for x in away])
+    if args.show_jobs:
+        print("ms a job, no delay:", [round(x * 1000) for x in near])
+        print(f"ms a job, {args.delay_ms:g} ms away:", [round(x * 1000) for x in away])
     cost = statistics.median(b - a for a, b in zip(near, away, strict=True))
     print(f"{machine_line()}; demo model, 64x64, 40 steps, {args.pairs} pairs of warm jobs")
     print(f"- PostgreSQL through the proxy, no delay: {statistics.median(near):.3f} s a job")
