@@ -108,7 +108,7 @@ def test_training_is_seeded_and_reproducible_in_one_run_or_two_passes(tmp_path):
 
     def plan(folder, refine_steps=2, decoder_steps=2):
         return train.Plan(
-            vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, dataset=5,
+            vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, dataset=5, half_dataset=1,
             refine_steps=refine_steps, decoder_steps=decoder_steps, decoder_batch=2,
             out=tmp_path / folder,
         )  # fmt: skip
