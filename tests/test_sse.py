@@ -64,6 +64,10 @@ def test_stream_sends_each_change_in_order_then_ends(web_server, make_session):
 
     ids = [int(e.id) for e in [first, *received, last]]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # Under uvicorn the hub wrote the steps itself (connections.BodyWriter); the last
+    # message went through the stream's task, which ended the response.
+    stats = httpx.get(f"{web_server.url}/api/stats/progress").json()
+    assert stats["written"] >= 3 and stats["queued"] >= 1
 
 
 def test_a_finished_session_gets_connected_and_the_final_message_at_once(web_server, make_session):

@@ -6,6 +6,11 @@ snapshots that changed. A tick comes every SD_PROGRESS_INTERVAL seconds, or at
 once when PostgreSQL notifies that a watched session changed. Database load
 therefore does not grow with the number of open streams, and no stream holds a
 thread or a connection of its own.
+
+A stream that can write at once (under uvicorn, see `connections.BodyWriter`)
+is handed each change in the hub's own pass over the watchers and writes it
+there; the others, a slow client, and every stream's last message go through
+the stream's queue and its task.
 """
 
 import asyncio
@@ -60,7 +65,7 @@ def _on_db_thread(func, release: bool, *args):
 
 
 class Subscription:
-    __slots__ = ("session_id", "queue", "closed", "spoke")
+    __slots__ = ("session_id", "queue", "closed", "spoke", "busy", "write_now")
 
     def __init__(self, session_id):
         self.session_id = session_id
@@ -68,6 +73,25 @@ class Subscription:
         self.closed = False
         self.spoke = True
         """Whether the stream sent anything since the hub's last keepalive sweep."""
+        self.busy = False
+        """The stream's task is sending (and may be waiting for a slow client)."""
+        self.write_now = None
+        """The stream's way to send a snapshot from the hub's pass, if it has one:
+        answers False when it cannot (then the snapshot goes to the queue)."""
+
+    def deliver(self, snapshot: Snapshot) -> bool:
+        """Hand the stream a changed snapshot: written at once (True) when the stream can
+        and nothing is ahead of it, else queued for the stream's task (order is kept)."""
+        if self.write_now is not None and not self.busy and self.queue.empty():
+            try:
+                if self.write_now(snapshot):
+                    self.spoke = True
+                    return True
+            except Exception:  # this stream's trouble: its task meets it and ends
+                logger.exception("Writing a progress stream failed")
+                self.write_now = None
+        self.queue.put_nowait(snapshot)
+        return False
 
     async def next_snapshot(self) -> Snapshot | None:
         """The next changed snapshot; None when it is time for a keepalive, or the end."""
@@ -156,6 +180,10 @@ class ProgressHub:
         self.latest: dict[object, Snapshot] = {}
         self.reads = 0
         self.notifications = 0
+        self.written = 0
+        """Changes written to a stream in the hub's pass."""
+        self.queued = 0
+        """Changes left to a stream's task (no direct writer, a slow client, the end)."""
         self.stopped = False
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -175,6 +203,8 @@ class ProgressHub:
             "sessions": len(self.subscribers),
             "reads": self.reads,
             "notifications": self.notifications,
+            "written": self.written,
+            "queued": self.queued,
             "listening": bool(self._listener and not self._listener.done()),
         }
 
@@ -317,8 +347,12 @@ class ProgressHub:
             if self.latest.get(session_id) == snapshot:
                 continue
             self.latest[session_id] = snapshot
-            for subscription in self.subscribers.get(session_id, ()):
-                subscription.queue.put_nowait(snapshot)
+            written = 0
+            watchers = self.subscribers.get(session_id, ())
+            for subscription in watchers:
+                written += subscription.deliver(snapshot)
+            self.written += written
+            self.queued += len(watchers) - written
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProgressHub]" = (

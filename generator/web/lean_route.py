@@ -18,6 +18,7 @@ from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
 from .api_errors import error_body
+from .connections import WRITE_BODY
 from .hub import get_hub
 from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
@@ -70,7 +71,8 @@ async def progress_app(scope, receive, send) -> None:
     cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
     viewer = await get_hub().read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
     address = (scope.get("client") or ("", 0))[0]
-    status, events = await open_stream(session_id, last_event_id, viewer, address)
+    write_body = scope.get("extensions", {}).get(WRITE_BODY)
+    status, events = await open_stream(session_id, last_event_id, viewer, address, write_body)
     if status == 503:
         body = json.dumps(error_body(events)).encode()
         # Closed after the answer: under a flood a refused socket should not linger.

@@ -123,17 +123,51 @@ class ProgressStream:
         self.slot.release()
 
 
+class Cursor:
+    """What one client has been sent: the last snapshot and its position."""
+
+    __slots__ = ("previous", "position")
+
+    def __init__(self, previous: Snapshot, position: Position):
+        self.previous, self.position = previous, position
+
+    def advance(self, snapshot: Snapshot) -> bytes:
+        """The bytes that bring the client to `snapshot`, counted as sent."""
+        text, self.position = render(self.previous, snapshot, self.position)
+        self.previous = snapshot
+        return text
+
+    def writer(self, write_body):
+        """A `Subscription.write_now` that sends a change with `write_body` (a
+        `connections.BodyWriter`): the last message is left to the stream's task,
+        which ends the response after it."""
+
+        def write_now(snapshot: Snapshot) -> bool:
+            if snapshot.is_finished:
+                return False
+            text, position = render(self.previous, snapshot, self.position)
+            if text and not write_body(text):
+                return False
+            self.previous, self.position = snapshot, position
+            return True
+
+        return write_now
+
+
 async def session_events(
     hub: ProgressHub,
     session_id,
     first: Snapshot,
     resume: Position | None = None,
     slot=None,
+    write_body=None,
 ) -> AsyncIterator[bytes]:
     """`connected`, then a message per change until the session finishes.
 
     With `resume` (a reconnect) the client already has `connected` and every
-    step up to `resume.step`, so neither is sent again.
+    step up to `resume.step`, so neither is sent again. With `write_body` (see
+    `connections.BodyWriter`) the hub writes changes itself while the client
+    keeps up; what this yields goes out through the server's `send`.
     """
     position = resume or Position(run=first.restarts)
 
@@ -148,22 +182,25 @@ async def session_events(
         yield opening.encode() + text
         if first.is_finished:
             return
-        previous = first
+        cursor = Cursor(first, position)
         async with hub.subscribe(session_id) as subscription:
+            if write_body is not None:
+                subscription.write_now = cursor.writer(write_body)
             while True:
                 snapshot = await subscription.next_snapshot()
                 if subscription.closed:  # the server is shutting down
                     return
+                subscription.busy = True
                 if snapshot is None:
                     yield KEEPALIVE
-                    continue
-                text, position = render(previous, snapshot, position)
-                if text:
-                    subscription.spoke = True
-                    yield text
-                previous = snapshot
-                if snapshot.is_finished:
-                    return
+                else:
+                    text = cursor.advance(snapshot)
+                    if text:
+                        subscription.spoke = True
+                        yield text
+                    if snapshot.is_finished:
+                        return
+                subscription.busy = False
     finally:
         if slot is not None:
             slot.release()
@@ -173,12 +210,15 @@ STREAMS_RETRY_AFTER = 10
 """Seconds a client refused a stream (503) waits; the page polls meanwhile."""
 
 
-async def open_stream(session_id, last_event_id: str | None, viewer: Viewer, address: str = ""):
+async def open_stream(
+    session_id, last_event_id: str | None, viewer: Viewer, address: str = "", write_body=None
+):
     """What GET /api/progress/<id> answers: (404, None), (204, None), (503, reason) when
     SD_MAX_STREAMS are open, or (200, the stream).
 
     One decision for both servers of the URL, the Django view and the lean
     ASGI route. Someone else's session is as absent as a missing one.
+    `write_body`: see `session_events`.
     """
     hub = get_hub()
     first = await hub.read_one(session_id)
@@ -191,4 +231,6 @@ async def open_stream(session_id, last_event_id: str | None, viewer: Viewer, add
     slot = hub.reserve(viewer.holder() or f"address:{address}")
     if isinstance(slot, str):
         return 503, slot
-    return 200, ProgressStream(session_events(hub, session_id, first, resume, slot), slot)
+    return 200, ProgressStream(
+        session_events(hub, session_id, first, resume, slot, write_body), slot
+    )
