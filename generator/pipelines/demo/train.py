@@ -36,19 +36,20 @@ class Plan:
     vae_crop: int = 32
     dataset: int = 12000
     """Scenes encoded once by the trained VAE, at the model's size."""
-    half_dataset: int = 2400
+    half_dataset: int = 5000
     """And at half the model's size."""
-    half_share: float = 0.2
+    half_share: float = 0.3
     """The share of UNet steps that learn from the half-size scenes, so small images work too."""
-    unet_steps: int = 3500
-    unet_batch: int = 32
-    lr: float = 1e-3
+    unet_steps: int = 3600
+    unet_batch: int = 64
+    lr: float = 1.4e-3
     refine_steps: int = 4000
     """A second pass over fresh scenes, from the saved first-pass weights, at a lower rate."""
     refine_lr: float = 3e-4
-    refine_rounds: int = 2
-    """How many such passes, each over scenes of its own."""
-    decoder_steps: int = 400
+    refine_rounds: int = 0
+    """How many such passes, each over scenes of its own (none by default: a batch of 64
+    in one pass follows prompts as well within the hour; see docs/demo-model.md)."""
+    decoder_steps: int = 300
     """The last pass: the decoder alone, on whole scenes' latents (see `tune_decoder`)."""
     decoder_batch: int = 8
     decoder_lr: float = 3e-4
