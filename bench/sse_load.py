@@ -119,13 +119,20 @@ def percentile(values, fraction):
 async def one_round(server, worker, clients: int, steps: int):
     import httpx
     import psutil
+    from django.db import connection
 
     from generator.services import session_create
 
+    def queue_job():
+        try:
+            return session_create(prompt="load test", steps=steps, width=256, height=256)
+        finally:
+            # Each round's event loop has threads of its own: give the connection back
+            # (to PostgreSQL's pool), or a dozen rounds exhaust it.
+            connection.close()
+
     os.kill(worker.popen.pid, signal.SIGSTOP)  # hold the job until every client is connected
-    session = await asyncio.to_thread(
-        session_create, prompt="load test", steps=steps, width=256, height=256
-    )
+    session = await asyncio.to_thread(queue_job)
     path = f"/api/progress/{session.pk}"
     results = [StreamResult() for _ in range(clients)]
     connected = asyncio.Event()

@@ -127,11 +127,12 @@ class SessionQuerySet(models.QuerySet):
         size = batch.annotate(n=COUNT).values("n")[:1]
         return self.annotate(batch_size=Subquery(size, output_field=IntegerField()))
 
-    def with_queue_place(self):
+    def with_queue_place(self, cutoff=None):
         """Where each row stands, as subqueries of the same query.
 
         For a pending row its place and the work ahead (null for other rows); for a
-        running row whether its worker is alive.
+        running row whether its worker is alive (heartbeat since `cutoff`, by default
+        `lease_cutoff()`).
         """
         pending = GenerationSession.objects.pending().order_by()
         ahead = pending.filter(
@@ -154,7 +155,7 @@ class SessionQuerySet(models.QuerySet):
         # running job that has not timed a step yet counts its expected time.
         ahead_seconds = total(Coalesce(F("expected_seconds"), OuterRef("expected_seconds")))
         running_seconds = total(Coalesce(F("eta_seconds"), F("expected_seconds")))
-        alive = WorkerRecord.objects.alive()
+        alive = WorkerRecord.objects.alive(cutoff=cutoff)
         return self.annotate(
             queue_ahead=if_pending(ahead, count, IntegerField()),
             queue_ahead_seconds=if_pending(ahead, ahead_seconds, FloatField()),
@@ -341,9 +342,9 @@ def lease_cutoff(lease_seconds: float | None = None):
 
 
 class WorkerQuerySet(models.QuerySet):
-    def alive(self, lease_seconds: float | None = None):
-        """Workers whose heartbeat is younger than the lease (SD_WORKER_LEASE)."""
-        return self.filter(last_seen_at__gte=lease_cutoff(lease_seconds))
+    def alive(self, lease_seconds: float | None = None, cutoff=None):
+        """Workers whose heartbeat is younger than the lease (SD_WORKER_LEASE), or `cutoff`."""
+        return self.filter(last_seen_at__gte=cutoff or lease_cutoff(lease_seconds))
 
 
 class WorkerRecord(models.Model):

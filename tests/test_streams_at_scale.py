@@ -408,3 +408,34 @@ def test_changes_a_stream_cannot_write_at_once_reach_it_through_its_task_in_orde
     senders = [who for who, t in sent if b'"progress"' in t]
     assert senders.count("hub") == 6 and senders.count("task") == 3
     assert sent[-1][0] == "task"  # the end goes through the task, which ends the response
+
+
+def test_the_compiled_snapshot_read_reads_what_the_orm_query_reads(make_session):
+    """`read_snapshots` runs SQL compiled once per number of ids; the ORM's own query
+    (`snapshot_rows`) must give the same snapshots: queue places and estimates of pending
+    rows, live and lost workers of running ones, finished rows."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generator.models import WorkerRecord
+    from generator.web.snapshots import read_snapshots, snapshot_of, snapshot_rows
+
+    now = timezone.now()
+    WorkerRecord.objects.create(id="alive", host="h", pid=1, last_seen_at=now)
+    WorkerRecord.objects.create(id="gone", host="h", pid=2, last_seen_at=now - timedelta(hours=1))
+    rows = [make_session(steps=n + 2) for n in range(6)]
+    advance(rows[0], status=Status.RUNNING, worker_id="alive", current_step=1, eta_seconds=3.5)
+    advance(rows[1], status=Status.RUNNING, worker_id="gone", current_step=1, eta_seconds=2.0)
+    advance(rows[2], status=Status.COMPLETED, image="images/done.png", current_step=4)
+    GenerationSession.objects.filter(pk__in=[r.pk for r in rows]).update(expected_seconds=4.0)
+    for count in (1, 2, 6):
+        ids = [r.pk for r in rows[-count:]] if count < 6 else [r.pk for r in rows]
+        expected = {row.pk: snapshot_of(row) for row in snapshot_rows(ids)}
+        assert read_snapshots(ids) == expected
+        assert len(expected) == count
+    snapshots = read_snapshots([r.pk for r in rows])
+    assert [snapshots[r.pk].queue_position for r in rows[3:]] == [1, 2, 3]
+    assert snapshots[rows[3].pk].eta_seconds is not None
+    assert not snapshots[rows[0].pk].worker_lost and snapshots[rows[1].pk].worker_lost
+    assert snapshots[rows[2].pk].image_url == "/media/images/done.png"

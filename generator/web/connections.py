@@ -88,6 +88,9 @@ class BodyWriter:
 
     __slots__ = ("cycle",)
 
+    # The hub writes the same bytes to every stream at the same point: framed once.
+    _framed: tuple[bytes, bytes] = (b"", b"")
+
     def __init__(self, cycle):
         self.cycle = cycle
 
@@ -102,8 +105,12 @@ class BodyWriter:
             or cycle.scope["method"] == "HEAD"
         ):
             return False
-        # uvicorn's chunk framing (httptools_impl.RequestResponseCycle.send).
-        cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        last, framed = BodyWriter._framed
+        if body is not last:
+            # uvicorn's chunk framing (httptools_impl.RequestResponseCycle.send).
+            framed = b"%x\r\n%b\r\n" % (len(body), body)
+            BodyWriter._framed = (body, framed)
+        cycle.transport.write(framed)
         return True
 
 

@@ -1,13 +1,24 @@
 """What a progress stream says: snapshots of a session row and the messages between two."""
 
 import base64
+import dataclasses
+import datetime
 import functools
+import uuid
 from dataclasses import dataclass, field
 
 from django.core.files.storage import default_storage
+from django.db import DEFAULT_DB_ALIAS, connections
 
 from ..estimates import queue_place
-from ..models import FINISHED_STATUSES, GenerationSession, Status, percentage
+from ..models import (
+    FINISHED_STATUSES,
+    GenerationSession,
+    Status,
+    WorkerRecord,
+    lease_cutoff,
+    percentage,
+)
 from ..services import WORKER_LOST_WAITING
 
 SNAPSHOT_FIELDS = (
@@ -60,15 +71,77 @@ class Snapshot:
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
+    def __hash__(self) -> int:
+        # Hashed once per stream for every change (`sse.render`'s cache): computed once.
+        try:
+            return self.__dict__["_hash"]
+        except KeyError:
+            value = hash(tuple(getattr(self, f.name) for f in COMPARED))
+            object.__setattr__(self, "_hash", value)
+            return value
 
-def read_snapshots(session_ids) -> dict:
-    """One query for every watched session, queue positions included: {session id: Snapshot}."""
-    rows = (
+
+COMPARED = [f for f in dataclasses.fields(Snapshot) if f.compare]
+
+
+def snapshot_rows(session_ids, cutoff=None):
+    """The rows `read_snapshots` reads, as the ORM builds the query."""
+    return (
         GenerationSession.objects.filter(pk__in=list(session_ids))
         .only(*SNAPSHOT_FIELDS)
-        .with_queue_place()
+        .with_queue_place(cutoff)
     )
+
+
+def read_snapshots(session_ids) -> dict:
+    """One query for every watched session, queue positions included: {session id: Snapshot}.
+
+    The hub runs this at every tick and NOTIFY. Building and compiling its query took
+    the ORM 6 of the 9 ms a read took, so the SQL is compiled once per number of ids
+    (`SnapshotSQL`) and run with the ids and the lease cutoff of the moment.
+    """
+    session_ids = list(session_ids)
+    sql, params = SnapshotSQL.of(len(session_ids)).bind(session_ids, lease_cutoff())
+    rows = GenerationSession.objects.raw(sql, params)
     return {row.pk: snapshot_of(row) for row in rows}
+
+
+class SnapshotSQL:
+    """`snapshot_rows`' SQL and parameters, compiled once for `count` ids: compiled with
+    stand-in ids and cutoff, whose places among the parameters `bind` fills."""
+
+    STAND_IN_CUTOFF = datetime.datetime(2000, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC)
+
+    def __init__(self, count: int):
+        stand_ins = [uuid.UUID(int=n + 1) for n in range(count)]
+        query = snapshot_rows(stand_ins, self.STAND_IN_CUTOFF).query
+        self.sql, params = query.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+        self.params = list(params)
+        connection = connections[DEFAULT_DB_ALIAS]
+        pk = GenerationSession._meta.pk
+        cutoff = WorkerRecord._meta.get_field("last_seen_at").get_db_prep_value(
+            self.STAND_IN_CUTOFF, connection
+        )
+        id_places = {pk.get_db_prep_value(i, connection): n for n, i in enumerate(stand_ins)}
+        self.id_places = [(p, id_places[v]) for p, v in enumerate(params) if v in id_places]
+        self.cutoff_places = [p for p, v in enumerate(params) if v == cutoff]
+        if len(self.id_places) != count or not self.cutoff_places:
+            raise RuntimeError("The snapshot query's parameters are not where expected.")
+
+    @classmethod
+    def of(cls, count: int) -> "SnapshotSQL":
+        return _compiled_snapshot_sql(connections[DEFAULT_DB_ALIAS].vendor, count)
+
+    def bind(self, session_ids: list, cutoff) -> tuple[str, list]:
+        connection = connections[DEFAULT_DB_ALIAS]
+        pk = GenerationSession._meta.pk
+        params = list(self.params)
+        for place, n in self.id_places:
+            params[place] = pk.get_db_prep_value(session_ids[n], connection)
+        value = WorkerRecord._meta.get_field("last_seen_at").get_db_prep_value(cutoff, connection)
+        for place in self.cutoff_places:
+            params[place] = value
+        return self.sql, params
 
 
 def snapshot_of(session: GenerationSession) -> Snapshot:
@@ -169,3 +242,9 @@ def messages_between(previous: Snapshot | None, current: Snapshot) -> list[dict]
     elif current.status == Status.CANCELLED:
         messages.append({"type": "cancelled"})
     return messages
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_snapshot_sql(vendor: str, count: int) -> SnapshotSQL:
+    """Kept for the 64 numbers of watched sessions last seen (the SQL grows with the count)."""
+    return SnapshotSQL(count)
