@@ -289,7 +289,9 @@ class Worker:
                 if not run.settled:
                     until_database_answers(run.job.fail, reason, what="a failed job's record")
         finally:
-            self.close_runs(runs)
+            # Every job of the batch is settled by now.
+            for run in runs:
+                run.writer.abandon()
             self.current_jobs, self.job_deadline = [], None
 
     def run_of(self, job: ClaimedJob) -> JobRun:

@@ -121,6 +121,20 @@ class ProgressWriter(threading.Thread):
             self.changed.notify_all()
         self.join(timeout=30)
 
+    def abandon(self) -> None:
+        """Stop once the job is settled (completed, failed, cancelled, back in the queue).
+
+        What is still pending would find the job settled and change nothing (every write
+        is fenced by the claim and the running status; the completion writes the last
+        step itself), so it is dropped, and nobody waits: the thread ends after the
+        write it may be in. With the database a few ms away, waiting here for the last
+        step's and phases' writes was most of what the distance cost a job.
+        """
+        with self.changed:
+            self.pending.clear()
+            self.closed = True
+            self.changed.notify_all()
+
 
 class StepReporter:
     def __init__(
