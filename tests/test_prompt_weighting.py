@@ -28,8 +28,10 @@ def pixels(backend, prompt, negative=""):
 def test_weight_one_is_exactly_the_plain_prompt_and_other_weights_change_it(backend):
     plain = pixels(backend, PROMPT)
     assert (pixels(backend, "a (red circle:1.0) on a blue background") == plain).all()
-    assert np.abs(pixels(backend, "a (red:1.8) circle on a blue background") - plain).mean() > 1
-    assert np.abs(pixels(backend, "a [[[red]]] circle on a blue background") - plain).mean() > 1
+    # Weighted "circle", not "red": the demo model draws the red saturated already, so
+    # "(red:1.8)" moved its pixels by a mean of only 0.6 of 255, "(circle:1.8)" by 18.
+    assert np.abs(pixels(backend, "a red (circle:1.8) on a blue background") - plain).mean() > 2
+    assert np.abs(pixels(backend, "a red [[[circle]]] on a blue background") - plain).mean() > 2
 
 
 def test_words_past_the_77th_token_change_the_image(backend):
