@@ -117,12 +117,8 @@ class SnapshotSQL:
         query = snapshot_rows(stand_ins, self.STAND_IN_CUTOFF).query
         self.sql, params = query.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
         self.params = list(params)
-        connection = connections[DEFAULT_DB_ALIAS]
-        pk = GenerationSession._meta.pk
-        cutoff = WorkerRecord._meta.get_field("last_seen_at").get_db_prep_value(
-            self.STAND_IN_CUTOFF, connection
-        )
-        id_places = {pk.get_db_prep_value(i, connection): n for n, i in enumerate(stand_ins)}
+        ids, cutoff = self.prepared(stand_ins, self.STAND_IN_CUTOFF)
+        id_places = {value: n for n, value in enumerate(ids)}
         self.id_places = [(p, id_places[v]) for p, v in enumerate(params) if v in id_places]
         self.cutoff_places = [p for p, v in enumerate(params) if v == cutoff]
         if len(self.id_places) != count or not self.cutoff_places:
@@ -132,15 +128,24 @@ class SnapshotSQL:
     def of(cls, count: int) -> "SnapshotSQL":
         return _compiled_snapshot_sql(connections[DEFAULT_DB_ALIAS].vendor, count)
 
-    def bind(self, session_ids: list, cutoff) -> tuple[str, list]:
+    @staticmethod
+    def prepared(session_ids: list, cutoff) -> tuple[list, object]:
+        """The ids and the cutoff as the database takes them, as the ORM prepares them."""
         connection = connections[DEFAULT_DB_ALIAS]
         pk = GenerationSession._meta.pk
+        last_seen_at = WorkerRecord._meta.get_field("last_seen_at")
+        return (
+            [pk.get_db_prep_value(i, connection) for i in session_ids],
+            last_seen_at.get_db_prep_value(cutoff, connection),
+        )
+
+    def bind(self, session_ids: list, cutoff) -> tuple[str, list]:
+        ids, cutoff = self.prepared(session_ids, cutoff)
         params = list(self.params)
         for place, n in self.id_places:
-            params[place] = pk.get_db_prep_value(session_ids[n], connection)
-        value = WorkerRecord._meta.get_field("last_seen_at").get_db_prep_value(cutoff, connection)
+            params[place] = ids[n]
         for place in self.cutoff_places:
-            params[place] = value
+            params[place] = cutoff
         return self.sql, params
 
 
