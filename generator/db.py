@@ -6,7 +6,8 @@ import logging
 import os
 import time
 
-from django.db import InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db.models import sql
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +97,58 @@ def until_database_answers(func, *args, what: str = "", give_up=None, **kwargs):
         if since is not None:
             logger.warning("The database answers again after %.1f s", time.monotonic() - since)
         return result
+
+
+class CompiledUpdates:
+    """`queryset.update(**values)` for one fixed queryset, each kind of update compiled once.
+
+    The ORM spends about 0.4 ms of Python building and compiling an UPDATE, twice what
+    running it costs. A running job writes one per step, from its progress writer's
+    thread, and that Python holds the GIL the denoising loop needs: compiled once per
+    set of field names (and which of them are None, which the SQL spells as NULL), a
+    write only prepares its values, each as its field does for the ORM. Anything else
+    (an expression such as F(), SQL whose parameters are not one per value) goes
+    through the ORM as before.
+    """
+
+    def __init__(self, queryset):
+        self.queryset = queryset
+        self.compiled: dict[tuple, tuple | None] = {}
+
+    def update(self, **values) -> int:
+        if any(hasattr(value, "resolve_expression") for value in values.values()):
+            return self.queryset.update(**values)
+        shape = tuple((name, values[name] is None) for name in values)
+        if shape not in self.compiled:
+            self.compiled[shape] = self.compile(values)
+        if self.compiled[shape] is None:
+            return self.queryset.update(**values)
+        statement, fields, where_params = self.compiled[shape]
+        connection = connections[self.queryset.db]
+        params = [field.get_db_prep_save(values[name], connection) for name, field in fields]
+        with (
+            transaction.mark_for_rollback_on_error(using=self.queryset.db),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement, [*params, *where_params])
+            return cursor.rowcount
+
+    def compile(self, values: dict) -> tuple | None:
+        """The SQL, the (name, field) pairs whose values it takes first, and the WHERE's
+        parameters."""
+        query = self.queryset.query.chain(sql.UpdateQuery)
+        query.add_update_values(values)
+        statement, params = query.get_compiler(self.queryset.db).as_sql()
+        fields = [
+            (name, field)
+            for name, (field, _, value) in zip(values, query.values, strict=False)
+            if value is not None
+        ]
+        if (
+            query.related_updates
+            or len(query.values) != len(values)
+            or statement.count("%s") != len(params)
+            or len(params) < len(fields)
+        ):
+            return None
+        return statement, fields, params[len(fields) :]

@@ -72,6 +72,46 @@ def test_a_zombie_cannot_write_after_its_session_was_reclaimed(make_session):
     assert heir.record_step(2, 4) is True
 
 
+def test_compiled_progress_writes_write_what_the_orm_writes_and_keep_the_fence(make_session):
+    """A job's progress writes run SQL compiled once per kind of write (`CompiledUpdates`);
+    each must leave the row exactly as the ORM's own update does, NULLs, JSON and file
+    names included, and write nothing once the claim is lost or a cancel was asked."""
+    from django.db.models import F
+
+    from generator.services import session_cancel
+
+    make_session(), make_session()
+    compiled, orm = claim_next("compiled"), claim_next("orm")
+    writes = [
+        {"current_step": 1, "total_steps": 4, "phase": "denoising", "step_seconds": [0.5],
+         "eta_seconds": None, "step_recorded_at": 1.5},
+        {"current_step": 2, "total_steps": 4, "phase": "denoising", "step_seconds": [0.5, 0.25],
+         "eta_seconds": 0.75, "step_recorded_at": 2.5},
+        {"current_step": 3, "total_steps": 4, "phase": "denoising", "step_seconds": [],
+         "eta_seconds": 0.5, "step_recorded_at": 3.5, "preview": "previews/p.jpg",
+         "preview_step": 3},
+        {"phase": "decoding"},
+        {"current_step": 4, "total_steps": 4, "phase": "decoding", "step_seconds": [0.5],
+         "eta_seconds": None, "step_recorded_at": 4.5},
+    ]  # fmt: skip
+    for fields in writes:
+        assert compiled.writes.update(**fields) == 1
+        assert orm._mine().filter(cancel_requested=False).update(**fields) == 1
+        mine, theirs = reload(compiled.session), reload(orm.session)
+        for name in fields:
+            assert getattr(mine, name) == getattr(theirs, name), name
+    assert len(compiled.writes.compiled) == 4  # the last write's kind was compiled already
+    assert compiled.writes.update(attempts=F("attempts") + 1) == 1  # an expression: the ORM
+    assert reload(compiled.session).attempts == 1
+
+    session_cancel(compiled.session.pk)
+    assert compiled.writes.update(**writes[1]) == 0  # a cancel was asked: nothing written
+    assert reload(compiled.session).current_step == 4
+    GenerationSession.objects.filter(pk=orm.session.pk).update(claim_token=None)
+    assert orm.record_step(1, 4) is False  # the claim is lost: nothing written
+    assert reload(orm.session).current_step == 4
+
+
 def test_recovery_leaves_sessions_of_live_workers_alone(make_session):
     session = make_session()
     live_worker("alive")

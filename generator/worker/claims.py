@@ -16,7 +16,13 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from ..db import OUTAGE_ERRORS, is_outage, retry_on_locked, until_database_answers
+from ..db import (
+    OUTAGE_ERRORS,
+    CompiledUpdates,
+    is_outage,
+    retry_on_locked,
+    until_database_answers,
+)
 from ..files import save_whole
 from ..metadata import png_info
 from ..models import (
@@ -43,6 +49,8 @@ class ClaimedJob:
         self.preview_name = session.preview.name or None
         self.database_away = False
         self.began = False
+        self.writes = CompiledUpdates(self._mine().filter(cancel_requested=False))
+        """The fenced progress writes: while the claim holds and nobody asked to cancel."""
 
     def _mine(self):
         return GenerationSession.objects.filter(
@@ -56,7 +64,7 @@ class ClaimedJob:
         With the database away, the job goes on without its progress writes (one
         line in the log); the final write waits for the database to return."""
         try:
-            return bool(self._mine().filter(cancel_requested=False).update(**fields))
+            return bool(self.writes.update(**fields))
         except OUTAGE_ERRORS as exc:
             if not is_outage(exc):
                 raise
