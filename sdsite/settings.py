@@ -293,6 +293,9 @@ SD_KEEPALIVE_SECONDS = env_float("SD_KEEPALIVE_SECONDS", 15.0)
 # SD_PREVIEW_INTERVAL seconds (no VAE decode). SD_PREVIEWS=0 turns them off.
 SD_PREVIEWS = env_bool("SD_PREVIEWS", True)
 SD_PREVIEW_INTERVAL = env_float("SD_PREVIEW_INTERVAL", 0.5)
+# The fewest seconds between two progress writes of a job: faster steps are written
+# as the newest one at that pace (the last step and every phase change always are).
+SD_STEP_WRITE_INTERVAL = env_float("SD_STEP_WRITE_INTERVAL", 0.05)
 SD_HISTORY_PAGE_SIZE = int(os.environ.get("SD_HISTORY_PAGE_SIZE", "24"))
 
 # --- Operations (docs/operations.md) --------------------------------------------

@@ -142,6 +142,47 @@ def test_the_writer_coalesces_what_the_database_cannot_keep_up_with(make_session
     assert (session.current_step, session.phase) == (10, "decoding")
 
 
+def test_the_writer_spaces_step_writes_but_never_holds_back_a_phase_or_the_last_step(
+    make_session,
+):
+    """Steps closer than the writer's interval wait and are replaced by newer ones; a
+    phase, the last step and an abandon do not wait. The interval here is a minute, so
+    it never runs out during the test: whatever is written came without it."""
+    from generator.worker.claims import claim_next
+    from generator.worker.step_reporter import ProgressWriter, StepReporter
+
+    session = make_session(steps=10)
+    job = claim_next("w")
+    writer = ProgressWriter(job, interval=60)
+    writer.start()
+    reporter = StepReporter(job, previews=False, writer=writer)
+    assert reporter(1, 10)
+    wait_for(lambda: writer.written == [1], timeout=10, message="the first step, at once")
+    assert all(reporter(step, 10) for step in range(2, 6))
+    wait_for(lambda: writer.resting, timeout=10, message="the writer waiting out its interval")
+    assert writer.written == [1] and len(writer.pending) == 1  # steps 2-5: the newest only
+    writer.submit_call(job.record_phase, "denoising")  # cannot wait: step 5 goes first
+    wait_for(lambda: not writer.pending and not writer.writing, timeout=10, message="the phase")
+    assert writer.written == [1, 5]
+    assert all(reporter(step, 10) for step in range(6, 11))  # 10 is the last: it cannot wait
+    wait_for(lambda: writer.written == [1, 5, 10], timeout=10, message="the last step")
+    session.refresh_from_db()
+    assert (session.current_step, session.phase) == (10, "decoding")
+    writer.close()
+
+    make_session(steps=10)
+    other = ProgressWriter(claim_next("w"), interval=60)
+    other.start()
+    step = {"step_seconds": [], "eta_seconds": None, "recorded_at": None}
+    other.submit(1, 10, **step)
+    wait_for(lambda: other.written == [1], timeout=10, message="step 1")
+    other.submit(2, 10, **step)
+    wait_for(lambda: other.resting, timeout=10, message="step 2 waiting")
+    other.abandon()  # the job is settled: nobody waits for step 2
+    other.join(timeout=10)
+    assert not other.is_alive() and other.written == [1]
+
+
 def test_a_lost_claim_stops_the_writer_and_the_pipeline(make_session):
     from generator.models import WorkerRecord
     from generator.worker.claims import claim_next, recover_lost_sessions

@@ -297,7 +297,7 @@ class Worker:
     def run_of(self, job: ClaimedJob) -> JobRun:
         """The job's progress writer (started) and step reporter."""
         timing = self.timing_of(job.session)
-        writer = ProgressWriter(job)
+        writer = ProgressWriter(job, interval=settings.SD_STEP_WRITE_INTERVAL)
         writer.start()
         report_step = StepReporter(
             job,
