@@ -32,6 +32,7 @@ import argparse
 import os
 import queue
 import random
+import resource
 import socket
 import statistics
 import subprocess
@@ -191,11 +192,18 @@ def child() -> None:
         session_create(prompt="a red circle on a blue background", steps=40, width=64, height=64)
         job = claim_next("bench")
         waited[0] = 0.0
+        switched = switches()
         started, computed = time.perf_counter(), time.thread_time()
         with connection.execute_wrapper(timed):
             worker.process([job])
         seconds, computed = time.perf_counter() - started, time.thread_time() - computed
-        print(seconds, computed, waited[0], flush=True)
+        print(seconds, computed, waited[0], switches() - switched, flush=True)
+
+
+def switches() -> int:
+    """The calling thread's context switches so far (voluntary: it waited; or not)."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def main():
@@ -280,6 +288,8 @@ class Job(NamedTuple):
     """The job's thread on the CPU (`time.thread_time`)."""
     on_database: float
     """The job's thread in its own queries."""
+    switches: float
+    """The job's thread's context switches (each a wait for the GIL, the database, ...)."""
 
     @property
     def waiting(self) -> float:
@@ -316,6 +326,13 @@ def report(args, arms, base: list[Job], other: list[Job], proxy_cpu: dict, job_c
     print(f"- a job: {at_each(lambda job: job.seconds, 0)}")
     print(f"- its thread off the CPU (waiting): {at_each(lambda job: job.waiting)}")
     print(f"- of which in its own queries: {at_each(lambda job: job.on_database)}")
+    print(
+        "- its thread's context switches: "
+        + ", ".join(
+            f"{statistics.median(job.switches for job in jobs):.0f} ({arm.label})"
+            for arm, jobs in zip(arms, (base, other), strict=True)
+        )
+    )
     if args.compare == "distance":
         print("- the proxy's own CPU a job: " + ", ".join(
             f"{statistics.median(v) * 1000:.0f} ms at {d:g} ms" for d, v in proxy_cpu.items()
