@@ -136,8 +136,8 @@ def bootstrap_interval(values: list[float], rounds: int = 2000) -> tuple[float, 
 
 
 def child() -> None:
-    """Run a warm job for each line on stdin; print its seconds, and the seconds it
-    waited on the database (its own thread's queries)."""
+    """Run a warm job for each line on stdin ("write": as shipped; else with progress
+    writes that do nothing); print a `Job`'s fields."""
     job_cores, other_cores = (
         {int(core) for core in os.environ[name].split(",")} for name in ("BENCH_JOB", "BENCH_REST")
     )
@@ -151,7 +151,7 @@ def child() -> None:
     from django.db import connection
 
     from generator.services import session_create
-    from generator.worker.claims import claim_next
+    from generator.worker.claims import ClaimedJob, claim_next
     from generator.worker.loop import Worker
     from generator.worker.step_reporter import ProgressWriter
 
@@ -177,8 +177,6 @@ def child() -> None:
             return execute(sql, params, many, context)
         finally:
             waited[0] += time.perf_counter() - started
-
-    from generator.worker.claims import ClaimedJob
 
     shipped = ClaimedJob.record_step, ClaimedJob._update
 
@@ -313,9 +311,9 @@ def report(args, arms, base: list[Job], other: list[Job], proxy_cpu: dict, job_c
             f"{low / typical:+.2%} to {high / typical:+.2%})"
         )
 
-    def at_each(field, digits=1) -> str:
+    def at_each(field, shown=lambda seconds: f"{seconds * 1000:.1f} ms") -> str:
         return ", ".join(
-            f"{statistics.median(map(field, jobs)) * 1000:.{digits}f} ms ({arm.label})"
+            f"{shown(statistics.median(map(field, jobs)))} ({arm.label})"
             for arm, jobs in zip(arms, (base, other), strict=True)
         )
 
@@ -323,16 +321,10 @@ def report(args, arms, base: list[Job], other: list[Job], proxy_cpu: dict, job_c
     if job_core is not None:
         print(f"- the denoising has core {job_core} to itself; the writer, the proxy and "
               "PostgreSQL run on the others")  # fmt: skip
-    print(f"- a job: {at_each(lambda job: job.seconds, 0)}")
+    print(f"- a job: {at_each(lambda job: job.seconds, lambda s: f'{s * 1000:.0f} ms')}")
     print(f"- its thread off the CPU (waiting): {at_each(lambda job: job.waiting)}")
     print(f"- of which in its own queries: {at_each(lambda job: job.on_database)}")
-    print(
-        "- its thread's context switches: "
-        + ", ".join(
-            f"{statistics.median(job.switches for job in jobs):.0f} ({arm.label})"
-            for arm, jobs in zip(arms, (base, other), strict=True)
-        )
-    )
+    print(f"- its thread's context switches: {at_each(lambda job: job.switches, '{:.0f}'.format)}")
     if args.compare == "distance":
         print("- the proxy's own CPU a job: " + ", ".join(
             f"{statistics.median(v) * 1000:.0f} ms at {d:g} ms" for d, v in proxy_cpu.items()
