@@ -304,11 +304,22 @@ class GenerationSession(models.Model):
         return self.image.url if self.image else None
 
     @property
+    def preview_url(self) -> str | None:
+        """The newest live preview, at an address that outlives it.
+
+        Each preview is a file of its own, deleted once the next one is written (every
+        SD_PREVIEW_INTERVAL): a page or tool that read the file's URL would often fetch
+        it too late. This address serves whichever preview the session has when it is
+        fetched; `step` only makes it change with each new preview."""
+        if not self.preview:
+            return None
+        address = reverse("generator:session-preview", args=[self.pk])
+        return f"{address}?step={self.preview_step}"
+
+    @property
     def thumbnail_url(self) -> str | None:
-        """The image, or for a job that never finished its last live preview."""
-        if self.image:
-            return self.image.url
-        return self.preview.url if self.preview else None
+        """The image, or for a job that never finished (or is running) its live preview."""
+        return self.image.url if self.image else self.preview_url
 
     @property
     def is_finished(self) -> bool:

@@ -200,7 +200,7 @@ def session_as_dict(session: GenerationSession) -> dict:
         "mode": session.mode,
         "restarts": session.restarts,
         "restart_reason": session.restart_reason or None,
-        "preview_url": session.preview.url if session.preview else None,
+        "preview_url": session.preview_url,
         "created_at": session.created_at.isoformat(),
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,

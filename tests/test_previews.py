@@ -9,7 +9,7 @@ import pytest
 import torch
 from django.core.files.storage import default_storage
 from django.core.management import call_command
-from django.test import override_settings
+from django.test import Client, override_settings
 from PIL import Image
 
 from generator.models import GenerationSession, Status
@@ -120,3 +120,32 @@ def test_deleting_a_session_deletes_its_files(make_session):
     GenerationSession.objects.filter(pk=session.pk).delete()
 
     assert not any(default_storage.exists(name) for name in names)
+
+
+def test_a_preview_url_outlives_the_preview_it_was_read_for():
+    """Each preview replaces (deletes) the one before: the page's history, the batch tiles
+    and other tools fetch the URL after reading it, often after the next preview."""
+    alice, bob = Client(), Client()
+    response = alice.post("/api/generate", {"prompt": "a red circle", "steps": 20})
+    session_id = response.json()["session_id"]
+    address = f"/s/{session_id}/preview.jpg"
+    assert alice.get(address).status_code == 404  # queued: no preview yet
+    job = claim_next("test-worker")
+    reporter = StepReporter(job, preview_interval=0)
+    reporter.start()
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    assert reporter(1, 20, latents)
+    url = alice.get(f"/api/sessions/{session_id}").json()["preview_url"]
+    first = GenerationSession.objects.get(pk=session_id).preview.name
+    assert reporter(2, 20, -latents)  # a different picture, in a file of its own
+    session = GenerationSession.objects.get(pk=session_id)
+
+    assert url == f"{address}?step=1"
+    assert not default_storage.exists(first)  # the file that URL was read for is gone
+    response = alice.get(url)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    with default_storage.open(session.preview.name) as file:
+        assert response.content == file.read()  # the newest preview, step 2's
+    assert session.thumbnail_url == f"{address}?step=2"  # /history's picture while it runs
+    assert bob.get(url).status_code == 404  # someone else's session

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("s/<uuid:session_id>", views.session_detail, name="session-detail"),
     path("s/<uuid:session_id>/delete", views.history_delete, name="session-delete"),
+    path("s/<uuid:session_id>/preview.jpg", views.session_preview, name="session-preview"),
     path("history", views.history, name="history"),
     path("api/generate", views.api_generate, name="generate"),
     path("api/queue", views.api_queue, name="queue"),

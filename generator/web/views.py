@@ -5,6 +5,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -68,6 +69,24 @@ def index(request):
 def session_detail(request, session_id):
     session = visible_session_or_404(request, session_id)
     return render(request, "generator/index.html", page_context(session, follow=session))
+
+
+@require_GET
+def session_preview(request, session_id):
+    """The session's newest live preview, whichever it is now (`preview_url`)."""
+    session = visible_session_or_404(request, session_id)
+    for _ in range(3):  # a newer preview replaced it between the read and the open
+        if not session.preview:
+            break
+        try:
+            with default_storage.open(session.preview.name) as file:
+                response = HttpResponse(file.read(), content_type="image/jpeg")
+        except OSError:
+            session.refresh_from_db(fields=["preview"])
+            continue
+        response["Cache-Control"] = "no-cache"
+        return response
+    raise Http404("No live preview.")
 
 
 def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dict:
