@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -263,3 +266,38 @@ def test_a_locked_sqlite_database_is_a_503_with_retry_after(tmp_path, rate_limit
     finally:
         holder.close()
         server.stop()
+
+
+CHECK_WITHOUT_TORCH = """
+import sys
+
+import django
+
+django.setup()
+import sdsite.urls  # every view, the dialects' too
+from generator.forms import GenerateForm
+
+refused = GenerateForm(data={"prompt": "x", "scheduler": "DDIM", "schedule_type": "Karras"})
+assert not refused.is_valid() and "schedule_type" in refused.errors, refused.errors
+taken = GenerateForm(
+    data={"prompt": "a red circle", "scheduler": "Euler", "schedule_type": "Karras", "steps": 5}
+)
+assert taken.is_valid(), taken.errors
+heavy = ("torch", "diffusers", "transformers", "openvino")
+print(sorted(name for name in heavy if name in sys.modules))
+"""
+
+
+@pytest.mark.any_database
+def test_the_web_checks_a_request_without_importing_torch():
+    """The web process never needs torch: importing it made the first POST take seconds
+    (the schedule type's check imported diffusers) and every web process hundreds of MB."""
+    checked = subprocess.run(
+        [sys.executable, "-c", CHECK_WITHOUT_TORCH],
+        env=dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "[]"

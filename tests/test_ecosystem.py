@@ -181,6 +181,28 @@ def test_the_schedule_type_is_a_choice_of_its_own(backends):
     assert "Sampler: Euler, Schedule type: Karras," in a1111_parameters(session)
 
 
+def test_the_schedulers_settings_table_is_what_diffusers_takes():
+    """The web checks sampler and schedule type from a table, without importing diffusers."""
+    import inspect
+
+    import diffusers
+
+    from generator.pipelines.schedulers import (
+        FLOW_SCHEDULERS,
+        LCM_SCHEDULERS,
+        SCHEDULE_TYPES_SETTINGS,
+        SCHEDULER_SETTINGS,
+    )
+
+    settings = {key for each in SCHEDULE_TYPES_SETTINGS.values() for key in each}
+    classes = {cls for table in (SCHEDULERS, FLOW_SCHEDULERS, LCM_SCHEDULERS)
+               for cls, _ in table.values()}  # fmt: skip
+    assert set(SCHEDULER_SETTINGS) == classes
+    for cls in classes:
+        accepted = inspect.signature(getattr(diffusers, cls).__init__).parameters
+        assert SCHEDULER_SETTINGS[cls] == settings & set(accepted), cls
+
+
 # Measured (3 jobs, 128 px, 6 steps, "Euler a"): OpenVINO's batched images equal
 # the single ones exactly; PyTorch's differ by at most 1 level in a few pixels (its
 # CPU kernels sum in another order for another batch size).
