@@ -299,6 +299,39 @@ def test_a_model_no_worker_can_load_fails_with_the_real_reason(make_session, sta
     assert "huggingface" not in done.error
 
 
+@pytest.mark.any_database
+@pytest.mark.parametrize("backend", ["pytorch", "openvino"])
+def test_a_hub_model_that_does_not_download_says_what_to_do(backend):
+    """Nothing downloads here (the tests run with HF_HUB_OFFLINE=1, and this machine has no
+    network): the real hub lookup fails, and the job's error says what to do about it."""
+    from generator.pipelines import create_backend
+    from generator.pipelines.sources import ModelDownloadFailed
+
+    loading = create_backend(backend, "sdsite-tests/not-on-this-machine", "cpu")
+    with pytest.raises(ModelDownloadFailed) as failed:
+        loading.load(lambda phase: None)
+
+    message = str(failed.value)
+    assert "sdsite-tests/not-on-this-machine is not on this worker" in message
+    assert "could not be downloaded from the Hugging Face Hub (HF_HUB_OFFLINE is set)" in message
+    assert "SD_MODEL to a local folder" in message
+
+
+@pytest.mark.any_database
+def test_with_no_route_to_the_hub_the_reason_says_so(monkeypatch):
+    """Offline without HF_HUB_OFFLINE, huggingface_hub's retry ends in "Cannot send a request,
+    as the client has been closed", with the real error only in its log."""
+    from huggingface_hub import constants
+
+    from generator.pipelines.sources import why_not_downloaded
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.sdsite-test.invalid")  # RFC 2606
+    closed = RuntimeError("Cannot send a request, as the client has been closed.")
+
+    assert why_not_downloaded(closed).startswith("hub.sdsite-test.invalid cannot be reached: ")
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
 def test_a_queued_job_wakes_an_idle_worker_at_once(make_session, start_worker):
     # A two-minute poll: only the notification can bring the job to the worker in time.

@@ -5,7 +5,7 @@ from django.conf import settings
 
 from .base import GenerationRequest, PhaseHook, PipelineBackend, Unbatchable
 from .openvino_ir import export_to_ir, holds_openvino_ir, ir_cache_dir, is_cached
-from .sources import resolve_model
+from .sources import downloads, resolve_model
 
 # SD_DEVICE names the PyTorch way; OpenVINO wants its own device names.
 DEVICE_ALIASES = {"cpu": "CPU", "gpu": "GPU", "igpu": "GPU", "npu": "NPU", "auto": "AUTO"}
@@ -53,7 +53,8 @@ class OpenVINOBackend(PipelineBackend):
         cache_dir = ir_cache_dir(self.model, self.precision)
         if not is_cached(cache_dir):
             on_phase("preparing OpenVINO model (first use)")
-            export_to_ir(source, cache_dir, self.precision)
+            with downloads(self.model, source):
+                export_to_ir(source, cache_dir, self.precision)
         self.ir_dir = str(cache_dir)
         self.one_text_encoder = not (Path(self.ir_dir) / "text_encoder_2").exists()
 
@@ -89,14 +90,15 @@ class OpenVINOBackend(PipelineBackend):
             "img2img": OVPipelineForImage2Image,
             "inpaint": OVPipelineForInpainting,
         }[request.mode]
-        pipe = task.from_pretrained(
-            self.ir_dir,
-            export=False,
-            device=self.ov_device,
-            compile=False,
-            # OpenVINO's model cache makes the next worker start compile faster.
-            ov_config={"CACHE_DIR": str(settings.MODELS_DIR / "openvino" / "compiled")},
-        )
+        with downloads(self.model, self.ir_dir):  # a hub id that holds IR downloads here
+            pipe = task.from_pretrained(
+                self.ir_dir,
+                export=False,
+                device=self.ov_device,
+                compile=False,
+                # OpenVINO's model cache makes the next worker start compile faster.
+                ov_config={"CACHE_DIR": str(settings.MODELS_DIR / "openvino" / "compiled")},
+            )
         # One prompt at a time through the text encoder (`prompt_embeds`); a batch's
         # images go through the UNet and the decoder together, as if one prompt asked
         # for `batch` images.

@@ -1,8 +1,11 @@
 """Where a model named in SD_MODEL comes from: the demo, a local folder, or a hub id."""
 
+import contextlib
 import functools
 import hashlib
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from . import demo
 
@@ -23,6 +26,46 @@ def resolve_model(name: str) -> str:
     # Anything else is a hub id such as "stabilityai/sd-turbo"; from_pretrained
     # downloads it once into the Hugging Face cache (HF_HOME).
     return name
+
+
+class ModelDownloadFailed(OSError):
+    """A hub model that is not on this machine and did not download."""
+
+
+@contextlib.contextmanager
+def downloads(name: str, source: str):
+    """Around `from_pretrained(source)`: a hub model that is not here and does not download
+    fails with what to do, not with the HTTP library's last words (offline,
+    huggingface_hub's retry ends in "the client has been closed")."""
+    if Path(source).is_dir() or hub_file(source, "model_index.json") is not None:
+        yield  # here already: its errors are its own
+        return
+    try:
+        yield
+    except Exception as exc:
+        raise ModelDownloadFailed(
+            f"The model {name} is not on this worker and could not be downloaded from the "
+            f"Hugging Face Hub ({why_not_downloaded(exc)}). Run the worker once with network "
+            "access (the download stays in HF_HOME), or set SD_MODEL to a local folder."
+        ) from exc
+
+
+def why_not_downloaded(exc: Exception) -> str:
+    """The likeliest reason first: offline on purpose, no route to the hub, or the error's
+    own root (a wrong or private hub id: "Repository Not Found")."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as unreachable:
+        return f"{host} cannot be reached: {unreachable}"
+    cause = exc
+    while cause.__cause__ or cause.__context__:
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(cause).__name__}: {cause}"
 
 
 def local_folder(name: str) -> Path | None:

@@ -1,6 +1,6 @@
 from . import prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend
-from .sources import resolve_model
+from .sources import downloads, resolve_model
 
 
 class TorchBackend(PipelineBackend):
@@ -27,9 +27,10 @@ class TorchBackend(PipelineBackend):
         # Half precision halves memory and doubles speed on a GPU; CPUs want float32.
         dtype = torch.float32 if device.type == "cpu" else torch.float16
         source = resolve_model(self.model)
-        pipe = AutoPipelineForText2Image.from_pretrained(
-            source, torch_dtype=dtype, **left_out_parts(source)
-        )
+        with downloads(self.model, source):
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                source, torch_dtype=dtype, **left_out_parts(source)
+            )
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
