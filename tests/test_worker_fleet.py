@@ -318,6 +318,20 @@ def test_a_hub_model_that_does_not_download_says_what_to_do(backend):
 
 
 @pytest.mark.any_database
+def test_a_gpu_that_this_pytorch_cannot_use_is_a_setup_error_with_what_to_do():
+    import torch
+
+    from generator.pipelines import create_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine's PyTorch has a CUDA GPU")
+    loading = create_backend("pytorch", "demo", "cuda")
+    with pytest.raises(ValueError, match=r"^SD_DEVICE is cuda, but this PyTorch \(") as failed:
+        loading.load(lambda phase: None)
+    assert "or set SD_DEVICE=cpu" in str(failed.value)
+
+
+@pytest.mark.any_database
 def test_with_no_route_to_the_hub_the_reason_says_so(monkeypatch):
     """Offline without HF_HUB_OFFLINE, huggingface_hub's retry ends in "Cannot send a request,
     as the client has been closed", with the real error only in its log."""

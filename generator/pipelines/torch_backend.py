@@ -23,6 +23,7 @@ class TorchBackend(PipelineBackend):
             raise ValueError(
                 f"Unknown PyTorch device {self.device!r} (SD_DEVICE): use cpu, cuda, cuda:N or mps."
             ) from exc
+        check_device_here(torch, device)
         on_phase("loading model")
         # Half precision halves memory and doubles speed on a GPU; CPUs want float32.
         dtype = torch.float32 if device.type == "cpu" else torch.float16
@@ -107,3 +108,22 @@ def left_out_parts(source: str) -> dict:
     except (OSError, ValueError):
         return {}  # a hub id: diffusers reads its index itself
     return {name: None for name, value in index.items() if value == [None, None]}
+
+
+def check_device_here(torch, device) -> None:
+    """A GPU that this PyTorch cannot use is a setup problem: say which, and what to do
+    (torch's own words are "Torch not compiled with CUDA enabled", at the first tensor)."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if torch.backends.cuda.is_built():
+            why, instead = "finds no CUDA GPU", "check the driver and CUDA_VISIBLE_DEVICES"
+        else:
+            why = "is a build without CUDA"
+            instead = "install a CUDA build of torch into .venv (docs/deploy.md)"
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        why, instead = "cannot use Apple's MPS here", "run the worker on a Mac with Apple silicon"
+    else:
+        return
+    raise ValueError(
+        f"SD_DEVICE is {device}, but this PyTorch ({torch.__version__}) {why}: {instead}, "
+        "or set SD_DEVICE=cpu."
+    )
