@@ -29,15 +29,19 @@ def open_upload(upload) -> Image.Image:
             f"The file is larger than {settings.SD_MAX_UPLOAD_MB:g} MB.", code="too_large"
         )
     data = upload.read(int(limit) + 1)
+    allowed = f"{settings.SD_MAX_UPLOAD_PIXELS:,} allowed"
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # its header claims over twice Pillow's own limit
+        raise ValidationError(
+            f"The image has more pixels than the {allowed}.", code="too_many_pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise ValidationError("Not an image: send a PNG, JPEG or WebP.", code="not_image") from None
     width, height = image.size
     if width * height > settings.SD_MAX_UPLOAD_PIXELS:
         raise ValidationError(
-            f"The image has {width}x{height} pixels, more than "
-            f"{settings.SD_MAX_UPLOAD_PIXELS:,} allowed.",
+            f"The image has {width}x{height} pixels, more than {allowed}.",
             code="too_many_pixels",
         )
     try:

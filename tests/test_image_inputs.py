@@ -2,6 +2,8 @@
 
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -191,6 +193,31 @@ def bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (10_000, 10_000)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` and holds no pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # Pillow warns, and refuses over 179 Mpx
+def test_an_image_with_too_many_pixels_is_refused_as_such(side):
+    data = bomb() if side == 10_000 else png_header(side, side)
+    answer = post(Client(), {"prompt": "x"}, {"init_image": data})
+    assert answer.status_code == 400
+    message = answer.json()["errors"]["init_image"][0]
+    assert "pixels" in message and "16,777,216 allowed" in message, message
 
 
 BAD_INPUTS = [
