@@ -10,7 +10,7 @@ from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
-from .services import model_defaults
+from .services import default_size, model_defaults
 from .webhooks import check_callback_url
 
 FORM_FIELDS = {
@@ -147,7 +147,8 @@ class GenerateForm(forms.Form):
             )
         if image is not None:
             if not data.get("width") and not data.get("height") and "width" not in self.errors:
-                data["width"], data["height"] = output_size(image)
+                model_size = default_size(data.get("model") or settings.SD_MODEL)
+                data["width"], data["height"] = output_size(image, model_size)
             steps = data.get("steps") or BY_NAME["steps"].default
             strength = data.get("strength") or BY_NAME["strength"].default
             runs = steps_to_run(

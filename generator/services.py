@@ -61,6 +61,20 @@ def model_defaults(model: str) -> dict:
     return {}
 
 
+def model_form_settings(model: str) -> dict:
+    """What the page's form takes when this model is chosen: its own size, its steps,
+    guidance and sampler (a distilled model's few steps, else the spec's defaults)."""
+    size = default_size(model)
+    spec = {p.name: p.default for p in PARAMETERS if p.name in ("steps", "guidance_scale")}
+    return {
+        "width": size,
+        "height": size,
+        **spec,
+        **model_defaults(model),
+        "scheduler": default_sampler_of(model),
+    }
+
+
 def default_sampler_of(model: str) -> str:
     """The sampler a job of this model gets when none is asked for (LCM for an LCM model)."""
     folder = local_folder(model)

@@ -486,3 +486,37 @@ def test_with_no_stream_free_the_page_follows_by_polling(new_page, tmp_path, sta
         assert any("HTTP 503" in event and "/api/progress/" in event for event in page_events[page])
     finally:
         server.stop()
+
+
+def test_choosing_a_model_or_an_image_sets_a_size_that_suits_the_model(new_page, tmp_path):
+    from PIL import Image
+
+    from tests.processes import WebServer
+
+    # A turbo model by name (1 step, no guidance) that is not here: SD 1.x's 512.
+    server = WebServer(tmp_path, SD_MODELS="demo,/models/sd-turbo")
+    try:
+        page = new_page()
+        page.goto(server.url)
+        page.click("text=Advanced settings")
+
+        def form() -> tuple:
+            names = ("width", "height", "steps", "guidance_scale")
+            return tuple(page.input_value(f"#id_{name}") for name in names)
+
+        assert form() == ("128", "128", "20", "7.5")  # the demo model's own size
+        page.select_option("#id_model", "/models/sd-turbo")
+        assert form() == ("512", "512", "1", "0")
+        page.select_option("#id_model", "demo")
+        assert form() == ("128", "128", "20", "7.5")
+
+        # A photo far above the model's size: its shape at about the model's size.
+        Image.new("RGB", (1024, 768), "orange").save(tmp_path / "photo.png")
+        page.click("#image-inputs summary")
+        page.set_input_files("#id_init_image", str(tmp_path / "photo.png"))
+        page.wait_for_selector("#mask-editor", state="visible")
+        assert form()[:2] == ("144", "104")
+        page.select_option("#id_model", "/models/sd-turbo")
+        assert form()[:2] == ("584", "440")
+    finally:
+        server.stop()

@@ -248,6 +248,19 @@ def test_bad_input_is_a_400_naming_the_field_with_nothing_queued_or_left(fields,
     assert inputs_left() == before
 
 
+def test_an_image_larger_than_the_model_gives_its_shape_at_the_models_size():
+    from generator.images import output_size
+
+    assert output_size(Image.new("L", (4032, 3024)), 512) == (584, 440)  # a phone's photo
+    assert output_size(Image.new("L", (72, 64)), 128) == (72, 64)  # smaller: its own size
+    assert output_size(Image.new("L", (1000, 4000)), 128) == (64, 256)
+
+    answer = post(Client(), {"prompt": "x"}, {"init_image": png(size=(1024, 768))})
+    assert answer.status_code == 202, answer.content
+    session = GenerationSession.objects.get()
+    assert (session.width, session.height) == (144, 104)  # the demo model draws at 128
+
+
 def test_an_upload_over_the_size_limit_is_refused_before_decoding(settings):
     settings.SD_MAX_UPLOAD_MB = 0.001  # about 1 KB
     answer = post(Client(), {"prompt": "x"}, {"init_image": png(size=(128, 128))})

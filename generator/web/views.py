@@ -26,6 +26,7 @@ from ..services import (
     DEMO_MODEL,
     CancelOutcome,
     default_size,
+    model_form_settings,
     own_queue,
     readiness_problem,
     session_as_dict,
@@ -100,6 +101,7 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
         "is_demo_model": settings.SD_MODEL == DEMO_MODEL,
         "demo": demo.vocabulary(),
         "loras": list(loras.available().values()),
+        "model_settings": {model: model_form_settings(model) for model in settings.SD_MODELS},
     }
 
 

@@ -14,9 +14,35 @@ window.sdsiteInputs = (() => {
   const eraser = document.getElementById("eraser");
   const status = document.getElementById("status");
   const ctx = canvas.getContext("2d");
+  const modelSettings = JSON.parse(document.getElementById("model-settings").textContent);
   let painted = false;
   let erasing = false;
   let last = null;
+
+  // The output size an image asks for: its own, or its shape at about the model's own
+  // size when it is larger (the server's images.output_size, for the API).
+  function outputSize(width, height) {
+    const own = (modelSettings[form.elements.model.value] || {}).width || 512;
+    const scale = Math.min(1, own / Math.sqrt(width * height));
+    const fit = (side) => Math.max(64, Math.min(2048, Math.floor(Math.floor(side * scale) / 8) * 8));
+    return [fit(width), fit(height)];
+  }
+
+  // Another model takes what suits it: its own size (or the image's shape at it), its
+  // steps, guidance and sampler (a turbo model's one step), as InvokeAI does.
+  function applyModel() {
+    const chosen = modelSettings[form.elements.model.value];
+    if (!chosen) return;
+    const [width, height] = editor.hidden
+      ? [chosen.width, chosen.height]
+      : outputSize(preview.naturalWidth, preview.naturalHeight);
+    form.elements.width.value = width;
+    form.elements.height.value = height;
+    for (const name of ["steps", "guidance_scale", "scheduler"]) {
+      form.elements[name].value = chosen[name];
+    }
+  }
+  form.elements.model.addEventListener("change", applyModel);
 
   function useFile(file) {
     if (!file || !file.type.startsWith("image/")) return;
@@ -29,10 +55,10 @@ window.sdsiteInputs = (() => {
     preview.onload = () => {
       canvas.width = preview.naturalWidth;
       canvas.height = preview.naturalHeight;
-      // The output takes the image's size (in multiples of 8), as in A1111.
-      const fit = (side) => Math.max(64, Math.min(2048, Math.floor(side / 8) * 8));
-      form.elements.width.value = fit(preview.naturalWidth);
-      form.elements.height.value = fit(preview.naturalHeight);
+      [form.elements.width.value, form.elements.height.value] = outputSize(
+        preview.naturalWidth,
+        preview.naturalHeight,
+      );
       clearMask();
       editor.hidden = false;
       document.getElementById("image-inputs").open = true;
