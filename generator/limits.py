@@ -79,8 +79,14 @@ def check_queue(request, owner: dict, count: int) -> None:
         .count()
     )
     if held + count > limit:
-        raise TooManyRequests(
-            f"You have {held} job{'s' if held != 1 else ''} queued or running and may have at "
-            f"most {limit} (SD_MAX_QUEUED_PER_OWNER): wait for one to finish.",
-            retry_after=QUEUE_RETRY_AFTER,
-        )
+        jobs = f"{held} job{'s' if held != 1 else ''} queued or running"
+        if count > 1 and held < limit:  # fewer images would pass
+            what = f"{count} more would make {held + count}, and you may have at most {limit}"
+            instead = f"ask for at most {limit - held} or wait for one to finish"
+            message = f"You have {jobs}; {what} (SD_MAX_QUEUED_PER_OWNER): {instead}."
+        else:
+            message = (
+                f"You have {jobs} and may have at most {limit} (SD_MAX_QUEUED_PER_OWNER): "
+                "wait for one to finish."
+            )
+        raise TooManyRequests(message, retry_after=QUEUE_RETRY_AFTER)

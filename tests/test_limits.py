@@ -228,10 +228,17 @@ def test_an_owner_may_hold_at_most_sd_max_queued_per_owner_jobs(client, settings
 
     settings.SD_MAX_QUEUED_PER_OWNER = 3
     assert post_job(client, count=2).status_code == 202
+    too_many = post_job(client, count=2)  # 4 would be too many; 1 more is not
+    assert too_many.status_code == 429
+    assert "You have 2 jobs queued or running; 2 more would make 4" in too_many.json()["message"]
+    assert "ask for at most 1 or wait" in too_many.json()["message"]
     assert post_job(client).status_code == 202
     refused = post_job(client)
     assert refused.status_code == 429 and refused["Retry-After"]
-    assert "SD_MAX_QUEUED_PER_OWNER" in refused.json()["message"]
+    assert refused.json()["message"] == (
+        "You have 3 jobs queued or running and may have at most 3 (SD_MAX_QUEUED_PER_OWNER): "
+        "wait for one to finish."
+    )
     assert GenerationSession.objects.count() == 3
 
     # A fresh cookie from the same address does not reset it...
