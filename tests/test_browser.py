@@ -453,7 +453,9 @@ def test_drop_a_png_for_its_settings_upload_an_image_paint_a_mask_and_inpaint_a_
     page.click("text=Advanced settings")
     page.fill("#id_count", "2")
     page.click("#generate-button")
-    wait_for_status(page, "Done.")
+    # The bar follows the first image; the status counts the batch's.
+    wait_for_status(page, "Done: 1 of 2 images; the others follow.")
+    wait_for_status(page, "Done: all 2 images.")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#batch-grid li')]"
         ".every(li => li.dataset.status === 'completed')"

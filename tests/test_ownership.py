@@ -81,6 +81,7 @@ def test_history_lists_only_ones_own_newest_first_and_paginates(settings):
     assert theirs not in first + second
     assert "bob&#x27;s secret" in bob.get("/history").content.decode()
     assert all(session_id in first + second for session_id in mine)
+    assert first.count("not drawn yet") == 3  # queued: no picture yet, and none missing
 
 
 def test_deleting_from_history_removes_the_files():

@@ -264,7 +264,7 @@
           break;
         case "complete":
           bar.classList.add("done");
-          setStatus(restartNote ? `Done (${restartNote.trim()})` : "Done.");
+          setStatus(doneText());
           showImage(message.image_url);
           showDetails(sessionId);
           finish();
@@ -313,7 +313,7 @@
       setProgress(session.current_step, session.total_steps);
       if (session.status === "completed") {
         bar.classList.add("done");
-        setStatus("Done.");
+        setStatus(doneText());
         showImage(session.image_url);
         showDetails(sessionId);
         finish();
@@ -405,8 +405,22 @@
 
   // Several images per request: a tile each, with its own bar, preview and image.
   let batchTimer = null;
+  let batch = { ids: [], status: {} }; // the batch under the bar, as last read
+
+  // The bar follows the batch's first job: once it is done, say how many of the
+  // batch's images are, as each one's tile does.
+  function doneText() {
+    if (batch.ids.length < 2) return restartNote ? `Done (${restartNote.trim()})` : "Done.";
+    const over = ["completed", "failed", "cancelled"];
+    const done = batch.ids.filter((id) => id === currentSession || over.includes(batch.status[id]));
+    return done.length === batch.ids.length
+      ? `Done: all ${batch.ids.length} images.`
+      : `Done: ${done.length} of ${batch.ids.length} images; the others follow.`;
+  }
+
   function showBatch(ids) {
     clearTimeout(batchTimer);
+    batch = { ids, status: {} };
     batchGrid.replaceChildren();
     batchGrid.hidden = ids.length < 2;
     if (ids.length < 2) return;
@@ -437,8 +451,10 @@
       tile.querySelector(".tile-state").textContent =
         `seed ${session.parameters.seed}: ${session.status === "running" ? `${session.percentage} %` : session.status}`;
       tile.dataset.status = session.status;
+      batch.status[session.session_id] = session.status;
       if (!["completed", "failed", "cancelled"].includes(session.status)) open += 1;
     }
+    if (bar.classList.contains("done")) setStatus(doneText());
     if (open) batchTimer = setTimeout(() => refreshBatch(ids), QUEUE_REFRESH_MS);
   }
 
