@@ -205,6 +205,28 @@ def test_cancel_a_running_job(new_page, web_server, start_worker):
     assert GenerationSession.objects.get(pk=session_id).status == Status.CANCELLED
 
 
+def test_cancel_stops_the_whole_batch_as_a1111s_interrupt_does(new_page, web_server, start_worker):
+    start_worker()
+    page = new_page()
+    page.goto(web_server.url)
+    page.fill("#id_prompt", "three slow ones")
+    page.click("text=Advanced settings")
+    page.fill("#id_steps", "150")
+    page.fill("#id_count", "3")
+    page.click("#generate-button")
+    page.wait_for_function("() => document.getElementById('progress').ariaValueNow >= 2")
+
+    page.click("#cancel-button")
+    wait_for_status(page, "Cancelled.")  # the first, which the bar follows
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#batch-grid li')]"
+        ".every(li => li.dataset.status === 'cancelled')"
+    )
+    page.wait_for_selector("#cancel-button", state="hidden")
+    statuses = GenerationSession.objects.values_list("status", flat=True)
+    assert list(statuses) == [Status.CANCELLED] * 3
+
+
 def test_history_shows_only_ones_own_generations(new_page, web_server, start_worker):
     alice, bob = new_page(), new_page()
     session_id = generate(alice, web_server, "alice's private lighthouse", steps=4)

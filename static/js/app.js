@@ -34,6 +34,7 @@
   const batchGrid = document.getElementById("batch-grid");
 
   let source = null;
+  let following = false; // the page follows a running job (by its stream or by polling)
   let waitingCheck = null;
   let currentSession = null;
   let phase = "";
@@ -131,8 +132,9 @@
   function finish() {
     if (source) source.close();
     source = null;
+    following = false;
     stopWaitingCheck();
-    cancelButton.hidden = true;
+    cancelButton.hidden = batchLeft().length === 0; // a batch's others can still be cancelled
     bar.removeAttribute("aria-busy");
     refreshQueue();
   }
@@ -216,6 +218,7 @@
   function follow(sessionId, total) {
     if (source) source.close();
     currentSession = sessionId;
+    following = true;
     cancelButton.hidden = false;
     cancelButton.disabled = false;
     bar.classList.remove("done", "failed");
@@ -407,15 +410,30 @@
   let batchTimer = null;
   let batch = { ids: [], status: {} }; // the batch under the bar, as last read
 
+  // The batch's jobs that may still run (the followed one while the page follows it).
+  function batchLeft() {
+    if (batch.ids.length < 2) return [];
+    const over = ["completed", "failed", "cancelled"];
+    return batch.ids.filter((id) =>
+      id === currentSession ? following : !over.includes(batch.status[id]),
+    );
+  }
+
   // The bar follows the batch's first job: once it is done, say how many of the
   // batch's images are, as each one's tile does.
   function doneText() {
-    if (batch.ids.length < 2) return restartNote ? `Done (${restartNote.trim()})` : "Done.";
-    const over = ["completed", "failed", "cancelled"];
-    const done = batch.ids.filter((id) => id === currentSession || over.includes(batch.status[id]));
-    return done.length === batch.ids.length
-      ? `Done: all ${batch.ids.length} images.`
-      : `Done: ${done.length} of ${batch.ids.length} images; the others follow.`;
+    const total = batch.ids.length;
+    if (total < 2) return restartNote ? `Done (${restartNote.trim()})` : "Done.";
+    const status = (id) => (id === currentSession ? "completed" : batch.status[id]);
+    const count = (wanted) => batch.ids.filter((id) => status(id) === wanted).length;
+    const made = count("completed");
+    if (made === total) return `Done: all ${total} images.`;
+    const ended = [["cancelled", count("cancelled")], ["failed", count("failed")]].filter(
+      ([, n]) => n,
+    );
+    const left = total - made - ended.reduce((sum, [, n]) => sum + n, 0);
+    const others = ended.length ? ` (${ended.map(([what, n]) => `${n} ${what}`).join(", ")})` : "";
+    return `Done: ${made} of ${total} images${others}${left ? "; the others follow" : ""}.`;
   }
 
   function showBatch(ids) {
@@ -455,6 +473,7 @@
       if (!["completed", "failed", "cancelled"].includes(session.status)) open += 1;
     }
     if (bar.classList.contains("done")) setStatus(doneText());
+    if (!following) cancelButton.hidden = batchLeft().length === 0;
     if (open) batchTimer = setTimeout(() => refreshBatch(ids), QUEUE_REFRESH_MS);
   }
 
@@ -507,14 +526,22 @@
     }
   });
 
+  // Cancel stops the whole batch, as A1111's Interrupt does (each image also has its
+  // own Cancel in "Your queue").
   cancelButton.addEventListener("click", async () => {
     if (!currentSession) return;
     cancelButton.disabled = true;
-    setStatus("Cancelling…");
-    if (!(await cancel(currentSession))) {
-      setStatus("Could not cancel: the generation may have ended already.", true);
+    const others = batchLeft().filter((id) => id !== currentSession);
+    if (following) {
+      setStatus("Cancelling…");
+      if (!(await cancel(currentSession)) && !others.length) {
+        setStatus("Could not cancel: the generation may have ended already.", true);
+      }
     }
-    // The progress stream reports the cancellation itself.
+    // The progress stream reports the followed job's cancellation itself.
+    await Promise.all(others.map(cancel));
+    if (!following && bar.classList.contains("done")) setStatus(doneText());
+    refreshQueue();
   });
 
   // The LoRA picker writes <lora:name:weight> at the end of the prompt.
