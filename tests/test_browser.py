@@ -40,6 +40,9 @@ document.addEventListener("DOMContentLoaded", () => {
   new MutationObserver(() => {
     window.__seen.push({kind: "image", value: image.getAttribute("src").slice(0, 30)});
   }).observe(image, {attributes: true, attributeFilter: ["src"]});
+  new MutationObserver(() => {
+    window.__seen.push({kind: "title", value: document.title});
+  }).observe(document.querySelector("title"), {childList: true, subtree: true});
 });
 """
 
@@ -159,6 +162,9 @@ def test_progress_and_previews_show_before_the_image(new_page, web_server, start
     assert images[0].startswith("data:image/jpeg;base64,")  # a live preview came first
     assert images[-1].startswith("/media/images/")  # then the image
     assert page.get_attribute("#progress", "aria-valuetext") == "100 percent, step 20 of 20"
+    titles = [s["value"] for s in seen if s["kind"] == "title"]
+    assert any(re.fullmatch(r"\[[1-9]\d? %\] sdsite", title) for title in titles), titles
+    assert page.title() == "sdsite"  # done: the tab's own title again
 
     screenshot(page, "finished-page.png", full_page=True)
     assert GenerationSession.objects.get(pk=session_id).status == Status.COMPLETED

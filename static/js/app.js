@@ -35,6 +35,7 @@
 
   let source = null;
   let following = false; // the page follows a running job (by its stream or by polling)
+  const pageTitle = document.title;
   let waitingCheck = null;
   let currentSession = null;
   let phase = "";
@@ -103,6 +104,8 @@
     );
     percentText.textContent = `${percent} %`;
     stepsText.textContent = total > 0 ? `step ${current} / ${total}` : "";
+    // The tab shows it too, for whoever watches from another tab (as A1111 and ComfyUI do).
+    if (following) document.title = `[${percent} %] ${pageTitle}`;
   }
 
   function showErrors(errors) {
@@ -133,6 +136,7 @@
     if (source) source.close();
     source = null;
     following = false;
+    document.title = pageTitle;
     stopWaitingCheck();
     cancelButton.hidden = batchLeft().length === 0; // a batch's others can still be cancelled
     bar.removeAttribute("aria-busy");
