@@ -10,7 +10,7 @@ from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
-from .services import default_size, model_defaults
+from .services import default_size
 from .webhooks import check_callback_url
 
 FORM_FIELDS = {
@@ -68,8 +68,6 @@ class GenerateForm(forms.Form):
             self.fields[parameter.name] = form_field(parameter)
         self.fields["model"].choices = [(m, m) for m in settings.SD_MODELS]
         self.fields["model"].initial = settings.SD_MODEL
-        for name, value in model_defaults(settings.SD_MODEL).items():  # a turbo model's 1 step
-            self.fields[name].initial = value
         # The page offers the samplers of the served models' families (SD's for SD 1.x
         # and SDXL, flow samplers for SD3 and Flux, LCM); `clean` checks the pair.
         offered = {}

@@ -25,7 +25,6 @@ from ..pipelines import demo
 from ..services import (
     DEMO_MODEL,
     CancelOutcome,
-    default_size,
     model_form_settings,
     own_queue,
     readiness_problem,
@@ -106,10 +105,10 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
 
 
 def form_values(session=None, same_seed: bool = True) -> dict:
-    """The form's values beyond the spec's defaults (which its fields carry already)."""
+    """The form's values beyond the spec's defaults (which its fields carry already): the
+    default model's own (what choosing it in the form sets), or a session's."""
     if session is None:
-        size = default_size(settings.SD_MODEL)
-        return {"width": size, "height": size}
+        return model_form_settings(settings.SD_MODEL)
     return session.parameters() | ({} if same_seed else {"seed": ""})
 
 

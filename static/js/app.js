@@ -32,6 +32,7 @@
   const QUEUE_REFRESH_MS = 1000;
   const LABELS = JSON.parse(document.getElementById("parameter-labels").textContent);
   const batchGrid = document.getElementById("batch-grid");
+  const ENDED = ["completed", "failed", "cancelled"];
 
   let source = null;
   let following = false; // the page follows a running job (by its stream or by polling)
@@ -417,9 +418,8 @@
   // The batch's jobs that may still run (the followed one while the page follows it).
   function batchLeft() {
     if (batch.ids.length < 2) return [];
-    const over = ["completed", "failed", "cancelled"];
     return batch.ids.filter((id) =>
-      id === currentSession ? following : !over.includes(batch.status[id]),
+      id === currentSession ? following : !ENDED.includes(batch.status[id]),
     );
   }
 
@@ -474,7 +474,7 @@
         `seed ${session.parameters.seed}: ${session.status === "running" ? `${session.percentage} %` : session.status}`;
       tile.dataset.status = session.status;
       batch.status[session.session_id] = session.status;
-      if (!["completed", "failed", "cancelled"].includes(session.status)) open += 1;
+      if (!ENDED.includes(session.status)) open += 1;
     }
     if (bar.classList.contains("done")) setStatus(doneText());
     if (!following) cancelButton.hidden = batchLeft().length === 0;
