@@ -140,22 +140,27 @@ class PipelineBackend(ABC):
         pipe = self.pipeline_for(first, on_phase, batch=len(requests))
         pipe.scheduler = make_scheduler(first.scheduler, self.scheduler_config, first.schedule_type)
         self.apply_loras(first)  # a batch has none (the worker's claim sees to it)
-        text = batch_text_inputs(pipe, requests)
-        if on_start is not None:
-            on_start()
-        generators = [self.random_generator(request.seed) for request in requests]
-        # No "denoising" phase write here: the first step's write says it, and
-        # a warm job's time to its first step stays close to one step.
-        result = pipe(
-            **text,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            width=first.width,
-            height=first.height,
-            generator=generators if len(requests) > 1 else generators[0],
-            callback_on_step_end=step_callback(on_step),
-            **image_inputs(first),
-        )
+        import torch
+
+        # inference_mode rather than the pipelines' own no_grad: no version counters or
+        # views tracked for autograd, which a GPU step notices (PyTorch's advice).
+        with torch.inference_mode():
+            text = batch_text_inputs(pipe, requests)
+            if on_start is not None:
+                on_start()
+            generators = [self.random_generator(request.seed) for request in requests]
+            # No "denoising" phase write here: the first step's write says it, and
+            # a warm job's time to its first step stays close to one step.
+            result = pipe(
+                **text,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance_scale,
+                width=first.width,
+                height=first.height,
+                generator=generators if len(requests) > 1 else generators[0],
+                callback_on_step_end=step_callback(on_step),
+                **image_inputs(first),
+            )
         images = list(result.images)
         if first.mode == "inpaint":
             # Outside the mask the result is the original, exactly (as A1111 does).
