@@ -6,6 +6,7 @@ run as scripts, bench/queue.py would shadow the standard library's `queue`.
 
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +35,8 @@ def django_on_scratch_data(models_dir: str | None = None) -> Path:
     return data_dir
 
 
-def machine_line() -> str:
+def machine_line(device: str | None = None) -> str:
+    """The CPU, and the GPU where `device` (default: SD_DEVICE) is one."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -43,4 +45,28 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    line = f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if (device or os.environ.get("SD_DEVICE", "cpu")).startswith("cuda"):
+        line += f"; GPU: {gpu_line()}"
+    return line
+
+
+def gpu_line() -> str:
+    """The GPU's name and driver, and torch's version, from nvidia-smi and the package's
+    metadata: without initialising CUDA here, which a process that forks workers must not."""
+    from importlib.metadata import version
+
+    try:
+        gpu = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.splitlines()[0]
+            .replace(", ", ", driver ")
+        )
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        gpu = "unknown (no nvidia-smi)"
+    return f"{gpu}, torch {version('torch')}"

@@ -1,11 +1,17 @@
 """PyTorch against OpenVINO on the demo model, and the cost of sdsite's progress tracking.
 
     .venv/bin/python -m bench.backends [--runs 5] [--sizes 256 512] [--steps 20]
+    .venv/bin/python -m bench.backends --device cuda [--model sd15-shaped]
 
 Prints, per backend and size: seconds per step (median over runs), first-job cost
 (building or exporting, compiling), a warm job's time to its first step, and the
 whole-job overhead of writing progress to the database at every step compared with
 the same pipeline call without a callback.
+
+`--device cuda` measures PyTorch on the GPU (float16, as the worker runs it there;
+OpenVINO's GPU plugin is for Intel GPUs and is left out). `--model` takes any model
+the worker takes, or `sd15-shaped`: SD 1.5's network with random weights
+(`bench.sd15_shaped`), whose steps take as long as SD 1.5's.
 """
 
 import argparse
@@ -14,6 +20,7 @@ import tempfile
 import time
 
 from bench._setup import django_on_scratch_data, machine_line
+from bench.sd15_shaped import model_argument
 
 
 def main():
@@ -21,29 +28,39 @@ def main():
     parser.add_argument("--runs", type=int, default=5, help="warm runs per measurement")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (SD_DEVICE)")
+    parser.add_argument("--model", default="demo", help="demo, sd15-shaped, a folder or hub id")
+    parser.add_argument("--backends", nargs="+", help="default: pytorch and, on a CPU, openvino")
     parser.add_argument(
         "--models-dir",
         help="reuse built models from here (default: a fresh folder, so "
         "first-job costs include building the demo model and the OpenVINO export)",
     )
     args = parser.parse_args()
-    django_on_scratch_data(args.models_dir or tempfile.mkdtemp(prefix="sdsite-models-"))
+    models_dir = args.models_dir or tempfile.mkdtemp(prefix="sdsite-models-")
+    django_on_scratch_data(models_dir)
+    model = model_argument(args.model, models_dir)
+    on_cpu = args.device == "cpu"
+    backends = args.backends or (["pytorch", "openvino"] if on_cpu else ["pytorch"])
 
-    print(machine_line())
-    print(f"demo model, {args.steps} steps, guidance 7.5, median of {args.runs} warm runs\n")
+    print(machine_line(args.device))
+    print(
+        f"{args.model} model, {args.steps} steps, guidance 7.5, "
+        f"{'float32' if on_cpu else 'float16'}, median of {args.runs} warm runs\n"
+    )
     rows = []
-    for backend_name in ("pytorch", "openvino"):
-        backend, load_seconds = load_backend(backend_name)
+    for backend_name in backends:
+        backend, load_seconds = load_backend(backend_name, model, args.device)
         for size in args.sizes:
             rows.append(measure(backend, backend_name, size, args, load_seconds))
             load_seconds = 0.0  # the model is loaded once per backend
     print_table(rows, args.sizes)
 
 
-def load_backend(name):
+def load_backend(name, model, device):
     from generator.pipelines import create_backend
 
-    backend = create_backend(name, "demo", "cpu")
+    backend = create_backend(name, model, device)
     started = time.perf_counter()
     backend.load(lambda phase: None)
     return backend, time.perf_counter() - started
@@ -167,6 +184,8 @@ def print_table(rows, sizes):
         )
     print()
     by = {(r["backend"], r["size"]): r for r in rows}
+    if {"pytorch", "openvino"} - {r["backend"] for r in rows}:
+        return
     for size in sizes:
         ratio = by[("pytorch", size)]["step"] / by[("openvino", size)]["step"]
         print(f"{size}x{size}: OpenVINO is {ratio:.2f}x faster per step than PyTorch")

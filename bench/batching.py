@@ -1,6 +1,7 @@
 """Jobs a minute with and without batching (SD_WORKER_BATCH), on both backends.
 
     .venv/bin/python -m bench.batching [--jobs 8] [--size 512] [--steps 20] [--batches 1 4]
+    SD_DEVICE=cuda .venv/bin/python -m bench.batching --backends pytorch --model sd15-shaped
 
 For each backend and batch setting, a fresh `runworker` process first runs one
 batch's worth of jobs to warm up (the model load, and OpenVINO's compile for the
@@ -10,11 +11,13 @@ completion, with the demo model.
 """
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 from bench._setup import ROOT, django_on_scratch_data, machine_line
+from bench.sd15_shaped import model_argument
 
 PROMPTS = ["a red circle", "a blue square on a yellow background", "a green triangle"]
 
@@ -57,10 +60,13 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--backends", nargs="+", default=["pytorch", "openvino"])
+    parser.add_argument("--model", default="demo", help="demo, sd15-shaped, a folder or hub id")
     args = parser.parse_args()
-    django_on_scratch_data(str(ROOT / "var" / "test-models"))
+    models_dir = ROOT / "var" / "test-models"
+    os.environ["SD_MODEL"] = model_argument(args.model, models_dir)  # the jobs' and the worker's
+    django_on_scratch_data(str(models_dir))
     print(machine_line())
-    print(f"{args.jobs} jobs, demo model, {args.size} px, {args.steps} steps, Euler")
+    print(f"{args.jobs} jobs, {args.model} model, {args.size} px, {args.steps} steps, Euler")
     print(f"{'backend':<10} {'batch':>5} {'jobs/min':>9} {'vs batch 1':>10}")
     for backend in args.backends:
         single = None

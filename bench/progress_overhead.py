@@ -2,6 +2,8 @@
 
     bin/with-postgres .venv/bin/python -m bench.progress_overhead [--delay-ms 2] [--pairs 30]
     bin/with-postgres .venv/bin/python -m bench.progress_overhead --compare tracking
+    SD_DEVICE=cuda bin/with-postgres .venv/bin/python -m bench.progress_overhead \
+        --model sd15-shaped --size 512 --steps 20      # a real GPU job's steps (20 to 30 ms)
 
 The same warm job (demo model, 64x64, 40 steps: a few ms a step, like a GPU) run by
 the worker's own code (claim, step writes through the ProgressWriter, previews,
@@ -44,6 +46,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from bench._setup import ROOT, machine_line
+from bench.sd15_shaped import model_argument
 
 
 def relay(source: socket.socket, target: socket.socket, delay: "Delay") -> None:
@@ -187,7 +190,10 @@ def child() -> None:
         ClaimedJob.record_step, ClaimedJob._update = (
             shipped if line.strip() == "write" else (write_nothing, write_nothing)
         )
-        session_create(prompt="a red circle on a blue background", steps=40, width=64, height=64)
+        size, steps = int(os.environ["BENCH_SIZE"]), int(os.environ["BENCH_STEPS"])
+        session_create(
+            prompt="a red circle on a blue background", steps=steps, width=size, height=size
+        )
         job = claim_next("bench")
         waited[0] = 0.0
         switched = switches()
@@ -214,6 +220,9 @@ def main():
         default="distance",
         help="no delay against --delay-ms (default), or no progress writes against them",
     )
+    parser.add_argument("--model", default="demo", help="demo, sd15-shaped, a folder or hub id")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--show-jobs", action="store_true", help="also print every job's time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,13 +244,15 @@ def main():
         others = cores
     delay = Delay()
     proxy = start_proxy(socket_path, delay, others)
+    model = model_argument(args.model, os.environ.get("SD_MODELS_DIR", ROOT / "var" / "models"))
     relayed = f"postgres://{quote(parsed.username or 'postgres')}@127.0.0.1:{proxy}{parsed.path}"
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, check=True,
                    capture_output=True)  # fmt: skip
     worker = subprocess.Popen(
         [sys.executable, "-m", "bench.progress_overhead", "--child"],
         cwd=ROOT,
-        env=dict(os.environ, DATABASE_URL=relayed, HF_HUB_OFFLINE="1",
+        env=dict(os.environ, DATABASE_URL=relayed, HF_HUB_OFFLINE="1", SD_MODEL=model,
+                 BENCH_SIZE=str(args.size), BENCH_STEPS=str(args.steps),
                  BENCH_JOB=str(min(cores)) if kept_apart else ",".join(map(str, cores)),
                  BENCH_REST=",".join(map(str, others))),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -317,7 +328,8 @@ def report(args, arms, base: list[Job], other: list[Job], proxy_cpu: dict, job_c
             for arm, jobs in zip(arms, (base, other), strict=True)
         )
 
-    print(f"{machine_line()}; demo model, 64x64, 40 steps, {args.pairs} pairs of warm jobs")
+    print(f"{machine_line()}; {args.model} model, {args.size}x{args.size}, {args.steps} steps, "
+          f"{args.pairs} pairs of warm jobs")  # fmt: skip
     if job_core is not None:
         print(f"- the denoising has core {job_core} to itself; the writer, the proxy and "
               "PostgreSQL run on the others")  # fmt: skip
