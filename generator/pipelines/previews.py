@@ -6,6 +6,7 @@ latents look alike through it). It costs a few microseconds where a VAE decode
 costs as much as a step, which is why previews can come twice a second.
 """
 
+import functools
 import io
 
 SD_LATENT_RGB = (
@@ -35,7 +36,7 @@ def latents_to_rgb(latents):
 
     x = torch.as_tensor(latents)[0].detach().float()
     if x.shape[0] == len(SD_LATENT_RGB):
-        factors = torch.tensor(SD_LATENT_RGB, device=x.device)
+        factors = latent_rgb_factors(x.device)
         rgb = torch.einsum("chw,cr->rhw", x, factors).add(1).div(2)
     else:
         # An unknown latent space: its first three channels, each stretched to 0..1.
@@ -44,6 +45,14 @@ def latents_to_rgb(latents):
         high = rgb.amax(dim=(1, 2), keepdim=True)
         rgb = (rgb - low) / (high - low).clamp_min(1e-6)
     return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+@functools.cache
+def latent_rgb_factors(device):
+    """SD_LATENT_RGB on `device`, copied there once: a copy to a GPU waits for it."""
+    import torch
+
+    return torch.tensor(SD_LATENT_RGB, device=device)
 
 
 def rgb_to_image(rgb):
