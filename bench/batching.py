@@ -35,7 +35,10 @@ def queue_and_wait(count: int, backend: str, size: int, steps: int, first_seed: 
         for n in range(count)
     ]  # fmt: skip
     done = GenerationSession.objects.filter(pk__in=[s.pk for s in sessions])
-    wait_for(lambda: not done.exclude(status=Status.COMPLETED).exists(), timeout=1800, interval=0.2)
+    ended = [Status.COMPLETED, Status.FAILED, Status.CANCELLED]
+    wait_for(lambda: not done.exclude(status__in=ended).exists(), timeout=1800, interval=0.2)
+    if failed := done.exclude(status=Status.COMPLETED).first():
+        raise SystemExit(f"A job ended {failed.status}: {failed.error}")
     return list(done)
 
 

@@ -140,7 +140,13 @@ class WorkerProcess(Process):
         WorkerProcess.count += 1
         args = ["runworker", "--poll-interval", "0.05", *extra_args]
         log = tmp_path / f"worker-{WorkerProcess.count}.log"
-        super().__init__(args, process_env(**env), log, forked=True)
+        env = process_env(**env)
+        # CUDA does not survive a fork from a process that has touched it, and the
+        # forkserver imports torch, diffusers and peft: a GPU worker starts afresh.
+        if env.get("SD_DEVICE", "cpu").startswith("cuda"):
+            super().__init__([sys.executable, "manage.py", *args], env, log)
+        else:
+            super().__init__(args, env, log, forked=True)
 
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
