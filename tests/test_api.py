@@ -234,6 +234,14 @@ def test_errors_shown_to_users_carry_no_server_paths():
     )
 
 
+def test_a_setup_problem_is_shown_in_its_own_words():
+    from generator.pipelines.sources import ModelDownloadFailed
+    from generator.worker.loop import describe_error
+
+    why = "The model x/y is not on this worker and could not be downloaded from the Hugging Face"
+    assert describe_error(ModelDownloadFailed(why)) == why  # not "ModelDownloadFailed: The..."
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
 @pytest.mark.parametrize("rate_limit", ["", "30/m"])  # the rate's counter is in the database too

@@ -295,8 +295,9 @@ def test_a_model_no_worker_can_load_fails_with_the_real_reason(make_session, sta
     start_worker()
     done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
     assert done.status == Status.FAILED
-    assert "does not exist on this worker" in done.error
-    assert "huggingface" not in done.error
+    assert done.error == (
+        "Could not load the model: The model folder ./no/such/model does not exist on this worker."
+    )
 
 
 @pytest.mark.any_database

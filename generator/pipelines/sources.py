@@ -22,14 +22,27 @@ def resolve_model(name: str) -> str:
     if name.startswith(("/", "./", "../", "~")):
         # A folder that is not there: say so, rather than let the hub lookup fail
         # with "couldn't connect to huggingface.co".
-        raise FileNotFoundError(f"The model folder {name} does not exist on this worker.")
+        raise ModelFolderMissing(f"The model folder {name} does not exist on this worker.")
     # Anything else is a hub id such as "stabilityai/sd-turbo"; from_pretrained
     # downloads it once into the Hugging Face cache (HF_HOME).
     return name
 
 
-class ModelDownloadFailed(OSError):
+class SetupError(Exception):
+    """What this worker's setup lacks, said with what to do about it: a job's error shows
+    the message alone, without the type's name."""
+
+
+class ModelDownloadFailed(SetupError, OSError):
     """A hub model that is not on this machine and did not download."""
+
+
+class ModelFolderMissing(SetupError, FileNotFoundError):
+    """SD_MODEL names a folder that is not on this worker."""
+
+
+class DeviceUnusable(SetupError, ValueError):
+    """SD_DEVICE names a device that this worker's libraries cannot use."""
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 from . import demo, prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend
-from .sources import downloads, resolve_model
+from .sources import DeviceUnusable, downloads, resolve_model
 
 
 class TorchBackend(PipelineBackend):
@@ -20,7 +20,7 @@ class TorchBackend(PipelineBackend):
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
-            raise ValueError(
+            raise DeviceUnusable(
                 f"Unknown PyTorch device {self.device!r} (SD_DEVICE): use cpu, cuda, cuda:N or mps."
             ) from exc
         check_device_here(torch, device)
@@ -127,7 +127,7 @@ def check_device_here(torch, device) -> None:
         why, instead = "cannot use Apple's MPS here", "run the worker on a Mac with Apple silicon"
     else:
         return
-    raise ValueError(
+    raise DeviceUnusable(
         f"SD_DEVICE is {device}, but this PyTorch ({torch.__version__}) {why}: {instead}, "
         "or set SD_DEVICE=cpu."
     )

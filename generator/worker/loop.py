@@ -24,7 +24,7 @@ from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from ..pipelines.base import Unbatchable
-from ..pipelines.sources import model_hash
+from ..pipelines.sources import SetupError, model_hash
 from .chores import Chores
 from .claims import ClaimedJob, claim_companions, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
@@ -475,7 +475,9 @@ def free_accelerator_memory() -> None:
         pass
 
 
-SERVER_PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
+SERVER_PATH = re.compile(r"(?<![\w.~])(?:/[\w.@+-]+){2,}/?")
+"""An absolute path; not the tail of a relative one (`./models/sd15`, `~/models/sd15`: as
+the user wrote it in SD_MODEL or a request)."""
 
 
 def without_paths(text: str) -> str:
@@ -484,7 +486,11 @@ def without_paths(text: str) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
+    """The error as a job's page shows it: its type and message, without server paths (a
+    setup problem's message says it all: no type)."""
     message = without_paths(str(exc).strip())
+    if isinstance(exc, SetupError):
+        return message
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if is_out_of_memory(exc):
         text = f"Out of memory: try a smaller image or fewer steps. ({text})"
