@@ -4,14 +4,16 @@
     .venv/bin/python -m bench.backends --device cuda [--model sd15-shaped]
 
 Prints, per backend and size: seconds per step (median over runs), first-job cost
-(building or exporting, compiling), a warm job's time to its first step, and the
-whole-job overhead of writing progress to the database at every step compared with
-the same pipeline call without a callback.
+(building or exporting, compiling), a warm job's time to its first step, the
+whole-job overhead of progress tracking as the worker does it (a writer thread)
+compared with the same pipeline call without a callback, in a few runs (bench.
+progress_overhead measures it with intervals), and the share of the job spent in
+the step callback itself.
 
-`--device cuda` measures PyTorch on the GPU (float16, as the worker runs it there;
-OpenVINO's GPU plugin is for Intel GPUs and is left out). `--model` takes any model
-the worker takes, or `sd15-shaped`: SD 1.5's network with random weights
-(`bench.sd15_shaped`), whose steps take as long as SD 1.5's.
+`--device cuda` measures PyTorch on the GPU (float16 as the worker runs models there,
+float32 for the demo; OpenVINO's GPU plugin is for Intel GPUs and is left out).
+`--model` takes any model the worker takes, or `sd15-shaped`: SD 1.5's network with
+random weights (`bench.sd15_shaped`), whose steps take as long as SD 1.5's.
 """
 
 import argparse
@@ -44,13 +46,12 @@ def main():
     backends = args.backends or (["pytorch", "openvino"] if on_cpu else ["pytorch"])
 
     print(machine_line(args.device))
-    print(
-        f"{args.model} model, {args.steps} steps, guidance 7.5, "
-        f"{'float32' if on_cpu else 'float16'}, median of {args.runs} warm runs\n"
-    )
+    print(f"{args.model} model, {args.steps} steps, guidance 7.5, median of {args.runs} warm runs")
     rows = []
     for backend_name in backends:
         backend, load_seconds = load_backend(backend_name, model, args.device)
+        if unet := getattr(getattr(backend, "pipe", None), "unet", None):
+            print(f"{backend_name} on {args.device}: {unet.dtype}")
         for size in args.sizes:
             rows.append(measure(backend, backend_name, size, args, load_seconds))
             load_seconds = 0.0  # the model is loaded once per backend
@@ -127,15 +128,13 @@ def timed_bare_call(backend, request, step_seconds):
 
 
 def timed_tracked_job(backend, name, request):
-    """The same call as the worker makes it: a claimed session, a database write per step.
-
-    The writes include step times, the ETA and the live previews (SD_PREVIEWS).
-    """
+    """The same call as the worker makes it: a claimed session, its steps handed to the
+    job's progress writer thread (step times, the ETA, the live previews)."""
     from django.conf import settings
 
     from generator.services import session_create
     from generator.worker.claims import claim_next
-    from generator.worker.step_reporter import StepReporter
+    from generator.worker.step_reporter import ProgressWriter, StepReporter
 
     session = session_create(
         prompt=request.prompt,
@@ -149,8 +148,13 @@ def timed_tracked_job(backend, name, request):
     assert job.session.pk == session.pk
     first_step_at = []
     in_writes = 0.0
+    writer = ProgressWriter(job, interval=settings.SD_STEP_WRITE_INTERVAL)
+    writer.start()
     report = StepReporter(
-        job, previews=settings.SD_PREVIEWS, preview_interval=settings.SD_PREVIEW_INTERVAL
+        job,
+        previews=settings.SD_PREVIEWS,
+        preview_interval=settings.SD_PREVIEW_INTERVAL,
+        writer=writer,
     )
 
     def on_step(step, total, latents=None):
@@ -165,14 +169,16 @@ def timed_tracked_job(backend, name, request):
     started = time.perf_counter()
     backend.generate(request, on_step, job.record_phase, on_start=report.start)
     seconds = time.perf_counter() - started
+    writer.close()
     job.fail("benchmark run")  # finish the row; the image is not needed
     return seconds, first_step_at[0] - started, in_writes
 
 
 def print_table(rows, sizes):
+    print()
     header = (
         "| backend | size | s/step | first job: load+export | compile | warm job | "
-        "time to 1st step / step | tracking overhead (A/B) | time in progress writes |"
+        "time to 1st step / step | tracking overhead (A/B) | time in the step callback |"
     )
     print(header)
     print("|---" * 9 + "|")
