@@ -1,3 +1,6 @@
+"""The Django admin as the job history: sessions (with their parameters, progress, previews and
+A1111 metadata), workers, API keys; requeue, cancel and delete go through `services`."""
+
 from datetime import UTC, datetime
 
 from django.contrib import admin, messages

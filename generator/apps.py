@@ -1,3 +1,5 @@
+"""The app's configuration: the signal receivers it connects when Django starts."""
+
 from django.apps import AppConfig
 
 

@@ -1,3 +1,7 @@
+"""The database's rows: generation sessions with their progress, workers, API keys; and the
+queryset verbs (`.pending()`, `.visible_to(viewer)`, `.alive()`) that hold the rules several
+places read."""
+
 import uuid
 
 from django.conf import settings

@@ -1,3 +1,6 @@
+"""The ASGI entry point uvicorn serves: Django, with request bodies capped and the progress
+stream on its lean route."""
+
 import os
 
 from django.core.asgi import get_asgi_application

@@ -1,3 +1,5 @@
+"""The root URLs: the admin, the site, the A1111 and OpenAI dialects, and generated images."""
+
 from django.contrib import admin
 from django.urls import include, path, re_path
 

@@ -1,3 +1,5 @@
+"""The WSGI entry point, for servers without ASGI (the progress stream wants uvicorn)."""
+
 import os
 
 from django.core.wsgi import get_wsgi_application

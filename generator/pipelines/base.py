@@ -1,3 +1,6 @@
+"""What every backend does the same way: the request a job makes, the step callback, one
+pipeline call for a batch of jobs with their own seeds, and the image inputs."""
+
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass

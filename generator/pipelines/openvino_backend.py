@@ -1,3 +1,6 @@
+"""optimum-intel on OpenVINO: the model exported to IR once (at SD_OPENVINO_PRECISION), a
+pipeline compiled per size and batch, on the device OpenVINO names."""
+
 from collections import OrderedDict
 from pathlib import Path
 

@@ -1,3 +1,5 @@
+"""A backend by its API name, with the libraries' own progress bars and advice kept quiet."""
+
 import os
 
 from .base import PipelineBackend

@@ -1,3 +1,6 @@
+"""diffusers on PyTorch: the model loaded in the precision its device wants, image-to-image
+and inpainting pipelines sharing its weights, LoRA as peft adapters."""
+
 from . import demo, prompt_embeds
 from .base import GenerationRequest, PhaseHook, PipelineBackend
 from .sources import DeviceUnusable, downloads, resolve_model

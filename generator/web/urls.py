@@ -1,3 +1,5 @@
+"""The site's own routes: the page, history, the JSON API, the progress stream, health, metrics."""
+
 from django.urls import path
 
 from . import metrics, ops, views

@@ -1,3 +1,5 @@
+"""The page, history and JSON API views: thin, over `services`, the forms and the selectors."""
+
 import json
 import uuid
 
