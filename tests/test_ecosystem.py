@@ -250,3 +250,24 @@ def test_prompts_of_different_lengths_do_not_share_a_call(backends):
     long = GenerationRequest(**{**short.__dict__, "prompt": "a red circle " * 40})
     with pytest.raises(Unbatchable):
         backends["pytorch"].generate_batch([short, long], lambda *a: True, lambda p: None)
+
+
+def test_the_gpu_benchmarks_model_has_sd15s_shape():
+    """bench/sd15_shaped.py stands in for SD 1.5 where nothing can be downloaded: its parts
+    have SD 1.5's exact parameter counts (built on the meta device: no memory, no time)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from bench.sd15_shaped import TEXT_ENCODER, UNET, VAE
+
+    with torch.device("meta"):
+        parts = {
+            "unet": UNet2DConditionModel(**UNET),
+            "vae": AutoencoderKL(**VAE),
+            # With CLIP's own vocabulary; the bench's uses the demo's tokenizer.
+            "text_encoder": CLIPTextModel(CLIPTextConfig(vocab_size=49408, **TEXT_ENCODER)),
+        }
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    # runwayml/stable-diffusion-v1-5's unet, vae and text_encoder.
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
