@@ -92,7 +92,9 @@ def session_preview(request, session_id):
 
 
 def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dict:
-    values = form_values(settings_from, same_seed)
+    # SD_MODEL is always among SD_MODELS (the settings make it the first).
+    model_settings = {model: model_form_settings(model) for model in settings.SD_MODELS}
+    values = form_values(settings_from, same_seed, default=model_settings[settings.SD_MODEL])
     return {
         "form": GenerateForm(initial=values),
         "parameter_labels": {p.name: p.label for p in PARAMETERS},
@@ -102,15 +104,15 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
         "is_demo_model": settings.SD_MODEL == DEMO_MODEL,
         "demo": demo.vocabulary(),
         "loras": list(loras.available().values()),
-        "model_settings": {model: model_form_settings(model) for model in settings.SD_MODELS},
+        "model_settings": model_settings,
     }
 
 
-def form_values(session=None, same_seed: bool = True) -> dict:
+def form_values(session, same_seed: bool, default: dict) -> dict:
     """The form's values beyond the spec's defaults (which its fields carry already): the
-    default model's own (what choosing it in the form sets), or a session's."""
+    default model's own (`default`: what choosing it in the form sets), or a session's."""
     if session is None:
-        return model_form_settings(settings.SD_MODEL)
+        return default
     return session.parameters() | ({} if same_seed else {"seed": ""})
 
 
