@@ -3,13 +3,16 @@
 A key is shown once, when it is made; the database keeps its SHA-256 and its
 first characters (to list and revoke it). A request carries it as
 `Authorization: Bearer <key>`, or as HTTP Basic with the username and the key
-as password (Open WebUI and webuiapi send Basic). Such a request acts for the
-key's user and needs no CSRF token: a cross-site page cannot set that header.
+as password (Open WebUI and webuiapi send Basic). On the API routes (`/api/`,
+`/sdapi/`, `/v1/`) such a request acts for the key's user and needs no CSRF token:
+a cross-site page cannot set that header. Everywhere else (the admin, /ops, the
+pages) a key opens nothing.
 """
 
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import secrets
 
@@ -36,7 +39,11 @@ def issue_key(user, name: str = "") -> tuple[ApiKey, str]:
 
 def key_of(request) -> str | None:
     """The key an Authorization header carries (Bearer, or Basic's password), if any."""
-    header = request.headers.get("Authorization", "")
+    return key_in_header(request.headers.get("Authorization", ""))
+
+
+def key_in_header(header: str) -> str | None:
+    """The key an Authorization header's value carries, if any."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer":
         return value.strip() or None
@@ -64,6 +71,14 @@ def authenticate(request) -> ApiKey | None:
     return row
 
 
+def users_of_keys(keys) -> dict:
+    """{key: its user's id} for the active ones among `keys`, in one query (the progress
+    streams' lean route, which reads many at once and writes nothing)."""
+    digests = {digest(key): key for key in keys}
+    rows = ApiKey.objects.active().filter(digest__in=list(digests))
+    return {digests[found]: user_id for found, user_id in rows.values_list("digest", "user_id")}
+
+
 def user_for(username: str):
     """The user named so, made (without a password) if there is none."""
     user, created = get_user_model().objects.get_or_create(username=username)
@@ -73,8 +88,18 @@ def user_for(username: str):
     return user
 
 
+API_PREFIXES = ("/api/", "/sdapi/", "/v1/")
+"""The routes a key opens. Never the admin, /ops or any page of the cookie session: there
+a key header is ignored (a login is asked for, CSRF applies)."""
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
 class ApiKeyMiddleware:
-    """A request with a valid key acts for the key's user, without a CSRF token.
+    """On the API routes, a request with a valid key acts for the key's user, without a
+    CSRF token; elsewhere a key is ignored.
 
     Put after AuthenticationMiddleware. A request with an Authorization header
     that holds no valid key stays anonymous; the dialects answer it 401.
@@ -85,10 +110,15 @@ class ApiKeyMiddleware:
 
     def __call__(self, request):
         request.api_key = None
-        if "Authorization" in request.headers:
+        if "Authorization" in request.headers and is_api_path(request.path_info):
             row = authenticate(request)
             if row is not None:
                 request.api_key = row
                 request.user = row.user
+                request.auser = functools.partial(_key_user, row.user)  # async views ask this
                 request._dont_enforce_csrf_checks = True
         return self.get_response(request)
+
+
+async def _key_user(user):
+    return user

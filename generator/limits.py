@@ -10,8 +10,10 @@ The request rate uses django-ratelimit on the database cache, which every web
 process shares (configure a Redis cache as `default` for heavy traffic).
 """
 
+import hashlib
+
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django_ratelimit.core import get_usage
 
 from .models import GenerationSession
@@ -68,25 +70,74 @@ def check_rate(request) -> None:
 
 
 def check_queue(request, owner: dict, count: int) -> None:
-    """Refuse `count` more jobs when the owner would have over SD_MAX_QUEUED_PER_OWNER."""
+    """Refuse `count` more jobs when the owner would have over SD_MAX_QUEUED_PER_OWNER.
+
+    Each image counts as a job (a batch of 4 is 4, as A1111 counts a batch's images).
+    Runs inside the transaction that inserts the jobs (`session_create_batch`'s `admit`),
+    holding the owner's lock from the count to the commit, so requests sent together
+    cannot all count the same free places: SQLite's IMMEDIATE transactions (settings.py)
+    take the write lock at BEGIN; PostgreSQL takes the owner's advisory locks here.
+    """
     limit = settings.SD_MAX_QUEUED_PER_OWNER
     if not limit or is_exempt(request):
         return
+    if not connection.in_atomic_block:
+        raise RuntimeError("check_queue must run inside the transaction that queues the jobs")
     user = owner.get("owner")
-    held = (
-        GenerationSession.objects.unfinished()
-        .of_queue_owner(user.pk if user else None, owner.get("owner_key", ""), client_ip(request))
-        .count()
-    )
-    if held + count > limit:
-        jobs = f"{held} job{'s' if held != 1 else ''} queued or running"
-        if count > 1 and held < limit:  # fewer images would pass
-            what = f"{count} more would make {held + count}, and you may have at most {limit}"
-            instead = f"ask for at most {limit - held} or wait for one to finish"
-            message = f"You have {jobs}; {what} (SD_MAX_QUEUED_PER_OWNER): {instead}."
-        else:
-            message = (
-                f"You have {jobs} and may have at most {limit} (SD_MAX_QUEUED_PER_OWNER): "
-                "wait for one to finish."
-            )
-        raise TooManyRequests(message, retry_after=QUEUE_RETRY_AFTER)
+    owner_id, owner_key = user.pk if user else None, owner.get("owner_key", "")
+    address = client_ip(request) or None
+    lock_owner(owner_id, owner_key, address)
+    queued = GenerationSession.objects.unfinished()
+    held = queued.of_queue_owner(owner_id, owner_key, address).count()
+    if held + count <= limit:
+        return
+    holder = queue_holder(queued, owner_id, owner_key, address, held)
+    jobs = f"{held} job{'s' if held != 1 else ''} queued or running"
+    if count > 1 and held < limit:  # fewer images would pass
+        what = f"{count} more would make {held + count}, and at most {limit} are allowed"
+        instead = f"ask for at most {limit - held} or wait for one to finish"
+        message = f"{holder} {jobs}; {what} (SD_MAX_QUEUED_PER_OWNER): {instead}."
+    else:
+        message = (
+            f"{holder} {jobs} and may have at most {limit} (SD_MAX_QUEUED_PER_OWNER): "
+            "wait for one to finish."
+        )
+    raise TooManyRequests(message, retry_after=QUEUE_RETRY_AFTER)
+
+
+def queue_holder(queued, owner_id, owner_key: str, address: str | None, held: int) -> str:
+    """Who holds the jobs a refusal counts, truly ("You have", "Your address ... has"):
+    an anonymous browser is counted together with everything anonymous from its address."""
+    if owner_id is not None or not address:
+        return "You have"
+    own = queued.filter(owner__isnull=True, owner_key=owner_key).count() if owner_key else 0
+    if own == held:
+        return "You have"
+    from_address = queued.filter(owner__isnull=True, client_ip=address).count()
+    if from_address == held:
+        return f"Your address ({address}) has"
+    return f"This browser and your address ({address}) have"
+
+
+def lock_owner(owner_id, owner_key: str, address: str | None) -> None:
+    """PostgreSQL: hold, until the transaction ends, the advisory locks of every name the
+    owner is counted under (a user; an anonymous browser's key and its address), taken in
+    one order so two owners that share a name never deadlock. Other owners never wait.
+    SQLite needs none: the IMMEDIATE transaction holds the database's one write lock."""
+    if connection.vendor != "postgresql":
+        return
+    if owner_id is not None:
+        names = [f"user:{owner_id}"]
+    else:
+        names = [f"browser:{owner_key}" if owner_key else "", f"ip:{address}" if address else ""]
+        names = [name for name in names if name] or ["nobody"]
+    keys = sorted({advisory_key(name) for name in names})
+    with connection.cursor() as cursor:
+        for key in keys:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for pg_advisory_xact_lock, in sdsite's own namespace."""
+    digest = hashlib.blake2b(f"sdsite-queue:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

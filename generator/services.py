@@ -138,10 +138,15 @@ def session_create(
     return session
 
 
-def session_create_batch(*, count: int = 1, images: dict | None = None, **parameters) -> list:
+def session_create_batch(
+    *, count: int = 1, images: dict | None = None, admit=None, **parameters
+) -> list:
     """Queue `count` sessions with seeds seed, seed+1, ... (a random seed too); inputs stored once.
 
     `images`: {"init_image": PIL image, "mask_image": PIL image}, already checked.
+    `admit(count)`: called inside the transaction that inserts, before the inserts, to
+    refuse them by raising (the per-owner cap, `limits.check_queue`): its count and the
+    inserts are one atomic step.
     """
     check_media_quota()
     names = {
@@ -153,6 +158,8 @@ def session_create_batch(*, count: int = 1, images: dict | None = None, **parame
     batch_id = uuid.uuid4() if count > 1 else None
     try:
         with transaction.atomic():
+            if admit is not None:
+                admit(count)
             return [
                 session_create(
                     seed=(seed + index) % (MAX_SEED + 1), batch_id=batch_id, **names, **parameters

@@ -241,8 +241,17 @@ def test_an_owner_may_hold_at_most_sd_max_queued_per_owner_jobs(client, settings
     )
     assert GenerationSession.objects.count() == 3
 
-    # A fresh cookie from the same address does not reset it...
-    assert post_job(Client()).status_code == 429
+    # A fresh cookie from the same address does not reset it, and is told whose jobs count...
+    fresh = post_job(Client())
+    assert fresh.status_code == 429
+    assert fresh.json()["message"] == (
+        "Your address (192.0.2.10) has 3 jobs queued or running and may have at most 3 "
+        "(SD_MAX_QUEUED_PER_OWNER): wait for one to finish."
+    )
+    # ...and so is the first browser once it has moved to another address.
+    moved = post_job(client, address="192.0.2.11")
+    assert moved.status_code == 429
+    assert moved.json()["message"].startswith("You have 3 jobs queued or running")
     # ...another owner is not slowed at all...
     assert post_job(Client(), address="198.51.100.20").status_code == 202
     # ...and a finished job makes room again.

@@ -97,8 +97,10 @@ def queue(request, data: dict, files: dict, count: int) -> tuple[list, dict]:
     if not form.is_valid():
         return [], {field: list(messages) for field, messages in form.errors.items()}
     owner = owner_of(request)
-    check_queue(request, owner, form.cleaned_data.get("count") or 1)
-    sessions = session_create_batch(**form.queue_options(), **form.parameters(), **owner)
+    admit = functools.partial(check_queue, request, owner)
+    sessions = session_create_batch(
+        **form.queue_options(), **form.parameters(), **owner, admit=admit
+    )
     return sessions, {}
 
 

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager, suppress
 from django.conf import settings
 from django.db import connections
 
+from ..apikeys import users_of_keys
 from ..models import Status
 from ..notify import listen_for_changes, listener_conninfo
 from ..ownership import Viewer, viewers_from_session_keys
@@ -192,6 +193,7 @@ class ProgressHub:
         # Streams that open together share their first reads: a query for all of them.
         self._first_reads = BatchedReads(self, read_snapshots)
         self._viewer_reads = BatchedReads(self, viewers_from_session_keys)
+        self._key_reads = BatchedReads(self, users_of_keys)
 
     @property
     def stream_count(self) -> int:
@@ -221,6 +223,11 @@ class ProgressHub:
         if not session_key:
             return Viewer()
         return await self._viewer_reads.get(session_key)
+
+    async def read_key_user(self, key: str) -> int | None:
+        """The id of the user an active API key acts for (None for no such key), read
+        through the hub's thread."""
+        return await self._key_reads.get(key)
 
     def reserve(self, holder: str) -> "StreamSlot | str":
         """A slot for one more stream of `holder`, or why it cannot open (SD_MAX_STREAMS, per

@@ -5,11 +5,14 @@ thread (created for the sync `request_started` receivers and middleware) lives
 as long as the response. For progress streams that stay open for minutes, a
 thousand watchers would mean a thousand idle threads. sdsite.asgi sends
 GET /api/progress/<id> here instead; the Django view serves the same stream
-under any other server (runserver, the test client).
+under any other server (runserver, the test client). Who watches is read as
+Django would: the session cookie, and an API key (Bearer or Basic) as
+ApiKeyMiddleware reads it.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 
@@ -17,6 +20,7 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
+from ..apikeys import key_in_header
 from .api_errors import error_body
 from .connections import WRITE_BODY
 from .hub import get_hub
@@ -69,7 +73,13 @@ async def progress_app(scope, receive, send) -> None:
         return await respond(send, 404, NOT_FOUND)
     last_event_id = headers.get(b"last-event-id", b"").decode("latin-1")
     cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
-    viewer = await get_hub().read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
+    hub = get_hub()
+    viewer = await hub.read_viewer(cookies.get(settings.SESSION_COOKIE_NAME))
+    key = key_in_header(headers.get(b"authorization", b"").decode("latin-1"))
+    if key:  # as ApiKeyMiddleware does on the API routes: the key's user, else as before
+        user_id = await hub.read_key_user(key)
+        if user_id is not None:
+            viewer = dataclasses.replace(viewer, user_id=user_id)
     address = (scope.get("client") or ("", 0))[0]
     write_body = scope.get("extensions", {}).get(WRITE_BODY)
     status, events = await open_stream(session_id, last_event_id, viewer, address, write_body)

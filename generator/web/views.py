@@ -1,5 +1,6 @@
 """The page, history and JSON API views: thin, over `services`, the forms and the selectors."""
 
+import functools
 import json
 import uuid
 
@@ -249,9 +250,10 @@ def api_generate(request):
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
     owner = owner_fields(request)
-    options = form.queue_options()
-    check_queue(request, owner, options["count"])
-    sessions = session_create_batch(**options, **form.parameters(), **owner)
+    admit = functools.partial(check_queue, request, owner)
+    sessions = session_create_batch(
+        **form.queue_options(), **form.parameters(), **owner, admit=admit
+    )
     body = session_as_dict(sessions[0])
     body["session_ids"] = [str(session.pk) for session in sessions]
     return JsonResponse(body, status=202)
