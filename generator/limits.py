@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import OperationalError, connection
 from django_ratelimit.core import get_usage
 
+from .addresses import client_ip
 from .models import GenerationSession
 
 QUEUE_RETRY_AFTER = 10
@@ -28,10 +29,6 @@ class TooManyRequests(Exception):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def client_ip(request) -> str:
-    return request.META.get("REMOTE_ADDR", "")
 
 
 def is_exempt(request) -> bool:

@@ -19,6 +19,8 @@ from django.db.models import Q
 from django.dispatch import receiver
 from django.http import HttpRequest
 
+from .addresses import client_ip
+
 OWNER_KEY = "sdsite_owner"
 ANONYMOUS_HISTORY_SECONDS = 365 * 24 * 3600
 """How long an anonymous browser keeps its history (Django's default session lasts two weeks)."""
@@ -67,7 +69,7 @@ def viewer_of(request) -> Viewer:
 
 def owner_fields(request) -> dict:
     """The owner of a generation this request creates; gives the browser a key on first use."""
-    address = request.META.get("REMOTE_ADDR") or None
+    address = client_ip(request) or None
     if getattr(request, "api_key", None) is not None:  # a tool with a key: its user, no cookie
         return {"owner": request.user, "owner_key": "", "client_ip": address}
     key = request.session.get(OWNER_KEY)

@@ -1,5 +1,5 @@
-"""The ASGI entry point uvicorn serves: Django, with request bodies capped and the progress
-stream on its lean route."""
+"""The ASGI entry point uvicorn serves: Django, with request bodies capped, the client's
+address read past trusted proxies, and the progress stream on its lean route."""
 
 import os
 
@@ -9,6 +9,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 
 django_application = get_asgi_application()
 
+from generator.addresses import with_client_address  # noqa: E402
 from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
@@ -21,5 +22,6 @@ async def route(scope, receive, send):
     return await django_application(scope, receive, send)
 
 
-# Bodies over SD_MAX_BODY_MB are refused while they stream, on every route.
-application = limit_bodies(route)
+# Bodies over SD_MAX_BODY_MB are refused while they stream, on every route; every route
+# sees the client's address, not a proxy's (SD_TRUSTED_PROXIES, generator.addresses).
+application = limit_bodies(with_client_address(route))

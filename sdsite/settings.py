@@ -4,12 +4,14 @@ The README lists each variable. Nothing secret lives in the repository: without
 SECRET_KEY one is generated once and kept in DATA_DIR.
 """
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -83,6 +85,8 @@ AXES_FAILURE_LIMIT = int(os.environ.get("SD_LOGIN_FAILURES", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=env_float("SD_LOGIN_COOLOFF_MINUTES", 15.0))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# The same client address as every other limit: past trusted proxies only.
+AXES_CLIENT_IP_CALLABLE = "generator.addresses.client_ip"
 AXES_COOLOFF_MESSAGE = (
     "Too many failed logins for this account from this address: try again in "
     f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes."
@@ -305,8 +309,26 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
 
-# GET /metrics answers only these networks (403 elsewhere).
-SD_METRICS_ALLOWED = env_list("SD_METRICS_ALLOWED", "127.0.0.0/8,::1/128")
+def env_networks(name: str, default: str = "") -> list[str]:
+    """Comma-separated IP addresses and networks; a wrong one stops the start, named."""
+    entries = env_list(name, default)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from None
+    return entries
+
+
+# The proxies (nginx: docs/deploy.md) whose X-Forwarded-For names the client, as
+# addresses or networks; empty (the default): none, the connection's peer is the
+# client. The one address every limit and private route uses (generator.addresses).
+SD_TRUSTED_PROXIES = env_networks("SD_TRUSTED_PROXIES")
+# GET /metrics and /api/stats/progress answer only clients in these networks (403
+# elsewhere; staff may also read the stats).
+SD_METRICS_ALLOWED = env_networks("SD_METRICS_ALLOWED", "127.0.0.0/8,::1/128")
 # Retention: `manage.py prune` (and the worker, hourly) deletes ended sessions
 # older than this many days; unset keeps them for ever.
 SD_KEEP_DAYS = env_float("SD_KEEP_DAYS", 0.0) or None

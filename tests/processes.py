@@ -94,9 +94,12 @@ class Process:
 
 
 class WebServer(Process):
-    """uvicorn as deployed (the Procfile's protocol); `file_limit`: its `ulimit -n`."""
+    """uvicorn as deployed (the Procfile's protocol and flags); `file_limit`: its `ulimit -n`;
+    `proxy_headers`: leave uvicorn's own X-Forwarded-For reading on, as uvicorn's default is."""
 
-    def __init__(self, tmp_path: Path, file_limit: int | None = None, **env):
+    def __init__(
+        self, tmp_path: Path, file_limit: int | None = None, proxy_headers: bool = False, **env
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "uvicorn", "sdsite.asgi:application"]
@@ -110,6 +113,8 @@ class WebServer(Process):
             "--timeout-graceful-shutdown",
             "1",
         ]
+        if not proxy_headers:
+            args.append("--no-proxy-headers")
 
         def limit_files():
             import resource
@@ -258,3 +263,59 @@ class RecordedWrites:
         from generator.worker.claims import ClaimedJob
 
         ClaimedJob.record_step, ClaimedJob.record_phase = self.originals
+
+
+NGINX_BIN = Path(os.environ.get("NGINX_BIN", "/usr/sbin/nginx"))
+DOCUMENTED_UPSTREAM = "127.0.0.1:8000"
+
+
+def documented_nginx_block() -> str:
+    """The nginx server block's body that docs/deploy.md gives, exactly as written there."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text.split("## nginx in front", 1)[1]
+    return section.split("```nginx\n", 1)[1].split("```", 1)[0]
+
+
+class Nginx(Process):
+    """nginx in front of `upstream` (a WebServer), on 127.0.0.1, with docs/deploy.md's block as
+    its server's body: only the documented upstream address is replaced."""
+
+    def __init__(self, tmp_path: Path, upstream: "WebServer"):
+        folder = Path(tempfile.mkdtemp(prefix="nginx-", dir=tmp_path))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        block = documented_nginx_block()
+        assert block.count(DOCUMENTED_UPSTREAM) >= 2, "the documented block changed its upstream"
+        block = block.replace(DOCUMENTED_UPSTREAM, f"127.0.0.1:{upstream.port}")
+        temp_paths = "\n".join(
+            f"    {kind}_temp_path {folder}/{kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        config = folder / "nginx.conf"
+        config.write_text(
+            f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\n"
+            f"error_log {folder}/error.log;\n"
+            + ("user root;\n" if os.getuid() == 0 else "")
+            + "events { worker_connections 512; }\n"
+            f"http {{\n    access_log off;\n{temp_paths}\n"
+            f"    server {{\n        listen 127.0.0.1:{self.port};\n{block}    }}\n}}\n"
+        )
+        args = [str(NGINX_BIN), "-p", str(folder), "-c", str(config), "-e", f"{folder}/error.log"]
+        super().__init__(args, dict(os.environ), folder / "nginx.log")
+        self.error_log = folder / "error.log"
+        wait_for(self._ready, timeout=30, message=f"nginx on port {self.port}")
+
+    def _ready(self):
+        if self.popen.poll() is not None:
+            errors = self.error_log.read_text() if self.error_log.exists() else ""
+            raise AssertionError(f"nginx exited:\n{self.log()}\n{errors}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def visitor(url: str, address: str, **options) -> httpx.Client:
+    """An HTTP client whose connections come from `address` (any of 127/8 on Linux's lo)."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(base_url=url, transport=transport, timeout=30, **options)

@@ -25,6 +25,8 @@ import time
 
 from django.conf import settings
 
+from ..addresses import PEER
+
 try:  # the parser uvicorn's "auto" would pick
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as UvicornProtocol
 
@@ -58,6 +60,9 @@ class GuardedHttpProtocol(UvicornProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        # The connection's own peer, which uvicorn's --proxy-headers would replace in
+        # `client` with a header's value: generator.addresses reads the client from it.
+        self.scope.setdefault("extensions", {})[PEER] = self.client
         cycle = self.cycle
         if BODY_WRITER and cycle is not None and cycle.scope is self.scope:
             self.scope.setdefault("extensions", {})[WRITE_BODY] = BodyWriter(cycle)

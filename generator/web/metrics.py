@@ -8,10 +8,8 @@ empty folder and prometheus-client sums the processes' own figures (streams
 are summed over live processes); without it, each process reports its own.
 """
 
-import ipaddress
 import os
 
-from django.conf import settings
 from django.http import HttpResponse
 from prometheus_client import (
     REGISTRY,
@@ -25,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import operations
+from ..addresses import private_allowed
 from ..models import WorkerRecord
 from .api_errors import error_response
 
@@ -83,14 +82,6 @@ class DatabaseCollector(Collector):
             yield family
 
 
-def client_allowed(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in settings.SD_METRICS_ALLOWED)
-
-
 def registry():
     combined = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -109,7 +100,7 @@ class _ProcessCollector(Collector):
 
 
 def metrics(request):
-    if not client_allowed(request.META.get("REMOTE_ADDR", "")):
+    if not private_allowed(request):
         return error_response(403, "Metrics are served to the networks in SD_METRICS_ALLOWED only.")
     return HttpResponse(
         generate_latest(registry()), content_type="text/plain; version=0.0.4; charset=utf-8"

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .. import loras
+from ..addresses import client_ip, private_allowed
 from ..forms import GenerateForm
 from ..images import open_upload
 from ..limits import check_queue, check_rate
@@ -291,7 +292,7 @@ async def api_progress(request, session_id):
     # under any other server.
     viewer = await sync_to_async(viewer_of)(request)
     last_event_id = request.headers.get("Last-Event-ID")
-    address = request.META.get("REMOTE_ADDR", "")
+    address = client_ip(request)
     status, events = await open_stream(session_id, last_event_id, viewer, address)
     if status == 404:
         raise Http404("No such session.")
@@ -307,14 +308,12 @@ async def api_progress(request, session_id):
     return response
 
 
-LOOPBACK = {"127.0.0.1", "::1"}
-
-
 async def api_progress_stats(request):
-    """The progress hub of this web process (streams, reads): for staff and this machine only."""
+    """The progress hub of this web process (streams, reads): for staff, and the networks
+    in SD_METRICS_ALLOWED (this machine by default), only."""
     user = await request.auser()
-    if not user.is_staff and request.META.get("REMOTE_ADDR") not in LOOPBACK:
-        return error_response(403, "For staff, or from this machine, only.")
+    if not user.is_staff and not private_allowed(request):
+        return error_response(403, "For staff, or the networks in SD_METRICS_ALLOWED, only.")
     return JsonResponse(get_hub().stats())
 
 
