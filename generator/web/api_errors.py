@@ -92,8 +92,8 @@ def _as_json(request, response):
     ):
         return response
     message = MESSAGES.get(response.status_code, response.reason_phrase)
-    if response.status_code == 404 and shape is not error_body:
-        message = f"Not found: {request.method} {request.path} is no route of this API."
+    if response.status_code == 404 and getattr(request, "resolver_match", None) is None:
+        message = f"Not found: {request.path} is no route of this API."
     if response.status_code == 405 and response.get("Allow"):
         message = f"Method not allowed: use {response['Allow']}."
     json_response = JsonResponse(shape(message), status=response.status_code)
