@@ -122,7 +122,8 @@ def extract_loras(prompt: str) -> tuple[str, list[LoraUse]]:
 MAX_WEIGHT = 10.0
 """The largest attention weight (after brackets multiply) and LoRA weight, in either sign.
 
-A1111 bounds neither (its UI steps weights by 0.1 around 1); past ±10 a weight only saturates the embeddings (1e40 is past float32's largest number).
+A1111 bounds neither (its UI steps weights by 0.1 around 1); past ±10 a weight only saturates
+the embeddings (1e40 is past float32's largest number).
 The form refuses a prompt with one (`weight_problem`) rather than clamp it silently."""
 
 
