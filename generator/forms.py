@@ -10,6 +10,7 @@ from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
+from .prompts import weight_problem
 from .services import default_size
 from .webhooks import check_callback_url
 
@@ -182,9 +183,14 @@ class GenerateForm(forms.Form):
             self.add_error("schedule_type", problem)
 
     def _check_loras(self, data: dict) -> None:
-        """Every `<lora:...>` of the prompts is a LoRA here, on a backend that applies them."""
+        """Every `<lora:...>` of the prompts is a LoRA here, on a backend that applies them,
+        and every weight of the prompts is within bounds (prompts.MAX_WEIGHT)."""
         backend = data.get("backend") or settings.SD_BACKEND
         for field in ("prompt", "negative_prompt"):
+            problem = weight_problem(data.get(field) or "")
+            if problem:
+                self.add_error(field, problem)
+                continue
             try:
                 named = loras_of(data.get(field) or "")
             except UnknownLora as error:

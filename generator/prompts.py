@@ -117,3 +117,29 @@ def extract_loras(prompt: str) -> tuple[str, list[LoraUse]]:
         if match.group(2) is None or is_number(match.group(2))
     ]
     return _LORA.sub("", prompt), uses
+
+
+MAX_WEIGHT = 10.0
+"""The largest attention weight (after brackets multiply) and LoRA weight, in either sign.
+
+A1111 bounds neither (its UI steps weights by 0.1 around 1); past ±10 a weight only saturates
+the embeddings (1e40 is past float32's largest number).
+The form refuses a prompt with one (`weight_problem`) rather than clamp it silently."""
+
+
+def weight_problem(prompt: str) -> str | None:
+    """Why a prompt's attention or LoRA weights are out of bounds, or None."""
+    text, uses = extract_loras(prompt)
+    for use in uses:
+        if abs(use.weight) > MAX_WEIGHT:
+            return (
+                f"<lora:{use.name}:{use.weight:g}>: a LoRA weight must be from "
+                f"{-MAX_WEIGHT:g} to {MAX_WEIGHT:g}."
+            )
+    for fragment in parse_attention(text):
+        if not fragment.is_break and abs(fragment.weight) > MAX_WEIGHT:
+            return (
+                f"{fragment.text.strip()[:40]!r} has attention weight {fragment.weight:.3g} "
+                f"(brackets multiply): weights must be from {-MAX_WEIGHT:g} to {MAX_WEIGHT:g}."
+            )
+    return None

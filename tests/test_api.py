@@ -210,7 +210,7 @@ def test_deeply_nested_json_is_a_400_not_a_500(client):
         "/api/generate", data="[" * 100_000 + "]" * 100_000, content_type="application/json"
     )
     assert response.status_code == 400
-    assert response.json()["errors"]["__all__"] == ["The body is not valid JSON."]
+    assert response.json()["errors"]["__all__"] == ["The body nests deeper than 16 levels."]
 
 
 def test_a_json_number_may_be_an_integer_where_a_float_is_asked():

@@ -21,9 +21,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from ..images import open_upload
 from ..metadata import a1111_parameters, read_parameters
 from ..models import Status
-from ..params import INPAINTING_FILLS, PARAMETERS, RESIZE_MODES
+from ..params import PARAMETERS, RESIZE_MODES
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
 from ..services import session_cancel
+from ..web.api_errors import a1111_error_body, a1111_validation_body
+from ..web.json_body import BodyError, load_object, type_problem
 from ..web.snapshots import preview_data_url
 from .common import decode_image, image_base64, own_sessions, queue, require_key
 from .common import wait_for_sessions as wait
@@ -31,6 +33,9 @@ from .common import wait_for_sessions as wait
 VERSION = "sdsite"
 # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
 FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent noise"}
+# A1111's resize_mode: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize
+# (latent upscale), which sdsite does as just resize.
+RESIZES = {0: RESIZE_MODES[0], 1: RESIZE_MODES[1], 2: RESIZE_MODES[2], 3: RESIZE_MODES[0]}
 """A1111 >= 1.9 names the schedule apart: `DPM++ 2M` with `scheduler: Karras`."""
 IGNORED_IF_SET = (
     "enable_hr",
@@ -43,21 +48,83 @@ IGNORED_IF_SET = (
     "inpaint_full_res",
     "refiner_checkpoint",
 )
+FIELDS = {
+    **{p.a1111_api: p.kind for p in PARAMETERS if p.a1111_api},
+    "sampler_name": "text",
+    "sampler_index": "text",
+    "batch_size": "int",
+    "n_iter": "int",
+    "override_settings": "object",
+    "init_images": "list",
+    "mask": "image",
+    "resize_mode": "int",
+    "inpainting_fill": "int",
+    "inpainting_mask_invert": "int",
+    "callback_url": "text",
+}
+"""The JSON kind of each field sdsite reads (json_body.JSON_TYPES): the parameters' own from
+the spec, under their A1111 names, and A1111's others. Keys it does not read are ignored."""
+RANGES = {
+    "resize_mode": (min(RESIZES), max(RESIZES)),
+    "inpainting_fill": (min(FILLS), max(FILLS)),
+    "inpainting_mask_invert": (0, 1),
+    "batch_size": (1, None),
+    "n_iter": (1, None),
+}
+"""A1111's own integer fields' bounds (the parameters' are the spec's, checked by the form)."""
+NAMES = {p.name: p.a1111_api for p in PARAMETERS if p.a1111_api} | {
+    "scheduler": "sampler_name",
+    "model": "override_settings.sd_model_checkpoint",
+    "init_image": "init_images",
+    "mask_image": "mask",
+    "count": "batch_size",
+}
+"""sdsite's field names in A1111's terms, for the errors of the form."""
 
 
 def error(message: str) -> dict:
-    return {"error": "HTTPException", "detail": message, "errors": message}
+    return a1111_error_body(message)
+
+
+def invalid(errors: dict) -> JsonResponse:
+    """FastAPI's 422 for fields, as A1111 answers a request its models refuse."""
+    return JsonResponse(a1111_validation_body(errors), status=422)
 
 
 keyed = require_key(error)
 
 
-def body_of(request) -> dict | None:
+def body_of(request) -> tuple[dict, dict]:
+    """The request's JSON object, or {} and the errors ({field or "__all__": [message]})."""
     try:
-        body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
+        return load_object(request.body), {}
+    except BodyError as problem:
+        return {}, {problem.field or "__all__": [problem.message]}
+
+
+def check_fields(body: dict) -> dict:
+    """Each field sdsite reads has its JSON type and A1111's range: {field: [message]}."""
+    errors = {}
+    for key, kind in FIELDS.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        problem = type_problem(kind, value)
+        if problem is None and key in RANGES:
+            low, high = RANGES[key]
+            if value < low or (high is not None and value > high):
+                problem = f"Must be from {low} to {high}." if high else f"Must be {low} or more."
+        if problem:
+            errors[key] = [problem]
+    if errors:
+        return errors
+    for index, image in enumerate(body.get("init_images") or []):
+        if problem := type_problem("image", image):
+            return {"init_images": [f"init_images[{index}]: {problem}"]}
+    model = (body.get("override_settings") or {}).get("sd_model_checkpoint")
+    if model is not None and (problem := type_problem("text", model)):
+        return {"override_settings.sd_model_checkpoint": [problem]}
+    return {}
 
 
 def sampler_of(body: dict) -> str | None:
@@ -69,13 +136,14 @@ def sampler_of(body: dict) -> str | None:
 
 def schedule_type_of(body: dict) -> str | None:
     """sdsite's schedule type for A1111's `scheduler` (its label or its name: `sgm_uniform`)."""
-    given = str(body.get("scheduler") or "automatic")
+    given = body.get("scheduler") or "automatic"
     by_key = {name.lower().replace(" ", "_"): name for name in SCHEDULE_TYPES_SETTINGS}
     return by_key.get(given.lower().replace(" ", "_"))
 
 
 def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, dict]:
-    """(form data, files, ignored keys, errors) for an A1111 request body."""
+    """(form data, files, ignored keys, errors) for an A1111 request body whose fields
+    `check_fields` passed."""
     errors, ignored = {}, []
     sampler = sampler_of(body)
     if sampler is None:
@@ -91,7 +159,7 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     ]
     # A1111's own field names, read through the parameter spec.
     data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.a1111_api in body}
-    if data.get("seed") in (-1, ""):
+    if data.get("seed") == -1:
         del data["seed"]  # random
     schedule_type = schedule_type_of(body)
     if schedule_type is None:
@@ -112,11 +180,29 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
             files["mask_image"] = decode_image(body["mask"], "mask_image")
             if body.get("inpainting_mask_invert"):
                 ignored.append("inpainting_mask_invert")
-        data["inpainting_fill"] = FILLS.get(body.get("inpainting_fill", 1), INPAINTING_FILLS[0])
-        data["resize_mode"] = RESIZE_MODES[min(int(body.get("resize_mode") or 0), 2)]
+        fill = body.get("inpainting_fill")
+        data["inpainting_fill"] = FILLS[1 if fill is None else fill]
+        data["resize_mode"] = RESIZES[body.get("resize_mode") or 0]
     if not image_mode:  # txt2img's denoising_strength is the hires fix's, which sdsite lacks
         data.pop("strength", None)
     return {k: v for k, v in data.items() if v is not None}, files, ignored, errors
+
+
+def accept(request, image_mode: bool) -> tuple[list, dict, list, dict]:
+    """Read, check and queue a request: (sessions, body, ignored keys, errors in A1111's
+    names). Off the event loop: it decodes the body and the images."""
+    body, errors = body_of(request)
+    if errors:
+        return [], body, [], errors
+    errors = check_fields(body)
+    if errors:
+        return [], body, [], errors
+    data, files, ignored, errors = translate(request, body, image_mode)
+    if errors:
+        return [], body, ignored, errors
+    count = (body.get("batch_size") or 1) * (body.get("n_iter") or 1)
+    sessions, errors = queue(request, data, files, count)
+    return sessions, body, ignored, {NAMES.get(k, k): v for k, v in errors.items()}
 
 
 def info_of(sessions, body: dict, ignored: list) -> dict:
@@ -151,15 +237,9 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
 
 
 async def generate(request, image_mode: bool):
-    body = body_of(request)
-    if body is None:
-        return JsonResponse(error("The body must be a JSON object."), status=422)
-    data, files, ignored, errors = translate(request, body, image_mode)
-    count = int(body.get("batch_size") or 1) * int(body.get("n_iter") or 1)
-    if not errors:
-        sessions, errors = await sync_to_async(queue)(request, data, files, count)
+    sessions, body, ignored, errors = await sync_to_async(accept)(request, image_mode)
     if errors:
-        return JsonResponse(error(json.dumps(errors)) | {"fields": errors}, status=422)
+        return invalid(errors)
     finished = await wait([session.pk for session in sessions])
     done = [session for session in finished if session.status == Status.COMPLETED]
     if not done and any(session.status == Status.FAILED for session in finished):
@@ -277,8 +357,13 @@ def options(request):
     """`sd_model_checkpoint` is the caller's default model (per key, not global)."""
     key = request.api_key
     if request.method == "POST":
-        body = body_of(request) or {}
+        body, errors = body_of(request)
         model = body.get("sd_model_checkpoint")
+        if model is not None and not errors:
+            problem = type_problem("text", model)
+            errors = {"sd_model_checkpoint": [problem]} if problem else {}
+        if errors:
+            return invalid(errors)
         if model is not None:
             if model not in settings.SD_MODELS:
                 return JsonResponse(error(f"Model not found: {model}"), status=422)
@@ -335,12 +420,17 @@ def scripts(request):
 @require_POST
 @keyed
 def png_info(request):
-    body = body_of(request) or {}
-    upload = decode_image(str(body.get("image") or ""), "image")
+    body, errors = body_of(request)
+    image = body.get("image")
+    if not errors and (problem := type_problem("image", image) if image else "Send an image."):
+        errors = {"image": [problem]}
+    if errors:
+        return invalid(errors)
+    upload = decode_image(image, "image")
     try:
         image = open_upload(upload)
-    except Exception as exc:  # A1111 answers what it could not read with an empty info
-        return JsonResponse(error(f"image: {exc}"), status=422)
+    except Exception as exc:  # what it could not read: a 422 naming the image
+        return invalid({"image": getattr(exc, "messages", None) or [str(exc)]})
     text = image.info.get("parameters", "")
     _, parameters = read_parameters(image)
     items = {k: v for k, v in image.info.items() if isinstance(v, str)}

@@ -5,7 +5,6 @@ so its clients raise their usual exceptions. `quality`, `style`, `user` and
 other fields sdsite has no use for are ignored.
 """
 
-import json
 import re
 import time
 
@@ -17,23 +16,28 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from ..models import Status
+from ..web.api_errors import openai_error_body
+from ..web.json_body import BodyError, load_object, type_problem
 from .common import image_base64, queue, require_key
 from .common import wait_for_sessions as wait
 
-SIZE = re.compile(r"^(\d+)x(\d+)$")
+SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 FIELDS = {"width": "size", "height": "size", "count": "n"}
 """sdsite's field names in OpenAI's terms, for the `param` of an error."""
+KINDS = {
+    "prompt": "text",
+    "model": "text",
+    "size": "text",
+    "response_format": "text",
+    "n": "int",
+    "callback_url": "text",
+    "quality": "text",
+    "style": "text",
+    "user": "text",
+}
+"""The JSON kind of each field (json_body.JSON_TYPES); others are ignored, as documented."""
 
-
-def error_body(message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {
-        "error": {
-            "message": message,
-            "type": "invalid_request_error",
-            "param": param,
-            "code": code,
-        }
-    }
+error_body = openai_error_body
 
 
 def invalid(message: str, param: str | None = None, status: int = 400) -> JsonResponse:
@@ -43,37 +47,61 @@ def invalid(message: str, param: str | None = None, status: int = 400) -> JsonRe
 keyed = require_key(lambda message: error_body(message, code="invalid_api_key"))
 
 
-@csrf_exempt
-@require_POST
-@keyed
-async def generations(request):
+def read(request) -> tuple[dict, JsonResponse | None]:
+    """The request's fields as sdsite's form data with `count`, or the error to answer."""
     try:
-        body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return invalid("The body is not valid JSON.")
-    if not isinstance(body, dict):
-        return invalid("The body must be a JSON object.")
+        body = load_object(request.body)
+    except BodyError as problem:
+        return {}, invalid(problem.message, problem.field)
+    for field, kind in KINDS.items():
+        value = body.get(field)
+        if value is not None and (problem := type_problem(kind, value)):
+            return {}, invalid(f"{field}: {problem}", field)
+    if not body.get("prompt"):
+        return {}, invalid("prompt: a prompt is required.", "prompt")
     # callback_url: sdsite's webhook (the openai client sends it through extra_body).
-    data = {"prompt": body.get("prompt") or "", "callback_url": body.get("callback_url") or ""}
+    data = {"prompt": body["prompt"], "callback_url": body.get("callback_url") or ""}
     model = body.get("model")
     if model and model in settings.SD_MODELS:
         data["model"] = model
     elif model and model not in ("dall-e-2", "dall-e-3", "gpt-image-1"):
-        return invalid(f"The model {model!r} does not exist: see GET /v1/models.", "model", 404)
+        return {}, invalid(f"The model {model!r} does not exist: see GET /v1/models.", "model", 404)
     size = body.get("size")
     if size and size != "auto":
-        match = SIZE.match(str(size))
+        match = SIZE.match(size)
         if not match:
-            return invalid("size must be WIDTHxHEIGHT, e.g. 512x512.", "size")
+            return {}, invalid("size must be WIDTHxHEIGHT, e.g. 512x512.", "size")
         data["width"], data["height"] = (int(side) for side in match.groups())
-    response_format = body.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
-        return invalid("response_format must be url or b64_json.", "response_format")
-    count = body.get("n") or 1
-    sessions, errors = await sync_to_async(queue)(request, data, {}, count)
+    if body.get("response_format") not in (None, "url", "b64_json"):
+        return {}, invalid("response_format must be url or b64_json.", "response_format")
+    n = body.get("n")
+    if n is not None and not 1 <= n <= settings.SD_MAX_COUNT:
+        return {}, invalid(f"n: Must be from 1 to {settings.SD_MAX_COUNT}.", "n")
+    return data | {"count": n or 1, "response_format": body.get("response_format")}, None
+
+
+def accept(request) -> tuple[list, dict, JsonResponse | None]:
+    """Read, check and queue a request, off the event loop: (sessions, data, error)."""
+    data, refused = read(request)
+    if refused:
+        return [], data, refused
+    count = data.pop("count")
+    response_format = data.pop("response_format") or "url"
+    sessions, errors = queue(request, data, {}, count)
     if errors:
         field, messages = next(iter(errors.items()))
-        return invalid(f"{field}: {' '.join(messages)}", FIELDS.get(field, field))
+        refused = invalid(f"{field}: {' '.join(messages)}", FIELDS.get(field, field))
+    return sessions, {"response_format": response_format}, refused
+
+
+@csrf_exempt
+@require_POST
+@keyed
+async def generations(request):
+    sessions, options, refused = await sync_to_async(accept)(request)
+    if refused:
+        return refused
+    response_format = options["response_format"]
     finished = await wait([session.pk for session in sessions])
     done = [session for session in finished if session.status == Status.COMPLETED]
     if not done:

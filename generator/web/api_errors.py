@@ -1,8 +1,11 @@
-"""Every error under /api/ answers JSON with a message, whoever produced it.
+"""Every error under /api/, /sdapi/ and /v1/ answers JSON, in that API's own shape.
 
 Views answer their own 4xx as JSON already; this catches the rest: Django's
-404 and 500 pages, a 405 from a method decorator, and the CSRF failure page,
-so an API client never has to parse HTML.
+404 and 500 pages (an unknown route under a prefix), a 405 from a method
+decorator, and the CSRF failure page, so an API client never has to parse HTML.
+The three shapes are defined here, once: sdsite's `{"message", "errors"}`,
+A1111's (its HTTPException's `{"error", "detail", "errors"}`, and FastAPI's 422
+`{"detail": [{"loc", "msg", "type"}]}` for fields), OpenAI's `{"error": {...}}`.
 """
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -37,24 +40,70 @@ def error_response(status: int, message: str, **extra) -> JsonResponse:
     return JsonResponse(error_body(message) | extra, status=status)
 
 
+def a1111_error_body(message: str) -> dict:
+    """A1111's error (its API's exception handler): `detail` is what FastAPI clients read."""
+    return {"error": "HTTPException", "detail": message, "errors": message}
+
+
+def a1111_validation_body(errors: dict) -> dict:
+    """A1111's (FastAPI's) 422 for fields: `{"detail": [{"loc": ["body", field], "msg", "type"}]}`,
+    with `errors` as text and `fields` as sdsite's `{field: [messages]}`."""
+    detail = [
+        {"loc": ["body", *([] if field == "__all__" else [field])], "msg": message,
+         "type": "value_error"}
+        for field, messages in errors.items()
+        for message in messages
+    ]  # fmt: skip
+    text = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+    return {"error": "RequestValidationError", "detail": detail, "errors": text, "fields": errors}
+
+
+def openai_error_body(message: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error: `{"error": {"message", "type", "param", "code"}}`."""
+    return {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+PREFIXES = (
+    ("/sdapi/", a1111_error_body),
+    ("/v1/", openai_error_body),
+    (API_PREFIX, error_body),
+)
+"""Each API's path prefix and the error body its clients read."""
+
+
+def shape_of(path: str):
+    """The error body function of the API a path belongs to; None outside the APIs."""
+    return next((shape for prefix, shape in PREFIXES if path.startswith(prefix)), None)
+
+
 def _as_json(request, response):
+    shape = shape_of(request.path)
     if (
         response.status_code < 400
-        or not request.path.startswith(API_PREFIX)
+        or shape is None
         or response.get("Content-Type", "").startswith("application/json")
     ):
         return response
     message = MESSAGES.get(response.status_code, response.reason_phrase)
+    if response.status_code == 404 and getattr(request, "resolver_match", None) is None:
+        message = f"Not found: {request.path} is no route of this API."
     if response.status_code == 405 and response.get("Allow"):
         message = f"Method not allowed: use {response['Allow']}."
-    json_response = error_response(response.status_code, message)
+    json_response = JsonResponse(shape(message), status=response.status_code)
     if response.get("Allow"):
         json_response["Allow"] = response["Allow"]
     return json_response
 
 
 class JsonApiErrorsMiddleware:
-    """Turns any non-JSON error response under /api/ into the API's JSON error."""
+    """Turns any non-JSON error response under an API's prefix into that API's JSON error."""
 
     sync_capable = True
     async_capable = True
@@ -76,13 +125,14 @@ class JsonApiErrorsMiddleware:
         """A database that is busy (SQLite locked past its timeout) or away: 503, retry later.
 
         Media over SD_MEDIA_QUOTA_GB: 507, on every API (sdsite's and the dialects')."""
+        shape = shape_of(request.path) or error_body
         if isinstance(exception, MediaQuotaExceeded):
-            return error_response(507, str(exception))
+            return JsonResponse(shape(str(exception)), status=507)
         if isinstance(exception, TooManyRequests):
-            response = error_response(429, str(exception))
+            response = JsonResponse(shape(str(exception)), status=429)
             response["Retry-After"] = str(exception.retry_after)
             return response
-        if not request.path.startswith(API_PREFIX):
+        if shape_of(request.path) is None:
             return None
         if isinstance(exception, OperationalError | InterfaceError):
             busy = "locked" in str(exception).lower()
@@ -91,7 +141,7 @@ class JsonApiErrorsMiddleware:
                 if busy
                 else "The database does not answer: try again in a few seconds."
             )
-            response = error_response(503, message)
+            response = JsonResponse(shape(message), status=503)
             response["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
         return None

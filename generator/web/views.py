@@ -1,7 +1,6 @@
 """The page, history and JSON API views: thin, over `services`, the forms and the selectors."""
 
 import functools
-import json
 import uuid
 
 from asgiref.sync import sync_to_async
@@ -39,6 +38,7 @@ from ..services import (
 )
 from .api_errors import error_response
 from .hub import get_hub
+from .json_body import BodyError, load_object, type_problem
 from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
 
@@ -190,55 +190,33 @@ def errors_response(errors: dict) -> JsonResponse:
     return JsonResponse({"errors": errors}, status=400)
 
 
-JSON_TYPES = {"text": (str,), "choice": (str,), "int": (int,), "float": (int, float)}
-JSON_TYPE_NAMES = {
-    "text": "a string",
-    "choice": "a string",
-    "int": "an integer",
-    "float": "a number",
-}
-
-
 QUEUE_FIELDS = {"count": "int", "callback_url": "text"}
 
 
 def parse_body(request) -> tuple[dict, dict]:
     """The submitted fields (JSON body or form) and the errors found before validation.
 
-    Form posts carry strings, which the form converts. A JSON body is strict:
-    each field has its JSON type (`"steps": "2"` and `"prompt": true` are
-    refused, not converted), text must be valid Unicode, and unknown fields are
-    errors rather than silently dropped.
+    Form posts carry strings, which the form converts. A JSON body is strict
+    (`json_body`): an object, each field of its JSON type from the parameter
+    spec (`"steps": "2"` and `"prompt": true` are refused, not converted), no
+    NaN, infinity or lone surrogate anywhere, and unknown fields are errors
+    rather than silently dropped.
     """
     if request.content_type != "application/json":
         return request.POST, {}
     try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return {}, {"__all__": ["The body is not valid JSON."]}
-    if not isinstance(data, dict):
-        return {}, {"__all__": ["The body must be a JSON object."]}
+        data = load_object(request.body)
+    except BodyError as error:
+        return {}, {error.field or "__all__": [error.message]}
     errors = {}
     for key, value in data.items():
         parameter = BY_NAME.get(key)
         kind = parameter.kind if parameter else QUEUE_FIELDS.get(key)
         if kind is None:
             errors[key] = ["Unknown field."]
-        elif value is None:
-            continue
-        elif isinstance(value, bool) or not isinstance(value, JSON_TYPES[kind]):
-            errors[key] = [f"Must be {JSON_TYPE_NAMES[kind]}."]
-        elif isinstance(value, str) and not is_valid_text(value):
-            errors[key] = ["Not valid Unicode text."]
+        elif value is not None and (problem := type_problem(kind, value)):
+            errors[key] = [problem]
     return data, errors
-
-
-def is_valid_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") that JSON let through
-        return False
-    return True
 
 
 @require_POST
