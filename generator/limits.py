@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import OperationalError
 from django_ratelimit.core import get_usage
 
+from .disk import database_write_failed
 from .models import GenerationSession
 
 QUEUE_RETRY_AFTER = 10
@@ -57,7 +58,10 @@ def check_rate(request) -> None:
     )
     if usage and usage["limit"] == 0:
         # django-ratelimit's answer when the cache could not count (its table locked
-        # or away): the database is busy, which is a 503 to retry, not a 429.
+        # or away): its disk full (a 507), or the database busy, a 503 to retry, not a 429.
+        full = database_write_failed()
+        if full is not None:
+            raise full
         raise OperationalError("database is locked: the request rate could not be counted")
     if usage and usage["should_limit"]:
         raise TooManyRequests(

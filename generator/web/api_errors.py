@@ -5,13 +5,18 @@ Views answer their own 4xx as JSON already; this catches the rest: Django's
 so an API client never has to parse HTML.
 """
 
+import logging
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
+from ..disk import full_disk_of
 from ..limits import TooManyRequests
 from ..retention import MediaQuotaExceeded
+
+logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 RETRY_AFTER_SECONDS = 5
@@ -75,9 +80,15 @@ class JsonApiErrorsMiddleware:
     def process_exception(self, request, exception):
         """A database that is busy (SQLite locked past its timeout) or away: 503, retry later.
 
-        Media over SD_MEDIA_QUOTA_GB: 507, on every API (sdsite's and the dialects')."""
+        Media over SD_MEDIA_QUOTA_GB, or a disk without room (under its floor, or a write
+        refused: SQLite's "database or disk is full", ENOSPC): 507, on every API (sdsite's
+        and the dialects'), naming the disk by its role; the log names its path."""
         if isinstance(exception, MediaQuotaExceeded):
             return error_response(507, str(exception))
+        full = full_disk_of(exception)
+        if full is not None:
+            logger.warning("Refused %s %s: %s", request.method, request.path, full.for_operator())
+            return error_response(507, full.user_message)
         if isinstance(exception, TooManyRequests):
             response = error_response(429, str(exception))
             response["Retry-After"] = str(exception.retry_after)

@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
@@ -21,7 +22,7 @@ from ..images import open_upload
 from ..limits import check_queue, check_rate
 from ..metadata import read_parameters
 from ..models import GenerationSession
-from ..ownership import owner_fields, viewer_of
+from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
 from ..pipelines import demo
 from ..services import (
@@ -37,6 +38,7 @@ from ..services import (
 )
 from .api_errors import error_response
 from .hub import get_hub
+from .metrics import client_allowed
 from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
 
@@ -251,7 +253,10 @@ def api_generate(request):
     owner = owner_fields(request)
     options = form.queue_options()
     check_queue(request, owner, options["count"])
-    sessions = session_create_batch(**options, **form.parameters(), **owner)
+    # The jobs and the browser's key that owns them: one commit, or nothing left behind.
+    with transaction.atomic():
+        sessions = session_create_batch(**options, **form.parameters(), **owner)
+        save_browser_session(request)
     body = session_as_dict(sessions[0])
     body["session_ids"] = [str(session.pk) for session in sessions]
     return JsonResponse(body, status=202)
@@ -322,8 +327,9 @@ def healthz(request):
 
 
 def readyz(request):
-    """Readiness: the database answers and every migration is applied (503 with a reason)."""
-    problem = readiness_problem()
+    """Readiness: the database answers, every migration is applied and both disks have room
+    (503 with a reason; a full disk's path only to SD_METRICS_ALLOWED, the probes' networks)."""
+    problem = readiness_problem(detailed=client_allowed(request.META.get("REMOTE_ADDR", "")))
     if problem:
         return JsonResponse({"ready": False, "reason": problem}, status=503)
     return JsonResponse({"ready": True})
