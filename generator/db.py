@@ -71,7 +71,7 @@ def outage_text(exc: BaseException) -> str:
     """What is wrong, for the log: a full disk with its path, else a database away."""
     full = full_disk_of(exc)
     if full is not None:
-        return f"{full.for_operator()[:-1]}: nothing can be written"
+        return f"{full.for_operator()[:-1]}; nothing can be written"
     return f"The database does not answer ({type(exc).__name__})"
 
 

@@ -254,3 +254,30 @@ def test_a_worker_fails_a_job_before_its_first_step_while_media_is_over_its_quot
         "the job was not started (nothing was computed); try again later."
     )
     assert session.current_step == 0 and session.attempts == 0
+
+
+@pytest.mark.any_database
+def test_readyz_names_the_full_disks_path_only_to_the_probes_networks(client, settings):
+    settings.SD_MEDIA_MIN_FREE_MB = 1e12  # more than any disk has free
+
+    from_probe = client.get("/readyz", REMOTE_ADDR="127.0.0.1")
+    from_elsewhere = client.get("/readyz", REMOTE_ADDR="192.0.2.7")
+
+    assert from_probe.status_code == from_elsewhere.status_code == 503
+    assert from_probe.json()["reason"].startswith(f"The media disk ({settings.MEDIA_ROOT}) is full")
+    assert from_elsewhere.json() == {
+        "ready": False,
+        "reason": "The media disk is full: new jobs are refused until an operator frees space.",
+    }
+
+
+@pytest.mark.any_database
+def test_the_ops_snapshot_names_a_full_disk_with_its_path(db, settings):
+    from generator import operations
+
+    assert operations.snapshot()["disk_problem"] is None
+    settings.SD_MEDIA_MIN_FREE_MB = 1e12
+
+    assert operations.snapshot()["disk_problem"].startswith(
+        f"The media disk ({settings.MEDIA_ROOT}) is full: "
+    )
