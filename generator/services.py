@@ -138,11 +138,15 @@ def session_create(
     return session
 
 
-def session_create_batch(*, count: int = 1, images: dict | None = None, **parameters) -> list:
+def session_create_batch(
+    *, count: int = 1, images: dict | None = None, with_jobs=None, **parameters
+) -> list:
     """Queue `count` sessions with seeds seed, seed+1, ... (a random seed too); inputs stored once.
 
     `images`: {"init_image": PIL image, "mask_image": PIL image}, already checked.
     A disk without room for new work (or media/ over quota) refuses it first (507).
+    `with_jobs()` runs in the jobs' transaction (the browser session that owns them is saved
+    with them, or neither is).
     """
     check_room()
     names = {
@@ -154,12 +158,15 @@ def session_create_batch(*, count: int = 1, images: dict | None = None, **parame
     batch_id = uuid.uuid4() if count > 1 else None
     try:
         with transaction.atomic():
-            return [
+            sessions = [
                 session_create(
                     seed=(seed + index) % (MAX_SEED + 1), batch_id=batch_id, **names, **parameters
                 )
                 for index in range(count)
             ]
+            if with_jobs is not None:
+                with_jobs()
+            return sessions
     except BaseException:
         delete_files(names.values())
         raise

@@ -9,7 +9,6 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
@@ -254,9 +253,9 @@ def api_generate(request):
     options = form.queue_options()
     check_queue(request, owner, options["count"])
     # The jobs and the browser's key that owns them: one commit, or nothing left behind.
-    with transaction.atomic():
-        sessions = session_create_batch(**options, **form.parameters(), **owner)
-        save_browser_session(request)
+    sessions = session_create_batch(
+        **options, **form.parameters(), **owner, with_jobs=lambda: save_browser_session(request)
+    )
     body = session_as_dict(sessions[0])
     body["session_ids"] = [str(session.pk) for session in sessions]
     return JsonResponse(body, status=202)
