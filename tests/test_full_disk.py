@@ -69,6 +69,8 @@ def tmpfs(tmp_path):
 def database_disk(tmpfs, transactional_db):
     """A copy of the migrated test database on a tmpfs of its own, in WAL mode, with a
     connection held open (as a worker's would be) so its -wal and -shm files stay."""
+    if connection.vendor != "sqlite":
+        pytest.skip("the database disk that sdsite watches is SQLite's (PostgreSQL's is its own)")
     folder = tmpfs("database-disk")
     path = folder / "db.sqlite3"
     connection.ensure_connection()
@@ -257,7 +259,7 @@ def test_a_worker_fails_a_job_before_its_first_step_while_media_is_over_its_quot
 
 
 @pytest.mark.any_database
-def test_readyz_names_the_full_disks_path_only_to_the_probes_networks(client, settings):
+def test_readyz_names_the_full_disks_path_only_to_the_probes_networks(client, settings, db):
     settings.SD_MEDIA_MIN_FREE_MB = 1e12  # more than any disk has free
 
     from_probe = client.get("/readyz", REMOTE_ADDR="127.0.0.1")
