@@ -110,7 +110,7 @@ def media_problem() -> DiskFull | MediaQuotaExceeded | None:
 
 def check_room() -> None:
     """Raise DiskFull or MediaQuotaExceeded (both 507) when new work must be refused."""
-    problem = room_problem() or media_problem()
+    problem = short_of_room("database") or media_problem()
     if problem is not None:
         raise problem
 

@@ -133,6 +133,8 @@ class Worker:
             self.wake.clear()  # a notification from here on wakes the wait below
             close_old_connections()
             if self.database_disk_full():
+                if self.once:
+                    return  # no job it could record: --once has nothing to do
                 self.wait_for_work()
                 continue
             # A database outage is waited out here (one log line each way); a
