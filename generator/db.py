@@ -9,6 +9,8 @@ import time
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import sql
 
+from .disk import full_disk_of
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ class OutageLog:
         if not is_outage(exc):
             logger.exception("%s failed; retrying", self.task)
         elif not self.missed:
-            logger.warning("%s: the database does not answer (%s)", self.task, type(exc).__name__)
+            logger.warning("%s: %s", self.task, outage_text(exc))
         self.missed += 1
         connections.close_all()
 
@@ -63,6 +65,14 @@ class OutageLog:
 
 OUTAGE_ERRORS = (OperationalError, InterfaceError)
 """What a database that is away (restarting, unreachable, its pool exhausted) raises."""
+
+
+def outage_text(exc: BaseException) -> str:
+    """What is wrong, for the log: a full disk with its path, else a database away."""
+    full = full_disk_of(exc)
+    if full is not None:
+        return f"{full.for_operator()[:-1]}; nothing can be written"
+    return f"The database does not answer ({type(exc).__name__})"
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -85,8 +95,8 @@ def until_database_answers(func, *args, what: str = "", give_up=None, **kwargs):
             if since is None:
                 since = time.monotonic()
                 logger.warning(
-                    "The database does not answer (%s): retrying %s until it does",
-                    type(exc).__name__,
+                    "%s: retrying %s until it can",
+                    outage_text(exc),
                     what or getattr(func, "__name__", "the call"),
                 )
             with contextlib.suppress(Exception):

@@ -17,6 +17,7 @@ from django.db import OperationalError, connection
 from django_ratelimit.core import get_usage
 
 from .addresses import client_ip
+from .disk import database_write_failed
 from .models import GenerationSession
 
 QUEUE_RETRY_AFTER = 10
@@ -56,7 +57,10 @@ def check_rate(request) -> None:
     )
     if usage and usage["limit"] == 0:
         # django-ratelimit's answer when the cache could not count (its table locked
-        # or away): the database is busy, which is a 503 to retry, not a 429.
+        # or away): its disk full (a 507), or the database busy, a 503 to retry, not a 429.
+        full = database_write_failed()
+        if full is not None:
+            raise full
         raise OperationalError("database is locked: the request rate could not be counted")
     if usage and usage["should_limit"]:
         raise TooManyRequests(

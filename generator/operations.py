@@ -15,6 +15,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.utils import floatToGoString
 
+from .disk import media_problem, room_problem
 from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 from .retention import media_bytes
 
@@ -113,7 +114,14 @@ def snapshot() -> dict:
         "queue": queue_summary(),
         "last_hour": last_hour(),
         "media_bytes": media_bytes(),
+        "disk_problem": disk_problem(),
     }
+
+
+def disk_problem() -> str | None:
+    """A disk too full for new work, with its path and free space (for staff), or None."""
+    problem = room_problem() or media_problem()
+    return None if problem is None else str(problem)
 
 
 @dataclass

@@ -81,6 +81,14 @@ def owner_fields(request) -> dict:
     return {"owner": owner, "owner_key": key, "client_ip": address}
 
 
+def save_browser_session(request) -> None:
+    """Save the browser's session (its new owner key) now, in the caller's transaction: the
+    jobs it owns and the key that owns them are committed together, or neither is."""
+    session = getattr(request, "session", None)
+    if getattr(request, "api_key", None) is None and session is not None and session.modified:
+        session.save()
+
+
 def viewer_from_session_key(session_key: str | None) -> Viewer:
     """The viewer behind a session cookie, for routes outside Django's middleware."""
     if not session_key:

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from .db import retry_on_locked
+from .disk import check_room, room_problem, short_of_room
 from .estimates import expected_seconds, queue_place
 from .files import delete_files, save_whole
 from .images import as_png
@@ -30,7 +31,6 @@ from .params import MAX_SEED, PARAMETERS, steps_to_run
 from .pipelines import demo
 from .pipelines.schedulers import default_sampler, model_scheduler_class
 from .pipelines.sources import DEMO_MODEL, local_folder, native_size
-from .retention import check_media_quota
 
 
 def default_size(model: str) -> int:
@@ -139,16 +139,24 @@ def session_create(
 
 
 def session_create_batch(
-    *, count: int = 1, images: dict | None = None, admit=None, **parameters
+    *,
+    count: int = 1,
+    images: dict | None = None,
+    admit=None,
+    with_jobs=None,
+    **parameters,
 ) -> list:
     """Queue `count` sessions with seeds seed, seed+1, ... (a random seed too); inputs stored once.
 
     `images`: {"init_image": PIL image, "mask_image": PIL image}, already checked.
+    A disk without room for new work (or media/ over quota) refuses it first (507).
     `admit(count)`: called inside the transaction that inserts, before the inserts, to
     refuse them by raising (the per-owner cap, `limits.check_queue`): its count and the
     inserts are one atomic step.
+    `with_jobs()` runs in the jobs' transaction (the browser session that owns them is saved
+    with them, or neither is).
     """
-    check_media_quota()
+    check_room()
     names = {
         field: save_whole(f"inputs/{uuid.uuid4()}.png", as_png(image))
         for field, image in (images or {}).items()
@@ -160,12 +168,15 @@ def session_create_batch(
         with transaction.atomic():
             if admit is not None:
                 admit(count)
-            return [
+            sessions = [
                 session_create(
                     seed=(seed + index) % (MAX_SEED + 1), batch_id=batch_id, **names, **parameters
                 )
                 for index in range(count)
             ]
+            if with_jobs is not None:
+                with_jobs()
+            return sessions
     except BaseException:
         delete_files(names.values())
         raise
@@ -186,10 +197,13 @@ def why_waiting(session) -> str | None:
     For a queued one: no live worker can take it. For a running one: its worker
     stopped answering (its heartbeat is older than the lease).
     """
+    if session.status not in (Status.RUNNING, Status.PENDING):
+        return None
+    full = short_of_room("database")  # the workers cannot write: not their fault
+    if full is not None:
+        return full.waiting_message
     if session.status == Status.RUNNING:
         return WORKER_LOST_WAITING if session.worker_lost else None
-    if session.status != Status.PENDING:
-        return None
     alive = list(WorkerRecord.objects.alive())
     workers = [w for w in alive if w.serves(session.model, session.backend)]
     if any(worker.ready for worker in workers):
@@ -340,14 +354,18 @@ READINESS_TIMEOUT = 1.0
 _readiness_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readiness")
 
 
-def readiness_problem() -> str | None:
+def readiness_problem(detailed: bool = True) -> str | None:
     """Why this process cannot serve (the database does not answer within a second,
-    migrations are missing); None when it can.
+    migrations are missing, a disk is under its floor); None when it can. `detailed`: a
+    full disk's path and figures (operators), else the disk by its role only.
 
     The check runs on a small thread pool of its own, so a database that hangs
     (a pool waiting for a connection) makes the probe fail in a second rather
     than hang the probe, and stuck checks never pile up beyond the pool.
     """
+    full = room_problem()
+    if full is not None:
+        return full.for_operator() if detailed else full.user_message
     try:
         return _readiness_checks.submit(_readiness_check).result(timeout=READINESS_TIMEOUT)
     except FutureTimeout:

@@ -191,6 +191,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 
 # The database cache: shared by every web process, so the request-rate limit
 # holds across them (a Redis cache may replace it; see docs/deploy.md).
+# Database sessions saved once per change (generator.browser_sessions): a POST that
+# saves its browser session with its jobs is not written again after the view.
+SESSION_ENGINE = "generator.browser_sessions"
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
@@ -334,6 +338,10 @@ SD_METRICS_ALLOWED = env_networks("SD_METRICS_ALLOWED", "127.0.0.0/8,::1/128")
 SD_KEEP_DAYS = env_float("SD_KEEP_DAYS", 0.0) or None
 # New jobs are refused (507) while media/ holds more than this; unset: no quota.
 SD_MEDIA_QUOTA_GB = env_float("SD_MEDIA_QUOTA_GB", 0.0) or None
+# Free space a disk must keep for new work (generator.disk): under it, POSTs answer 507,
+# /readyz is not ready and workers take no job: the SQLite database's disk, the media's.
+SD_DB_MIN_FREE_MB = env_float("SD_DB_MIN_FREE_MB", 20.0)
+SD_MEDIA_MIN_FREE_MB = env_float("SD_MEDIA_MIN_FREE_MB", 100.0)
 # Webhooks (callback_url): the hosts they may go to (names, *.wildcards or IP
 # networks; empty: webhooks off), the HMAC secret that signs them, and how many
 # attempts each gets.

@@ -8,13 +8,18 @@ A1111's (its HTTPException's `{"error", "detail", "errors"}`, and FastAPI's 422
 `{"detail": [{"loc", "msg", "type"}]}` for fields), OpenAI's `{"error": {...}}`.
 """
 
+import logging
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
+from ..disk import full_disk_of
 from ..limits import TooManyRequests
 from ..retention import MediaQuotaExceeded
+
+logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 RETRY_AFTER_SECONDS = 5
@@ -124,10 +129,16 @@ class JsonApiErrorsMiddleware:
     def process_exception(self, request, exception):
         """A database that is busy (SQLite locked past its timeout) or away: 503, retry later.
 
-        Media over SD_MEDIA_QUOTA_GB: 507, on every API (sdsite's and the dialects')."""
+        Media over SD_MEDIA_QUOTA_GB, or a disk without room (under its floor, or a write
+        refused: SQLite's "database or disk is full", ENOSPC): 507, on every API in its own
+        shape, naming the disk by its role; the log names its path."""
         shape = shape_of(request.path) or error_body
         if isinstance(exception, MediaQuotaExceeded):
             return JsonResponse(shape(str(exception)), status=507)
+        full = full_disk_of(exception)
+        if full is not None:
+            logger.warning("Refused %s %s: %s", request.method, request.path, full.for_operator())
+            return JsonResponse(shape(full.user_message), status=507)
         if isinstance(exception, TooManyRequests):
             response = JsonResponse(shape(str(exception)), status=429)
             response["Retry-After"] = str(exception.retry_after)

@@ -22,7 +22,7 @@ from ..images import open_upload
 from ..limits import check_queue, check_rate
 from ..metadata import read_parameters
 from ..models import GenerationSession
-from ..ownership import owner_fields, viewer_of
+from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
 from ..pipelines import demo
 from ..services import (
@@ -229,9 +229,13 @@ def api_generate(request):
     if not form.is_valid():
         return errors_response({field: list(msgs) for field, msgs in form.errors.items()})
     owner = owner_fields(request)
-    admit = functools.partial(check_queue, request, owner)
+    # The cap's count, the jobs and the browser's key that owns them: one commit, or nothing.
     sessions = session_create_batch(
-        **form.queue_options(), **form.parameters(), **owner, admit=admit
+        **form.queue_options(),
+        **form.parameters(),
+        **owner,
+        admit=functools.partial(check_queue, request, owner),
+        with_jobs=lambda: save_browser_session(request),
     )
     body = session_as_dict(sessions[0])
     body["session_ids"] = [str(session.pk) for session in sessions]
@@ -301,8 +305,9 @@ def healthz(request):
 
 
 def readyz(request):
-    """Readiness: the database answers and every migration is applied (503 with a reason)."""
-    problem = readiness_problem()
+    """Readiness: the database answers, every migration is applied and both disks have room
+    (503 with a reason; a full disk's path only to SD_METRICS_ALLOWED, the probes' networks)."""
+    problem = readiness_problem(detailed=private_allowed(request))
     if problem:
         return JsonResponse({"ready": False, "reason": problem}, status=503)
     return JsonResponse({"ready": True})

@@ -16,6 +16,7 @@ from PIL import Image
 
 from .. import logs
 from ..db import OUTAGE_ERRORS, until_database_answers
+from ..disk import media_problem, short_of_room
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
 from ..loras import hashes_text
@@ -90,6 +91,8 @@ class Worker:
         # Models this worker failed to load: {(backend, model): (why, when to try again)}.
         self.cannot_load: dict[tuple[str, str], tuple[str, float]] = {}
         self.timings: dict[tuple, tuple[float, object]] = {}
+        self.full_disk: str | None = None
+        """The full disk this worker last logged (once, until it has room again)."""
 
     def run(self) -> None:
         self._install_signal_handlers()
@@ -129,6 +132,11 @@ class Worker:
         while not self.stopping.is_set():
             self.wake.clear()  # a notification from here on wakes the wait below
             close_old_connections()
+            if self.database_disk_full():
+                if self.once:
+                    return  # no job it could record: --once has nothing to do
+                self.wait_for_work()
+                continue
             # A database outage is waited out here (one log line each way); a
             # job is never claimed, or failed, for the database's sake.
             try:
@@ -154,6 +162,32 @@ class Worker:
                 self.process(jobs)
             if self.once:
                 return
+
+    def database_disk_full(self) -> bool:
+        """The database's disk is under SD_DB_MIN_FREE_MB: claim nothing (a job whose
+        progress and image could not be recorded), say so once, and look again later."""
+        full = short_of_room("database")
+        text = full.for_operator() if full else None
+        if text and text.split(":")[0] != (self.full_disk or "").split(":")[0]:
+            logger.warning("%s Claiming no job until an operator frees space.", text)
+        elif self.full_disk and not full:
+            logger.warning("The database disk has room again: claiming jobs")
+        self.full_disk = text
+        return full is not None
+
+    def refuse_without_room(self, jobs: list[ClaimedJob]) -> bool:
+        """The media disk is under SD_MEDIA_MIN_FREE_MB or media/ over SD_MEDIA_QUOTA_GB: no
+        image could be saved, so the jobs fail now, before any step, with the reason."""
+        problem = media_problem()
+        if problem is None:
+            return False
+        logger.warning("Refusing session(s) %s: %s", ", ".join(str(j.session.pk) for j in jobs),
+                       problem)  # fmt: skip
+        what = str(getattr(problem, "user_message", problem)).split(":")[0]
+        reason = f"{what}: the job was not started (nothing was computed); try again later."
+        for job in jobs:
+            until_database_answers(job.fail, reason, what="a refused job's record")
+        return True
 
     def companions(self, job: ClaimedJob) -> list[ClaimedJob]:
         """More queued jobs to run in `job`'s pipeline call, up to SD_WORKER_BATCH in all."""
@@ -201,6 +235,8 @@ class Worker:
                 session.attempts + 1,
                 f", batch of {len(jobs)}" if len(jobs) > 1 else "",
             )
+        if self.refuse_without_room(jobs):
+            return
         runs = [self.run_of(job) for job in jobs]
         self.timed_out = False
 

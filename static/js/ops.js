@@ -54,6 +54,7 @@
     text("failed", snapshot.last_hour.failed);
     text("per-minute", snapshot.last_hour.jobs_per_minute);
     text("media", bytes(snapshot.media_bytes));
+    text("disk", snapshot.disk_problem || "");
     list("sessions", Object.entries(snapshot.sessions));
     $("workers").replaceChildren(...snapshot.workers.map((worker) => {
       const row = document.createElement("tr");

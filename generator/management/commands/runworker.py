@@ -3,6 +3,7 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from generator.db import until_database_answers
 from generator.worker.heartbeat import new_worker_id, register_worker
 
 
@@ -52,10 +53,11 @@ class Command(BaseCommand):
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
         logging.getLogger("generator").setLevel(level)
         # Say "a worker is starting" before the worker's libraries load, so the
-        # page and the CLI do not report that no worker runs meanwhile.
+        # page and the CLI do not report that no worker runs meanwhile. A database that
+        # cannot take the row (away, its disk full) is waited for, and said so, not a crash.
         worker_id = new_worker_id()
         serves = {"models": models or [], "backends": backends or []}
-        register_worker(worker_id, serves, ready=False)
+        until_database_answers(register_worker, worker_id, serves, ready=False, what="registration")
         from generator.worker.loop import Worker
 
         Worker(
