@@ -154,7 +154,12 @@ def crowd(tmp: Path, count: int) -> None:
             )
             print(f"- while the streams stay open: {meanwhile}")
             counted = metric(server.url, 'sdsite_streams_refused_total{reason="process"}')
-            print(f'- sdsite_streams_refused_total{{reason="process"}}: {counted}')
+            connections = metric(server.url, "sdsite_connections_refused_total")
+            print(
+                f'- sdsite_streams_refused_total{{reason="process"}}: {counted}; '
+                f"sdsite_connections_refused_total: {connections} (the crowd opened at once, "
+                "past the connections admitted)"
+            )
             log = server.log()
             print(
                 f"- log lines about refused streams: {log.count('progress stream(s) refused')}; "
@@ -184,11 +189,15 @@ async def slow_socket(port: int, kind: str, within: float) -> tuple[str, float]:
             if not first.startswith(b"HTTP/1.1 200"):
                 return f"first request {first[9:12].decode()}", 0.0
             await asyncio.wait_for(reader.readexactly(2), 30)  # "ok"
+        # The bytes it trickles: a body, or a request whose headers never end.
+        prefix = b"" if kind == "body" else b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
         started = time.monotonic()
         answer = b""
+        sent = 0
         while time.monotonic() - started < within:
             if not answer:
-                writer.write(b"x")
+                writer.write(prefix[sent : sent + 1] or b"x")
+                sent += 1
             try:
                 data = await asyncio.wait_for(reader.read(65536), 1.0)
             except TimeoutError:
@@ -234,7 +243,11 @@ def slow(tmp: Path, count: int) -> None:
         print(f"- afterwards: {others(server.url)}")
         bodies = metric(server.url, 'sdsite_requests_timed_out_total{part="body"}')
         headers = metric(server.url, 'sdsite_requests_timed_out_total{part="headers"}')
-        print(f"- sdsite_requests_timed_out_total: body {bodies}, headers {headers}")
+        connections = metric(server.url, "sdsite_connections_refused_total")
+        print(
+            f"- sdsite_requests_timed_out_total: body {bodies}, headers {headers}; "
+            f"sdsite_connections_refused_total: {connections}"
+        )
     finally:
         server.stop()
 
