@@ -61,13 +61,16 @@ class LingeringTransport:
         self.loop = loop
         self.lingering = False
         self.linger_timer = None
+        # The transport's own, called as it is (the hub writes to a thousand streams a tick)
+        # until the FIN, after which nothing more can go out.
+        self.write = transport.write
 
     def __getattr__(self, name):
         return getattr(self.raw, name)
 
-    def write(self, data) -> None:
-        if not self.lingering:  # after the FIN nothing more can go out
-            self.raw.write(data)
+    @staticmethod
+    def dropped(data) -> None:
+        pass
 
     def is_closing(self) -> bool:
         return self.lingering or self.raw.is_closing()
@@ -79,6 +82,7 @@ class LingeringTransport:
             self.raw.close()
             return
         self.lingering = True
+        self.write = self.dropped
         self.raw.write_eof()
         self.raw.resume_reading()
         self.linger_timer = self.loop.call_later(LINGER_SECONDS, self.raw.close)
