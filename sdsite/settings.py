@@ -263,10 +263,13 @@ SD_API_AUTH = os.environ.get("SD_API_AUTH", "on").strip().lower() not in {"off",
 # 1: images, previews and inputs are served only to whoever may see their
 # session (and staff); 0 (default): to anyone with the URL, a long random name.
 SD_PRIVATE_MEDIA = env_bool("SD_PRIVATE_MEDIA", False)
-# Seconds a client has to send its request's headers (generator.web.connections,
-# uvicorn --http), and that a request body may stall before a 408.
+# Seconds each request has in all to send its headers (generator.web.connections,
+# uvicorn --http), and that a request body may stall before a 408; past the first
+# SD_BODY_TIMEOUT seconds, a body must also come at SD_BODY_MIN_RATE bytes/s on
+# average (Apache's mod_reqtimeout rule; 0: no minimum).
 SD_HEADER_TIMEOUT = env_float("SD_HEADER_TIMEOUT", 10.0)
 SD_BODY_TIMEOUT = env_float("SD_BODY_TIMEOUT", 30.0)
+SD_BODY_MIN_RATE = env_float("SD_BODY_MIN_RATE", 500.0)
 SD_MAX_BODY_BYTES = int(env_float("SD_MAX_BODY_MB", 2 * SD_MAX_UPLOAD_MB + 1) * 1024 * 1024)
 # Django refuses bigger form bodies before any view reads them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(2 * SD_MAX_UPLOAD_MB * 1024 * 1024) + 1024 * 1024
@@ -292,9 +295,10 @@ SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3
 # keepalive comment while nothing changes.
 SD_PROGRESS_INTERVAL = env_float("SD_PROGRESS_INTERVAL", 0.1)
 # Progress streams one web process keeps open, and one owner may hold; past
-# either, 503 with Retry-After (the page follows by polling). Keep SD_MAX_STREAMS
-# under the process's file limit (LimitNOFILE, docs/deploy.md).
-SD_MAX_STREAMS = int(os.environ.get("SD_MAX_STREAMS", "2000"))
+# either, 503 with Retry-After (the page follows by polling). Unset, SD_MAX_STREAMS
+# is half of what the process's file limit admits (at most 2000); set, it is never
+# more than three quarters of it (generator.web.capacity, docs/deploy.md).
+SD_MAX_STREAMS = int(os.environ["SD_MAX_STREAMS"]) if os.environ.get("SD_MAX_STREAMS") else None
 SD_MAX_STREAMS_PER_OWNER = int(os.environ.get("SD_MAX_STREAMS_PER_OWNER", "20"))
 SD_KEEPALIVE_SECONDS = env_float("SD_KEEPALIVE_SECONDS", 15.0)
 # Live previews: the worker turns the latents into a small JPEG at most every

@@ -1,15 +1,21 @@
-"""uvicorn's HTTP protocol with two guards a public server needs (`--http` names it).
+"""uvicorn's HTTP protocol with the guards a public server needs (`--http` names it).
 
-- A connection that has not sent its request's headers within SD_HEADER_TIMEOUT
-  seconds is closed: uvicorn itself never times out a half-sent request, so
-  sockets that open and trickle (or say nothing) would pile up until the process
-  runs out of file descriptors. (Idle keep-alive connections are uvicorn's
-  `--timeout-keep-alive`; a body that stalls is `body_limit`'s.)
-- When the open connections pass 80 % of the process's file limit (`ulimit -n`,
-  systemd's LimitNOFILE), a warning says so, once a minute; within RESERVED_FILES
-  of the limit, a new connection gets a 503 and is closed at once, so the
-  process keeps the descriptors its database, files and logs need (without
-  this, a flood of sockets made every request fail with "Too many open files").
+- Every request on a connection, the first and each kept-alive one after it, has
+  SD_HEADER_TIMEOUT seconds in all to send its headers, from the connection (the
+  first) or its first byte (the next ones); past that the connection is closed.
+  uvicorn itself never times out a half-sent request (its keep-alive timer stops
+  at the first byte), so sockets that open and trickle would pile up until the
+  process runs out of file descriptors. (Idle keep-alive connections are
+  uvicorn's `--timeout-keep-alive`; a body that comes too slowly is `body_limit`'s.)
+- Near the process's file limit (`capacity.FileLimit`), a new connection gets a
+  JSON 503 with Retry-After and is closed, so the process keeps the descriptors
+  its database, files and logs need (without this, a flood of sockets made every
+  request fail with "Too many open files").
+- A connection the server ends (a refusal, a 408, `Connection: close`) is closed
+  without a reset: the server sends its answer, then its FIN, and reads and drops
+  what the client still sends until the client closes too, for LINGER_SECONDS at
+  most (nginx's lingering close). Closing a socket with unread input sends a reset,
+  which can destroy the answer before the client reads it.
 
 It also hands each request a way to write a chunk of a streaming body at once,
 outside the ASGI `send` coroutine (the scope's `extensions["sdsite.write_body"]`,
@@ -20,12 +26,11 @@ pass with it, instead of waking a thousand tasks to await `send` each.
 """
 
 import logging
-import resource
-import time
 
 from django.conf import settings
 
 from ..addresses import PEER
+from .capacity import REQUESTS_TIMED_OUT, file_limit
 
 try:  # the parser uvicorn's "auto" would pick
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as UvicornProtocol
@@ -38,11 +43,8 @@ except ImportError:  # pragma: no cover - httptools is in requirements.txt
 
 logger = logging.getLogger(__name__)
 
-NEAR_FILE_LIMIT = 0.8
-WARN_EVERY_SECONDS = 60.0
-RESERVED_FILES = 64
-"""Descriptors kept for the database, model and media files, and the logs (an eighth of a
-smaller limit)."""
+LINGER_SECONDS = 2.0
+"""How long a connection the server closes waits for the client to close its side."""
 FULL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
     b"retry-after: 10\r\nconnection: close\r\ncontent-length: 76\r\n\r\n"
@@ -50,15 +52,81 @@ FULL = (
 )
 
 
+class LingeringTransport:
+    """The connection's transport as uvicorn sees it, whose `close()` is a lingering close:
+    what was written goes out, then a FIN; input is dropped until the client closes (the
+    protocol's `eof_received` then closes the socket) or LINGER_SECONDS pass."""
+
+    def __init__(self, transport, loop):
+        self.raw = transport
+        self.loop = loop
+        self.lingering = False
+        self.linger_timer = None
+        # The transport's own, called as it is (the hub writes to a thousand streams a tick)
+        # until the FIN, after which nothing more can go out.
+        self.write = transport.write
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+    @staticmethod
+    def dropped(data) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.lingering or self.raw.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not self.raw.can_write_eof():  # pragma: no cover - TCP can
+            self.raw.close()
+            return
+        self.lingering = True
+        self.write = self.dropped
+        self.raw.write_eof()
+        self.raw.resume_reading()
+        self.linger_timer = self.loop.call_later(LINGER_SECONDS, self.raw.close)
+
+    def closed(self) -> None:
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+
+
 class GuardedHttpProtocol(UvicornProtocol):
     def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.headers_due = self.loop.call_later(settings.SD_HEADER_TIMEOUT, self.headers_overdue)
-        if file_limit.opened(len(self.connections)):
-            transport.write(FULL)
-            transport.close()
+        super().connection_made(LingeringTransport(transport, self.loop))
+        self.headers_due = None
+        self.expect_headers()
+        refused = file_limit.opened(len(self.connections))
+        if refused:
+            self.transport.write(FULL)
+            if refused == "linger":
+                self.transport.close()
+            else:  # no descriptor to spare: at once
+                self.transport.raw.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:
+            return  # read and dropped while the connection closes
+        super().data_received(data)
+
+    def expect_headers(self) -> None:
+        """Start the headers' deadline, unless one runs (the first request's, from the
+        connection)."""
+        if self.headers_due is None:
+            self.headers_due = self.loop.call_later(
+                settings.SD_HEADER_TIMEOUT, self.headers_overdue
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.expect_headers()  # a kept-alive connection's next request begins
 
     def on_headers_complete(self) -> None:
+        if self.headers_due is not None:
+            self.headers_due.cancel()
+            self.headers_due = None
         super().on_headers_complete()
         # The connection's own peer, which uvicorn's --proxy-headers would replace in
         # `client` with a header's value: generator.addresses reads the client from it.
@@ -68,12 +136,25 @@ class GuardedHttpProtocol(UvicornProtocol):
             self.scope.setdefault("extensions", {})[WRITE_BODY] = BodyWriter(cycle)
 
     def headers_overdue(self) -> None:
-        # `cycle` is set once a request's headers are in.
-        if self.cycle is None and not self.transport.is_closing():
+        self.headers_due = None
+        if not self.transport.is_closing():
+            REQUESTS_TIMED_OUT.labels("headers").inc()
             self.transport.close()
 
+    # Between requests nothing is unread or owed: these close at once, without lingering.
+    def timeout_keep_alive_handler(self) -> None:
+        self.transport.raw.close()
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.raw.close()
+        else:
+            self.cycle.keep_alive = False
+
     def connection_lost(self, exc) -> None:
-        self.headers_due.cancel()
+        if self.headers_due is not None:
+            self.headers_due.cancel()
+        self.transport.closed()
         super().connection_lost(exc)
 
 
@@ -117,31 +198,3 @@ class BodyWriter:
             BodyWriter._framed = (body, framed)
         cycle.transport.write(framed)
         return True
-
-
-class FileLimit:
-    """Warns when the open connections near the process's file descriptor limit."""
-
-    def __init__(self):
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self.limit = None if soft == resource.RLIM_INFINITY else soft
-        self.warned_at = -WARN_EVERY_SECONDS
-
-    def opened(self, connections: int) -> bool:
-        """Count a new connection in; True when there is no room for it."""
-        if self.limit is None or connections < NEAR_FILE_LIMIT * self.limit:
-            return False
-        now = time.monotonic()
-        if now - self.warned_at >= WARN_EVERY_SECONDS:
-            self.warned_at = now
-            logger.warning(
-                "%d connections open, near this process's file limit of %d (ulimit -n, "
-                "systemd's LimitNOFILE): past it new connections fail. Raise the limit, or "
-                "lower SD_MAX_STREAMS and uvicorn's --limit-concurrency (docs/deploy.md).",
-                connections,
-                self.limit,
-            )
-        return connections > self.limit - min(RESERVED_FILES, self.limit // 8)
-
-
-file_limit = FileLimit()

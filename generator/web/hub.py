@@ -29,6 +29,7 @@ from ..apikeys import users_of_keys
 from ..models import Status
 from ..notify import listen_for_changes, listener_conninfo
 from ..ownership import Viewer, viewers_from_session_keys
+from .capacity import STREAMS_REFUSED, file_limit, stream_refusals
 from .metrics import HUB_TICK, PROGRESS_STREAMS
 from .snapshots import Snapshot, read_snapshots
 
@@ -230,16 +231,32 @@ class ProgressHub:
         return await self._key_reads.get(key)
 
     def reserve(self, holder: str) -> "StreamSlot | str":
-        """A slot for one more stream of `holder`, or why it cannot open (SD_MAX_STREAMS, per
-        process and per holder). Taken at once, with no wait between the check and the
-        count: streams opening together cannot all slip under the cap."""
-        refusal = self.refusal(holder)
-        if refusal:
-            return refusal
-        self.holders[holder] += 1
-        self.slots += 1
-        PROGRESS_STREAMS.inc()
-        return StreamSlot(self, holder)
+        """A slot for one more stream of `holder`, or why it cannot open (SD_MAX_STREAMS within
+        the file limit, per process, and SD_MAX_STREAMS_PER_OWNER). Taken at once, with no
+        wait between the check and the count: streams opening together cannot all slip under
+        the cap. A refusal is counted in /metrics and logged (at most once a minute)."""
+        cap = file_limit.max_streams(settings.SD_MAX_STREAMS)
+        if self.slots >= cap:
+            reason, refusal = (
+                "process",
+                ("This server has as many progress streams open as it allows (SD_MAX_STREAMS)."),
+            )
+        elif self.holders[holder] >= settings.SD_MAX_STREAMS_PER_OWNER:
+            reason, refusal = (
+                "owner",
+                (
+                    "You have as many progress streams open as allowed "
+                    "(SD_MAX_STREAMS_PER_OWNER): close a tab, or follow by polling."
+                ),
+            )
+        else:
+            self.holders[holder] += 1
+            self.slots += 1
+            PROGRESS_STREAMS.inc()
+            return StreamSlot(self, holder)
+        STREAMS_REFUSED.labels(reason).inc()
+        stream_refusals.note(reason, cap=cap, limit=file_limit.limit or "unlimited")
+        return refusal
 
     def release(self, holder: str) -> None:
         PROGRESS_STREAMS.dec()
@@ -247,16 +264,6 @@ class ProgressHub:
         self.holders[holder] -= 1
         if not self.holders[holder]:
             del self.holders[holder]
-
-    def refusal(self, holder: str) -> str | None:
-        if self.slots >= settings.SD_MAX_STREAMS:
-            return "This server has as many progress streams open as it allows (SD_MAX_STREAMS)."
-        if self.holders[holder] >= settings.SD_MAX_STREAMS_PER_OWNER:
-            return (
-                "You have as many progress streams open as allowed "
-                "(SD_MAX_STREAMS_PER_OWNER): close a tab, or follow by polling."
-            )
-        return None
 
     @asynccontextmanager
     async def subscribe(self, session_id):

@@ -2,10 +2,11 @@
 
 Two kinds of figures. From the database, the same whichever process answers:
 sessions by status, live workers, and the histograms of finished jobs
-(`operations`). From this process: its open progress streams and its hub's
-read ticks. Under several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR to an
-empty folder and prometheus-client sums the processes' own figures (streams
-are summed over live processes); without it, each process reports its own.
+(`operations`). From this process: its open progress streams, its hub's
+read ticks, and the refusals and time-outs of `capacity`. Under several
+uvicorn workers, set PROMETHEUS_MULTIPROC_DIR to an empty folder and
+prometheus-client sums the processes' own figures (streams are summed over
+live processes); without it, each process reports its own.
 """
 
 import os
