@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..images import open_upload
-from ..metadata import a1111_parameters, read_parameters
+from ..metadata import MetadataTooLarge, a1111_parameters, read_parameters
 from ..models import Status
 from ..params import INPAINTING_FILLS, PARAMETERS, RESIZE_MODES
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
@@ -55,7 +55,7 @@ keyed = require_key(error)
 def body_of(request) -> dict | None:
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deeply nested: not an object
         return None
     return body if isinstance(body, dict) else None
 
@@ -151,10 +151,13 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
 
 
 async def generate(request, image_mode: bool):
-    body = body_of(request)
+    # The body (up to SD_MAX_BODY_MB of JSON and base64 images) is read off the event loop.
+    body = await sync_to_async(body_of, thread_sensitive=False)(request)
     if body is None:
         return JsonResponse(error("The body must be a JSON object."), status=422)
-    data, files, ignored, errors = translate(request, body, image_mode)
+    data, files, ignored, errors = await sync_to_async(translate, thread_sensitive=False)(
+        request, body, image_mode
+    )
     count = int(body.get("batch_size") or 1) * int(body.get("n_iter") or 1)
     if not errors:
         sessions, errors = await sync_to_async(queue)(request, data, files, count)
@@ -341,8 +344,11 @@ def png_info(request):
         image = open_upload(upload)
     except Exception as exc:  # A1111 answers what it could not read with an empty info
         return JsonResponse(error(f"image: {exc}"), status=422)
+    try:
+        _, parameters = read_parameters(image)
+    except MetadataTooLarge as exc:
+        return JsonResponse(error(f"image: {exc}"), status=422)
     text = image.info.get("parameters", "")
-    _, parameters = read_parameters(image)
     items = {k: v for k, v in image.info.items() if isinstance(v, str)}
     return JsonResponse({"info": text, "items": items, "parameters": parameters})
 

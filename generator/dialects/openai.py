@@ -20,7 +20,7 @@ from ..models import Status
 from .common import image_base64, queue, require_key
 from .common import wait_for_sessions as wait
 
-SIZE = re.compile(r"^(\d+)x(\d+)$")
+SIZE = re.compile(r"^(\d{1,6})x(\d{1,6})$")  # int() refuses past 4,300 digits
 FIELDS = {"width": "size", "height": "size", "count": "n"}
 """sdsite's field names in OpenAI's terms, for the `param` of an error."""
 
@@ -47,9 +47,9 @@ keyed = require_key(lambda message: error_body(message, code="invalid_api_key"))
 @require_POST
 @keyed
 async def generations(request):
-    try:
-        body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    try:  # off the event loop: up to SD_MAX_BODY_MB of JSON
+        body = await sync_to_async(json.loads, thread_sensitive=False)(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return invalid("The body is not valid JSON.")
     if not isinstance(body, dict):
         return invalid("The body must be a JSON object.")
