@@ -54,13 +54,16 @@ def while_posting(url: str, client, route: str, headers: dict, length: int = 900
         target=lambda: answer.update(png_info_answer(client, route, png, headers))
     )
     latencies = []
-    poster.start()
     with httpx.Client(timeout=600) as probe:
-        while poster.is_alive():
+        probe.get(f"{url}/healthz")  # connected before the post starts
+        poster.start()
+        while True:  # at least once while the post is in flight, however short it is
             start = time.monotonic()
             probe.get(f"{url}/healthz")
             latencies.append(time.monotonic() - start)
-            poster.join(0.02)
+            poster.join(0.01)
+            if not poster.is_alive():
+                break
     return answer, latencies
 
 
