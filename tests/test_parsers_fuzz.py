@@ -232,6 +232,7 @@ def test_brackets_past_the_nesting_limit_weigh_nothing_more():
 # --- a real server stays responsive while it reads the issue's PNG --------------------------
 
 
+@pytest.mark.any_database  # PNG info and /healthz read no database
 @pytest.mark.django_db(transaction=True)
 def test_healthz_answers_promptly_while_the_server_reads_the_issues_png(tmp_path):
     server = WebServer(tmp_path, SD_API_AUTH="off")
