@@ -4,6 +4,7 @@ import contextlib
 import json
 import re
 
+from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import __version__
@@ -67,8 +68,52 @@ def png_info(session, model_hash: str | None = None, lora_hashes: str = "") -> P
     return info
 
 
-SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-"""A1111's own pattern for one `Key: value` of the settings line (a value may be quoted)."""
+SETTING = re.compile(r'(?<![\w \-/])[ \-/]*+(\w[\w \-/]++):\s*+("(?:\\.|[^\\"])++"|[^,]*+)(?:,|$)')
+"""A1111's own pattern for one `Key: value` of the settings line (a value may be quoted),
+made linear. A1111's (`A1111_SETTING` in tests/test_parsers_fuzz.py) tries every position of a
+run of key characters, each scanning to the run's end: quadratic, minutes for one long line
+without a colon. A key can only end where its run ends, so this one starts only at a run's
+first word character (the look-behind) and never gives back what a possessive quantifier
+took; `findall` finds exactly A1111's pairs (the tests compare both)."""
+
+
+SIZE = re.compile(r"\d{1,6}x\d{1,6}")
+"""A `Size` setting sdsite reads (longer numbers are no size: `int()` refuses past 4,300
+digits)."""
+
+TEXT_LIMIT = 1024 * 1024
+"""The longest metadata text (one PNG text chunk) PNG info reads, in characters: Pillow's own
+bound for a compressed chunk (`PngImagePlugin.MAX_TEXT_CHUNK`, 1 MiB), here for uncompressed
+ones too. Past it the image is refused (MetadataTooLarge, a 4xx): every parser here is linear,
+so a text within it is read in well under a second."""
+
+SD_PARSERS_LIMITS = {"parameters": 8 * 1024, "Dream": 1024, "Source": 1024}
+"""The longest texts handed to sd-parsers (0.6) under the keys it reads with regular
+expressions that backtrack quadratically on hostile text (A1111's `Hashes:`, legacy InvokeAI's
+`Dream`, NovelAI's `Source`): at these lengths its worst case is a few tens of milliseconds.
+A longer one is left out, as if the image did not carry it (sdsite's own A1111 reader takes
+any text with `Steps: ` up to TEXT_LIMIT)."""
+
+
+def for_sd_parsers(image, texts: dict[str, str]):
+    """What sd-parsers reads of `image`: a stand-in PNG carrying its texts within
+    SD_PARSERS_LIMITS (JPEG and WebP: A1111's EXIF UserComment as `parameters`, where sd-parsers
+    reads it), so no text of the upload reaches its quadratic paths unbounded."""
+    texts = dict(texts)
+    if image.format in ("JPEG", "WEBP") and A1111_KEY not in texts:
+        # sd-parsers' own reader of it caches by `id(image)`, which a later image may reuse.
+        comment = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+        if isinstance(comment, bytes) and len(comment) > 8:
+            with contextlib.suppress(UnicodeDecodeError):
+                texts[A1111_KEY] = comment[8:].decode("utf_16_be")
+    stand_in = Image.new("L", (1, 1))
+    stand_in.format = "PNG"
+    stand_in.info = {
+        key: value
+        for key, value in texts.items()
+        if len(value) <= SD_PARSERS_LIMITS.get(key, TEXT_LIMIT)
+    }
+    return stand_in
 
 
 def unquote(text: str) -> str:
@@ -114,37 +159,59 @@ def from_a1111_text(text: str) -> dict:
             if schedule_type in SCHEDULE_TYPES_SETTINGS:
                 found["schedule_type"] = schedule_type
     size = read.get("Size", "")
-    if re.fullmatch(r"\d+x\d+", size):
+    if SIZE.fullmatch(size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))
     return {k: v for k, v in found.items() if v not in ("", None)}
+
+
+class MetadataTooLarge(ValueError):
+    """An image's metadata text is longer than TEXT_LIMIT: refused before any parser reads it."""
+
+    def __init__(self, key: str, length: int):
+        super().__init__(
+            f"The image's {key!r} metadata is {length:,} characters long; "
+            f"at most {TEXT_LIMIT:,} are read."
+        )
+
+
+def metadata_texts(image) -> dict[str, str]:
+    """The image's metadata texts by key (PNG text chunks), each at most TEXT_LIMIT
+    characters long, else MetadataTooLarge."""
+    texts = {key: value for key, value in image.info.items() if isinstance(value, str)}
+    for key, value in texts.items():
+        if len(value) > TEXT_LIMIT:
+            raise MetadataTooLarge(str(key)[:80], len(value))
+    return texts
 
 
 def read_parameters(image) -> tuple[str, dict]:
     """(source, parameters): the generation parameters an image carries, by sdsite's names.
 
     sdsite's own chunk first; then A1111, ComfyUI, InvokeAI, Fooocus and others
-    through sd-parsers. ("", {}) for an image without any.
+    through sd-parsers. ("", {}) for an image without any; MetadataTooLarge for one
+    whose metadata text is past TEXT_LIMIT. Linear in the metadata's size.
     """
     from .params import BY_A1111_API, BY_NAME
     from .pipelines.schedulers import from_a1111
 
-    own = image.info.get(SDSITE_KEY)
+    texts = metadata_texts(image)
+    own = texts.get(SDSITE_KEY)
     if own:
         try:
             values = json.loads(own)
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested JSON is no settings either
             values = None
         if isinstance(values, dict):
             return "sdsite", {k: v for k, v in values.items() if k in BY_NAME}
-    a1111 = image.info.get(A1111_KEY)
-    if isinstance(a1111, str) and "Steps: " in a1111:
+    a1111 = texts.get(A1111_KEY)
+    if a1111 is not None and "Steps: " in a1111:
         # A1111's own rule for its text: sd-parsers (0.6) splits the settings at every
         # comma, so a quoted value ("my model, v2") would come back in pieces.
         return "automatic1111", from_a1111_text(a1111)
     from sd_parsers import ParserManager
 
     try:
-        info = ParserManager().parse(image)
+        info = ParserManager().parse(for_sd_parsers(image, texts))
     except Exception:  # a reader's failure is "no settings", never an error
         info = None
     if info is None or not (info.samplers or info.full_prompt):
@@ -163,6 +230,6 @@ def read_parameters(image) -> tuple[str, dict]:
                 with contextlib.suppress(TypeError, ValueError):
                     found[known.name] = kinds[known.kind](value)
     size = str(info.metadata.get("Size", ""))
-    if re.fullmatch(r"\d+x\d+", size):
+    if SIZE.fullmatch(size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))
     return info.generator.name.lower(), {k: v for k, v in found.items() if v not in ("", None)}

@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..images import open_upload
-from ..metadata import a1111_parameters, read_parameters
+from ..metadata import MetadataTooLarge, a1111_parameters, read_parameters
 from ..models import Status
 from ..params import PARAMETERS, RESIZE_MODES
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
@@ -431,8 +431,11 @@ def png_info(request):
         image = open_upload(upload)
     except Exception as exc:  # what it could not read: a 422 naming the image
         return invalid({"image": getattr(exc, "messages", None) or [str(exc)]})
+    try:
+        _, parameters = read_parameters(image)
+    except MetadataTooLarge as exc:
+        return invalid({"image": [str(exc)]})
     text = image.info.get("parameters", "")
-    _, parameters = read_parameters(image)
     items = {k: v for k, v in image.info.items() if isinstance(v, str)}
     return JsonResponse({"info": text, "items": items, "parameters": parameters})
 

@@ -21,7 +21,7 @@ from ..web.json_body import BodyError, load_object, type_problem
 from .common import image_base64, queue, require_key
 from .common import wait_for_sessions as wait
 
-SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")  # int() refuses past 4,300 digits
 FIELDS = {"width": "size", "height": "size", "count": "n"}
 """sdsite's field names in OpenAI's terms, for the `param` of an error."""
 KINDS = {

@@ -20,7 +20,7 @@ from ..addresses import client_ip, private_allowed
 from ..forms import GenerateForm
 from ..images import open_upload
 from ..limits import check_queue, check_rate
-from ..metadata import read_parameters
+from ..metadata import MetadataTooLarge, read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
@@ -153,9 +153,11 @@ def api_png_info(request):
         return errors_response({"image": ["Send the image as the `image` field."]})
     try:
         image = open_upload(upload)
+        source, parameters = read_parameters(image)
     except ValidationError as error:
         return errors_response({"image": error.messages})
-    source, parameters = read_parameters(image)
+    except MetadataTooLarge as error:
+        return errors_response({"image": [str(error)]})
     return JsonResponse(
         {
             "source": source or None,
