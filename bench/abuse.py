@@ -17,6 +17,17 @@ limits) and workers, replays what broke before, and prints what held:
   workers run a job; a POST meanwhile, and whether the job is re-run.
 - PostgreSQL (--postgres): a 1 s restart mid-job, then an --outage-seconds outage
   with two workers: whether the job and the workers survive.
+
+Then this round's reviews, each a module of its own run as a child process (each
+also runs alone as `python -m bench.abuse_<name>`):
+
+- parsers (bench.abuse_parsers): hostile PNG text chunks against the PNG-info routes,
+  and /healthz meanwhile;
+- proxy (bench.abuse_proxy): through a real nginx, two visitors' caps, a forged
+  X-Forwarded-For flood, /metrics from outside, malformed headers;
+- resources (bench.abuse_resources): a crowd of streams and a thousand slow sockets at
+  `ulimit -n 1024`;
+- disk (bench.abuse_disk, as root): the database disk, the media disk and the quota full.
 """
 
 import argparse
@@ -24,6 +35,8 @@ import asyncio
 import select
 import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -307,6 +320,18 @@ def postgres(tmp: Path, cluster, outage: float) -> None:
             worker.stop()
 
 
+REVIEWS = ("parsers", "proxy", "resources", "disk")
+"""This round's replays, each bench.abuse_<name>, run after the scenarios above."""
+
+
+def review(name: str) -> None:
+    """Run bench.abuse_<name> as a child: its own Django, data and servers; its report inline."""
+    scenario(f"{name} (bench.abuse_{name})")
+    done = subprocess.run([sys.executable, "-m", f"bench.abuse_{name}"], check=False)
+    if done.returncode:
+        print(f"- bench.abuse_{name} exited with {done.returncode}")
+
+
 def main():
     import os
 
@@ -316,9 +341,11 @@ def main():
     parser.add_argument("--lock-seconds", type=float, default=40)
     parser.add_argument("--outage-seconds", type=float, default=30)
     parser.add_argument("--postgres", action="store_true", help="a throwaway cluster of its own")
-    parser.add_argument("--only", nargs="*", help="flood body sockets lock postgres")
+    parser.add_argument(
+        "--only", nargs="*", help="flood body sockets lock postgres " + " ".join(REVIEWS)
+    )
     args = parser.parse_args()
-    only = set(args.only or ["flood", "body", "sockets", "lock", "postgres"])
+    only = set(args.only or ["flood", "body", "sockets", "lock", "postgres", *REVIEWS])
 
     cluster = None
     if args.postgres:
@@ -342,6 +369,9 @@ def main():
             sqlite_lock(tmp, args.lock_seconds)
         if "postgres" in only and cluster is not None:
             postgres(tmp, cluster, args.outage_seconds)
+        for name in REVIEWS:
+            if name in only:
+                review(name)
     finally:
         if cluster is not None:
             cluster.remove()
