@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Issue 37's figures on a lent GPU machine, in ONE call of under ~9 minutes.
 #
-#   bench/gpu_session.sh wheels   # here, with network: var/gpu-wheels (33 MiB; with the working tree under the 64 MiB a call carries)
+#   bench/gpu_session.sh wheels   # here, with network: var/gpu-wheels (33 MiB: with the
+#                                 # working tree, under the 64 MiB a call carries)
 #   bench/gpu_session.sh run      # there: run(command="bash bench/gpu_session.sh run",
 #                                 #        carry=["var/gpu-wheels"], timeout_s=600)
 #
 # The GPU machine has no network and .venv cannot travel (64 MiB): `run` installs
-# bench/gpu-requirements.txt from the carried wheels, offline, into a folder put ahead
-# of the machine's own python3 packages (PYTHONPATH), whose CUDA torch it uses. Then, each step bounded
-# by what is left of GPU_SESSION_SECONDS (default 530) and written to $OUT as it goes
+# bench/gpu-requirements.txt from the carried wheels, offline, into a folder put ahead of
+# the machine's own python3 packages (PYTHONPATH), whose CUDA torch it uses. Then, each
+# step bounded by what is left of GPU_SESSION_SECONDS (default 540), written to $OUT as it goes
 # (session.log, steps.txt: every step's output, gpu_speed.jsonl, environment.txt):
-#   1. tests/test_cuda.py (previews without a host sync, half precision, batches)
+#   1. build sd15-shaped and sdxl-shaped (random weights, float16) in /tmp
 #   2. sd15-shaped 512 px: eager, channels_last (with batch 8 against one by one)
-#   3. sd15-shaped 512 px: torch.compile reduce-overhead, cold and from its cache
-#   4. sdxl-shaped 1024 px: eager (with batch 4 against one by one)
-#   5. sdxl-shaped 1024 px: reduce-overhead, then max-autotune for SD 1.5, if time is left
+#   3. sdxl-shaped 1024 px: eager (with batch 4 against one by one)
+#   4. sd15-shaped 512 px: torch.compile reduce-overhead, cold and from its cache
+#   5. tests/test_cuda.py (previews without a host sync, half precision, batches)
+#   6. if time is left: sdxl-shaped reduce-overhead, then sd15-shaped max-autotune
 # docs/performance.md says what to copy from $OUT into it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,7 @@ fi
 
 OUT=${OUT:-$(mktemp -d)}
 START=$(date +%s)
-BUDGET=${GPU_SESSION_SECONDS:-530}
+BUDGET=${GPU_SESSION_SECONDS:-540}
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 log() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$OUT/session.log"; }
 
@@ -70,14 +72,16 @@ step() {  # step NAME SECONDS COMMAND...: at most SECONDS, never past the budget
     log "$name: exit ${PIPESTATUS[0]}"
 }
 
-step test_cuda 150 env SDSITE_REQUIRE_CUDA=1 "$PY" -m pytest -s -q -p no:cacheprovider \
-    tests/test_cuda.py
-step sd15_eager 120 "${SPEED[@]}" --models sd15-shaped --sizes 512 \
-    --variants eager channels_last --batch 8 --child-timeout 100
+step build_sd15 60 "$PY" -m bench.sd15_shaped "$MODELS/sd15-shaped"
+step build_sdxl 120 "$PY" -m bench.sdxl_shaped "$MODELS/sdxl-shaped"
+step sd15_eager 100 "${SPEED[@]}" --models sd15-shaped --sizes 512 \
+    --variants eager channels_last --batch 8 --child-timeout 80
+step sdxl_eager 150 "${SPEED[@]}" --models sdxl-shaped --sizes 1024 \
+    --variants eager --batch 4 --child-timeout 140
 step sd15_compile 200 "${SPEED[@]}" --models sd15-shaped --sizes 512 \
     --variants reduce-overhead --batch 0 --child-timeout 150
-step sdxl_eager 150 "${SPEED[@]}" --models sdxl-shaped --sizes 1024 \
-    --variants eager --batch 4 --child-timeout 110
+step test_cuda 100 env SDSITE_REQUIRE_CUDA=1 "$PY" -m pytest -s -q -p no:cacheprovider \
+    tests/test_cuda.py
 step sdxl_compile 240 "${SPEED[@]}" --models sdxl-shaped --sizes 1024 \
     --variants reduce-overhead --batch 0 --child-timeout 200
 step sd15_autotune 240 "${SPEED[@]}" --models sd15-shaped --sizes 512 \
