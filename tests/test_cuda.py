@@ -164,9 +164,10 @@ def test_a_preview_from_the_gpu_lands_without_a_step_waiting_for_it():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_gpu_jobs_preview_is_written_at_a_later_step_than_it_shows(settings):
-    """The preview taken at step 1 is handed over once its copy has landed: with the
-    step's own write or a later one, with its own step (preview_step) either way."""
+def test_a_gpu_jobs_preview_is_kept_with_the_step_it_shows(settings):
+    """The preview taken at step 1 is handed over once its copy has landed (with that
+    step's write or a later one) and is stored as step 1's (preview_step), not as the
+    step it was handed over with."""
     from generator.services import session_create
     from generator.worker.claims import claim_next
     from generator.worker.loop import Worker
