@@ -51,17 +51,19 @@ TEXT_ENCODER = dict(
 )
 
 
+SHAPED = {NAME: "bench.sd15_shaped", "sdxl-shaped": "bench.sdxl_shaped"}
+"""The shaped models a benchmark's `--model` names, and the module that builds each."""
+
+
 def model_argument(model: str, models_dir: str | Path) -> str:
-    """A benchmark's `--model` as SD_MODEL takes it: `sd15-shaped` is built into
-    `models_dir` on first use, by a child process, so that the benchmark's own never
-    initialises CUDA (those that fork workers must not)."""
-    if model != NAME:
+    """A benchmark's `--model` as SD_MODEL takes it: `sd15-shaped` (or `sdxl-shaped`) is
+    built into `models_dir` on first use, by a child process, so that the benchmark's own
+    never initialises CUDA (those that fork workers must not)."""
+    if model not in SHAPED:
         return model
-    folder = Path(models_dir) / NAME
+    folder = Path(models_dir) / model
     if not (folder / "model_index.json").exists():
-        subprocess.run(
-            [sys.executable, "-m", "bench.sd15_shaped", str(folder)], cwd=ROOT, check=True
-        )
+        subprocess.run([sys.executable, "-m", SHAPED[model], str(folder)], cwd=ROOT, check=True)
     return str(folder)
 
 

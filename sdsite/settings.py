@@ -291,6 +291,22 @@ SD_MAX_PIXELS = int(
 )
 SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")
 SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3"))
+# torch.compile for the PyTorch backend's UNet and VAE decoder: off, default,
+# reduce-overhead (CUDA graphs on a GPU) or max-autotune. Each image size and batch is
+# compiled once per worker ("compiling" in progress), from SD_COMPILE_CACHE_DIR's
+# on-disk cache after a restart. Off by default: not yet measured to pay (docs/performance.md).
+TORCH_COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+SD_TORCH_COMPILE = os.environ.get("SD_TORCH_COMPILE", "off").strip().lower() or "off"
+if SD_TORCH_COMPILE not in TORCH_COMPILE_MODES:
+    raise ImproperlyConfigured(
+        f"SD_TORCH_COMPILE={SD_TORCH_COMPILE!r}: use one of {', '.join(TORCH_COMPILE_MODES)}."
+    )
+SD_COMPILE_CACHE_DIR = Path(
+    os.environ.get("SD_COMPILE_CACHE_DIR") or DATA_DIR / "torch-compile"
+).resolve()
+# The UNet and VAE in channels_last memory format: on by default on a CPU, where it was
+# measured to take 0.92x the time a step (bench.torch_cpu); off elsewhere until measured.
+SD_CHANNELS_LAST = env_bool("SD_CHANNELS_LAST", os.environ.get("SD_DEVICE", "cpu") in ("cpu", ""))
 # How often a progress stream reads the database, and how often it sends a
 # keepalive comment while nothing changes.
 SD_PROGRESS_INTERVAL = env_float("SD_PROGRESS_INTERVAL", 0.1)

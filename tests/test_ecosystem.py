@@ -271,3 +271,32 @@ def test_the_gpu_benchmarks_model_has_sd15s_shape():
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     # runwayml/stable-diffusion-v1-5's unet, vae and text_encoder.
     assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+
+
+def test_the_gpu_benchmarks_sdxl_model_has_sdxl_bases_shape():
+    """bench/sdxl_shaped.py stands in for SDXL base 1.0: its parts have that model's exact
+    parameter counts (on the meta device, as above)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from bench.sdxl_shaped import SDXL_VAE, TEXT_ENCODER, TEXT_ENCODER_2, UNET
+
+    with torch.device("meta"):
+        parts = {
+            "unet": UNet2DConditionModel(**UNET),
+            "vae": AutoencoderKL(**SDXL_VAE),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(vocab_size=49408, **TEXT_ENCODER)),
+            "text_encoder_2": CLIPTextModelWithProjection(
+                CLIPTextConfig(vocab_size=49408, **TEXT_ENCODER_2)
+            ),
+        }
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    # stabilityai/stable-diffusion-xl-base-1.0's unet, vae, text_encoder and text_encoder_2.
+    assert counts == {
+        "unet": 2_567_463_684,
+        "vae": 83_653_863,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+    }
+    assert UNET["projection_class_embeddings_input_dim"] == 6 * 256 + 1280  # time ids + pooled

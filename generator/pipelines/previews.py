@@ -3,11 +3,14 @@
 A fixed linear map takes Stable Diffusion's four latent channels to RGB: the
 factors ComfyUI and A1111 use for "latent2rgb" previews of SD 1.x/2.x (SDXL's
 latents look alike through it). It costs a few microseconds where a VAE decode
-costs as much as a step, which is why previews can come twice a second.
+costs as much as a step, which is why previews can come twice a second. On a GPU
+the picture comes back to the CPU asynchronously (`start_preview`): a step never
+waits for the GPU to finish its work so far just to show a preview.
 """
 
 import functools
 import io
+from dataclasses import dataclass
 
 SD_LATENT_RGB = (
     # R       G        B
@@ -32,6 +35,41 @@ def latents_to_rgb(latents):
 
     The projection runs where the latents are (one small matmul on a GPU); only the
     small result crosses to the CPU, and the pipeline's tensors are never touched."""
+    return rgb_where_latents_are(latents).cpu()
+
+
+@dataclass
+class Preview:
+    """A preview's small RGB picture of one step, on the CPU once `ready()`."""
+
+    step: int
+    rgb: object
+    copied: object = None
+    """The CUDA event after its copy from a GPU; None: already on the CPU."""
+
+    def ready(self) -> bool:
+        """Whether the picture has landed (asks the GPU without waiting for it)."""
+        return self.copied is None or self.copied.query()
+
+
+def start_preview(latents, step: int) -> Preview:
+    """Step `step`'s preview: at once on the CPU. From a GPU the small picture is copied
+    into pinned memory without waiting (`non_blocking`), behind the work queued on the
+    GPU so far; `ready()` tells when it has landed, so no step waits on the GPU for it."""
+    import torch
+
+    rgb = rgb_where_latents_are(latents)
+    if rgb.device.type != "cuda":
+        return Preview(step, rgb.cpu())
+    landed = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True)
+    landed.copy_(rgb, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return Preview(step, landed, copied)
+
+
+def rgb_where_latents_are(latents):
+    """`latents_to_rgb`'s picture, left on the latents' device."""
     import torch
 
     x = torch.as_tensor(latents)[0].detach().float()
@@ -44,7 +82,7 @@ def latents_to_rgb(latents):
         low = rgb.amin(dim=(1, 2), keepdim=True)
         high = rgb.amax(dim=(1, 2), keepdim=True)
         rgb = (rgb - low) / (high - low).clamp_min(1e-6)
-    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 @functools.cache

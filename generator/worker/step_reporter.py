@@ -26,7 +26,7 @@ from collections.abc import Callable
 from django.db import connections
 
 from ..estimates import remaining_seconds
-from ..pipelines.previews import encode_preview, latents_to_rgb, rgb_to_image
+from ..pipelines.previews import Preview, encode_preview, rgb_to_image, start_preview
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ class StepReporter:
         self.step_seconds: list[float] = []
         self.last_tick = clock()
         self.last_preview = -math.inf
+        self.in_flight: Preview | None = None
+        """A preview on its way from the GPU, handed over at the first step it has landed by."""
 
     def start(self) -> None:
         """The pipeline starts now: the first step is timed from here, not from the model load."""
@@ -200,21 +202,29 @@ class StepReporter:
                 self.step_seconds, step, total, self.seconds_after_steps
             ),
         }
-        rgb = self.preview_of(latents, now)
+        ready = self.preview_of(latents, step, now)
+        rgb = None
+        if ready is not None:
+            rgb, fields["preview_step"] = ready.rgb, ready.step
         if self.writer is not None:
             return self.writer.submit(step, total, preview_rgb=rgb, **fields)
         preview = encode_preview(rgb_to_image(rgb)) if rgb is not None else None
         return self.job.record_step(step, total, preview=preview, **fields)
 
-    def preview_of(self, latents, now: float):
+    def preview_of(self, latents, step: int, now: float) -> Preview | None:
+        """The preview to hand over with this step: on a CPU this step's, when one is due;
+        from a GPU, one taken at an earlier step whose copy has landed since."""
         # Time-throttled, and always from the newest latents: a slow step never
-        # queues up stale pictures.
-        if not self.previews or latents is None or now - self.last_preview < self.preview_interval:
-            return None
-        self.last_preview = now
-        try:
-            return latents_to_rgb(latents)
-        except Exception:  # a preview is a nicety: the job goes on without
-            logger.exception("Live preview failed; no more previews for this job")
-            self.previews = False
-            return None
+        # queues up stale pictures; one at a time on its way from a GPU.
+        due = now - self.last_preview >= self.preview_interval
+        if self.previews and latents is not None and due and self.in_flight is None:
+            self.last_preview = now
+            try:
+                self.in_flight = start_preview(latents, step)
+            except Exception:  # a preview is a nicety: the job goes on without
+                logger.exception("Live preview failed; no more previews for this job")
+                self.previews = False
+        if self.in_flight is not None and self.in_flight.ready():
+            ready, self.in_flight = self.in_flight, None
+            return ready
+        return None

@@ -25,6 +25,7 @@
     "loading model": "Loading the model",
     "preparing OpenVINO model (first use)": "Preparing the OpenVINO model (first use)",
     "compiling OpenVINO model": "Compiling the OpenVINO model for this size",
+    compiling: "Compiling the model for this size (first job)",
     denoising: "Denoising",
     decoding: "Decoding the image",
     saving: "Saving the image",
