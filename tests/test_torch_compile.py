@@ -4,8 +4,13 @@ compiled UNet and VAE decoder draw the uncompiled picture, the first job of a si
 code lands in SD_COMPILE_CACHE_DIR for a restarted worker.
 
 Slow: compiling even the tiny demo model's UNet and decoder takes inductor minutes on a
-2-core machine (3 min of CPU, 9 min wall on the shared development VM, 2026-12-06).
+2-core machine (3 min of CPU, 9 min wall on the shared development VM, 2026-12-06), a
+fifth of CI's 20-minute budget for one switch that defaults off: it runs where
+SDSITE_COMPILE_TESTS=1 is set (`SDSITE_COMPILE_TESTS=1 make test PYTEST_ARGS=tests/
+test_torch_compile.py`), and says so when skipped.
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +28,10 @@ pytestmark = [
     pytest.mark.any_database,
     pytest.mark.slow,
     pytest.mark.timeout(1800),
+    pytest.mark.skipif(
+        os.environ.get("SDSITE_COMPILE_TESTS") != "1",
+        reason="inductor compiles for minutes on 2 cores: set SDSITE_COMPILE_TESTS=1 to run it",
+    ),
 ]
 
 JOB = dict(prompt="a red circle on a blue background", steps=4, width=64, height=64)
