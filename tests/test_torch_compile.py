@@ -6,8 +6,9 @@ code lands in SD_COMPILE_CACHE_DIR for a restarted worker.
 Slow: compiling even the tiny demo model's UNet and decoder takes inductor minutes on a
 2-core machine (3 min of CPU, 9 min wall on the shared development VM, 2026-12-06), a
 fifth of CI's 20-minute budget for one switch that defaults off: it runs where
-SDSITE_COMPILE_TESTS=1 is set (`SDSITE_COMPILE_TESTS=1 make test PYTEST_ARGS=tests/
-test_torch_compile.py`), and says so when skipped.
+SDSITE_COMPILE_TESTS=1 is set, and says so when skipped:
+
+    SDSITE_COMPILE_TESTS=1 make test PYTEST_ARGS=tests/test_torch_compile.py
 """
 
 import os
