@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.sse_client import iter_events
-from tests.step_gate import StepGate, gated_worker_env
+from tests.step_gate import assert_every_step_once_with_its_phases, follow_a_gated_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,38 +54,8 @@ def test_the_stream_shows_every_step_of_a_real_worker_once_in_order_and_its_phas
     (tests/step_gate.py): the hub sends only the newest of the steps written between two
     of its reads, so without the gate a missing step would be the hub's choice, not a bug.
     """
-    gate = StepGate(tmp_path / "gate")
-    with httpx.Client(base_url=web_server.url, timeout=120) as client:
-        token = client.get("/").cookies["csrftoken"]
-        queued = client.post(
-            "/api/generate",
-            json={"prompt": "a lighthouse", "steps": 6, "width": 64, "height": 64},
-            headers={"X-CSRFToken": token, "Referer": web_server.url + "/"},
-        )
-        assert queued.status_code == 202, queued.text
-        messages = []
-        with client.stream("GET", queued.json()["progress_url"]) as stream:
-            for event in iter_events(stream.iter_lines()):
-                if not event.data:
-                    continue
-                messages.append(event.data)
-                gate.saw(event.data)
-                if event.data["type"] == "queued":  # the stream is open: now the worker
-                    worker = start_worker(**gated_worker_env(gate.file, SD_STEP_WRITE_INTERVAL=0))
+    messages, worker = follow_a_gated_job(web_server, start_worker, tmp_path / "gate", steps=6)
 
-    kinds = [
-        f"{m['type']} {m.get('current_step', m.get('phase', ''))}".strip()
-        for m in messages
-        if m["type"] != "preview"
-    ]
-    steps = [m["current_step"] for m in messages if m["type"] == "progress"]
-    assert steps == list(range(7))  # 0 when the worker took it, then each step once
-    assert all(m["total_steps"] == 6 for m in messages if m["type"] == "progress")
-    phases = [m["phase"] for m in messages if m["type"] == "phase"]
-    assert phases == ["loading model", "denoising", "decoding", "saving"]
-    # Each phase where it belongs among the steps: denoising comes with step 1, decoding
-    # with the last, saving after it, then the end.
-    assert kinds[kinds.index("progress 1") - 1] == "phase denoising"
-    assert kinds[-5:] == ["progress 5", "phase decoding", "progress 6", "phase saving", "complete"]
-    assert kinds.index("phase loading model") < kinds.index("progress 1")
+    assert_every_step_once_with_its_phases(messages, steps=6)
     assert "step gate" not in worker.log()  # it never went on unseen
+    assert messages[-1]["type"] == "complete"

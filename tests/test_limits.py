@@ -9,9 +9,9 @@ import pytest
 
 from tests.processes import WebServer, wait_for
 
-# Nothing here depends on the database engine (the PostgreSQL restart test brings its own
-# cluster): CI runs it on SQLite only.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
+# Limits are counted and enforced through the database (queued jobs per owner, streams,
+# timeouts): CI runs them on both engines, but for the two marked any_database.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 LIMIT_MB = 1
 
@@ -194,6 +194,7 @@ def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path)
     assert "no issues" in result.stdout
 
 
+@pytest.mark.any_database  # the mode of SQLite's file: CI's SQLite run checks it
 def test_the_database_and_media_are_private_to_the_service_user(make_session):
     import os
     import stat
@@ -446,6 +447,7 @@ def test_streams_opening_at_once_cannot_slip_past_the_cap(tmp_path, make_session
 # --- Faults --------------------------------------------------------------------------
 
 
+@pytest.mark.any_database  # it brings its own cluster, whatever the suite runs on
 def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker):
 
     from tests.processes import PostgresCluster, wait_for
