@@ -5,6 +5,7 @@ Django view."""
 import asyncio
 import base64
 import itertools
+import uuid
 
 import httpx
 import pytest
@@ -99,3 +100,104 @@ def test_a_keys_user_follows_their_own_progress_stream_and_nobody_elses(web_serv
     status, body = asyncio.run(fetch(bearer(alice_key)))
     assert status == 200 and b'"type":"cancelled"' in body
     assert asyncio.run(fetch(bearer(bob_key))) == (404, b"")
+
+
+def answers(client: httpx.Client, headers: dict, session_id: str) -> dict:
+    """What the reading API routes answer a request with these headers (and no cookie):
+    the status, and what the lists of jobs hold."""
+    with client.stream("GET", f"/api/progress/{session_id}", headers=headers) as stream:
+        progress = stream.status_code
+    a1111_progress = client.get("/sdapi/v1/progress", headers=headers)
+    listed = client.get("/api/sessions", params={"ids": session_id}, headers=headers).json()
+    queue = client.get("/api/queue", headers=headers).json()
+    return {
+        "session": client.get(f"/api/sessions/{session_id}", headers=headers).status_code,
+        "listed": [s["session_id"] for s in listed["sessions"]],
+        "queue": [s["session_id"] for s in queue["sessions"]],
+        "progress stream": progress,
+        "a1111 progress": (
+            a1111_progress.status_code,
+            a1111_progress.json().get("state", {}).get("job_count"),
+        ),
+        "a1111 options": client.get("/sdapi/v1/options", headers=headers).status_code,
+        "a1111 models": client.get("/sdapi/v1/sd-models", headers=headers).status_code,
+        "openai models": client.get("/v1/models", headers=headers).status_code,
+    }
+
+
+WRITES = {
+    "generate": ("POST", "/api/generate", {"prompt": "y"}),
+    "cancel": ("POST", "/api/sessions/{id}/cancel", None),
+    "delete": ("DELETE", "/api/sessions/{id}", None),
+    "interrupt": ("POST", "/sdapi/v1/interrupt", None),
+    "skip": ("POST", "/sdapi/v1/skip", None),
+    "txt2img": ("POST", "/sdapi/v1/txt2img", {"prompt": "y"}),
+    "img2img": ("POST", "/sdapi/v1/img2img", {"prompt": "y", "init_images": []}),
+    "openai generate": ("POST", "/v1/images/generations", {"prompt": "y"}),
+}
+
+
+def writes(client: httpx.Client, headers: dict, session_id: str, names) -> dict:
+    """The status each writing route answers, with these headers and no cookie."""
+    statuses = {}
+    for name in names:
+        method, url, body = WRITES[name]
+        answer = client.request(method, url.format(id=session_id), json=body, headers=headers)
+        assert answer.headers["content-type"] == "application/json", (name, answer.text)
+        statuses[name] = answer.status_code
+    return statuses
+
+
+def test_a_revoked_key_is_refused_on_every_api_route_and_changes_nothing(web_server):
+    row, key = issue_key(User.objects.create_user("alice"))
+    with httpx.Client(base_url=web_server.url, timeout=30) as client:
+        queued = client.post("/api/generate", json={"prompt": "x"}, headers=bearer(key))
+        assert queued.status_code == 202
+        session_id = queued.json()["session_id"]
+        # Running, so that an interrupt or skip that went through would ask it to stop.
+        GenerationSession.objects.filter(pk=session_id).update(status=Status.RUNNING)
+        assert answers(client, bearer(key), session_id) == {
+            "session": 200, "listed": [session_id], "queue": [session_id],
+            "progress stream": 200, "a1111 progress": (200, 1), "a1111 options": 200,
+            "a1111 models": 200, "openai models": 200,
+        }  # fmt: skip
+
+        row.revoke()
+        for headers in (bearer(key), basic("alice", key)):
+            assert answers(client, headers, session_id) == {
+                "session": 404, "listed": [], "queue": [], "progress stream": 404,
+                "a1111 progress": (401, None), "a1111 options": 401, "a1111 models": 401,
+                "openai models": 401,
+            }  # fmt: skip
+            assert writes(client, headers, session_id, WRITES) == {
+                "generate": 403, "cancel": 403, "delete": 403, "interrupt": 401, "skip": 401,
+                "txt2img": 401, "img2img": 401, "openai generate": 401,
+            }  # fmt: skip
+    assert list(GenerationSession.objects.values_list("pk", "status", "cancel_requested")) == [
+        (uuid.UUID(session_id), Status.RUNNING, False)
+    ]
+
+
+def test_a_key_reaches_only_its_owners_jobs(web_server):
+    _, alice_key = issue_key(User.objects.create_user("alice"))
+    _, bob_key = issue_key(User.objects.create_user("bob"))
+    with httpx.Client(base_url=web_server.url, timeout=30) as client:
+        queued = client.post("/api/generate", json={"prompt": "x"}, headers=bearer(alice_key))
+        session_id = queued.json()["session_id"]
+        GenerationSession.objects.filter(pk=session_id).update(status=Status.RUNNING)
+
+        assert answers(client, bearer(bob_key), session_id) == {
+            "session": 404, "listed": [], "queue": [], "progress stream": 404,
+            "a1111 progress": (200, 0), "a1111 options": 200, "a1111 models": 200,
+            "openai models": 200,
+        }  # fmt: skip
+        # Bob's interrupt and skip stop bob's jobs: he has none running.
+        names = ["cancel", "delete", "interrupt", "skip"]
+        assert writes(client, bearer(bob_key), session_id, names) == {
+            "cancel": 404, "delete": 404, "interrupt": 200, "skip": 200,
+        }  # fmt: skip
+        assert not GenerationSession.objects.get(pk=session_id).cancel_requested
+
+        # Alice's key reaches it, the same way.
+        assert writes(client, bearer(alice_key), session_id, ["interrupt"]) == {"interrupt": 200}
+    assert GenerationSession.objects.get(pk=session_id).cancel_requested

@@ -180,3 +180,22 @@ def test_a_gpu_jobs_preview_is_kept_with_the_step_it_shows(settings):
     session.refresh_from_db()
     assert session.status == "completed", session.error
     assert session.preview and session.preview_step == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_process_on_the_gpu_streams_every_step_once_and_serves_the_png(
+    web_server, start_worker, tmp_path
+):
+    """The deployed path on a GPU: uvicorn, and `manage.py runworker` on CUDA (started
+    afresh: tests/processes.py), each step on the stream once, in order."""
+    import httpx
+
+    from tests.step_gate import assert_every_step_once_with_its_phases, follow_a_gated_job
+
+    messages, worker = follow_a_gated_job(
+        web_server, start_worker, tmp_path / "gate", steps=8, SD_DEVICE="cuda"
+    )
+    assert_every_step_once_with_its_phases(messages, steps=8)
+    assert "step gate" not in worker.log()
+    png = httpx.get(web_server.url + messages[-1]["image_url"], timeout=30)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.sse_client import iter_events
+from tests.step_gate import assert_every_step_once_with_its_phases, follow_a_gated_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,3 +43,19 @@ def test_post_a_job_follow_its_progress_and_fetch_the_png(web_server, start_work
 
         session = client.get(f"/api/sessions/{session_id}").json()
         assert (session["status"], session["percentage"]) == ("completed", 100)
+
+
+def test_the_stream_shows_every_step_of_a_real_worker_once_in_order_and_its_phases(
+    web_server, start_worker, tmp_path
+):
+    """Every step written (SD_STEP_WRITE_INTERVAL=0) reaches the stream, once, in order.
+
+    The worker waits after each step and phase until the stream has shown it
+    (tests/step_gate.py): the hub sends only the newest of the steps written between two
+    of its reads, so without the gate a missing step would be the hub's choice, not a bug.
+    """
+    messages, worker = follow_a_gated_job(web_server, start_worker, tmp_path / "gate", steps=6)
+
+    assert_every_step_once_with_its_phases(messages, steps=6)
+    assert "step gate" not in worker.log()  # it never went on unseen
+    assert messages[-1]["type"] == "complete"

@@ -82,6 +82,45 @@ def test_image_to_image_counts_the_steps_it_runs_and_keeps_the_image_size(backen
         assert "Denoising strength: 0.5" in image.info["parameters"]
 
 
+def halves(left, right, size=(72, 64)) -> bytes:
+    """A PNG whose left half is one colour and right half another."""
+    image = Image.new("RGB", size, left)
+    image.paste(right, (size[0] // 2, 0, size[0], size[1]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "openvino"])
+def test_image_to_image_draws_from_its_init_image(backend):
+    """Two init images, the same prompt and seed at strength 0.5: each output follows its
+    own input (an img2img that ignored its init image would give the same picture twice)."""
+    red_blue, blue_red = halves((220, 30, 30), (30, 30, 220)), halves((30, 30, 220), (220, 30, 30))
+    client = Client()
+    ids = []
+    for init in (red_blue, blue_red):
+        fields = {"prompt": "a fox", "steps": 8, "strength": 0.5, "seed": 3, "backend": backend}
+        answer = post(client, fields, {"init_image": init})
+        assert answer.status_code == 202, answer.content
+        ids.append(answer.json()["session_id"])
+
+    run_jobs(2)
+
+    outputs, inputs = [], []
+    for session_id, init in zip(ids, (red_blue, blue_red), strict=True):
+        session = GenerationSession.objects.get(pk=session_id)
+        assert session.status == Status.COMPLETED, session.error
+        outputs.append(np.asarray(Image.open(session.image.path).convert("RGB")).astype(int))
+        inputs.append(np.asarray(Image.open(io.BytesIO(init)).convert("RGB")).astype(int))
+
+    def distance(a, b) -> float:
+        return float(np.abs(a - b).mean())
+
+    assert distance(outputs[0], outputs[1]) > 30  # mean absolute difference, of 255
+    for output, own, other in ((*outputs[:1], *inputs), (outputs[1], *inputs[::-1])):
+        assert distance(output, own) + 30 < distance(output, other)
+
+
 @pytest.mark.parametrize("backend", ["pytorch", "openvino"])
 def test_inpainting_leaves_the_unmasked_area_exactly_as_it_was(backend):
     client = Client()

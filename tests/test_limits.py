@@ -9,9 +9,9 @@ import pytest
 
 from tests.processes import WebServer, wait_for
 
-# Nothing here depends on the database engine (the PostgreSQL restart test brings its own
-# cluster): CI runs it on SQLite only.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
+# Limits are counted and enforced through the database (queued jobs per owner, streams,
+# timeouts): CI runs those on both engines; the ones marked any_database involve no engine.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 LIMIT_MB = 1
 
@@ -57,6 +57,7 @@ def send_chunked(port: int, path: str, total: int) -> tuple[bytes, int]:
         return answer, sent
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 @pytest.mark.parametrize("path", ["/api/generate", "/anything", "/api/progress/x"])
 def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(small_body_server, path):
     answer, sent = send_chunked(small_body_server.port, path, total=50 * 1024 * 1024)
@@ -65,6 +66,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(small_body_se
     assert sent < 8 * 1024 * 1024  # answered long before the 50 MB were sent
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 def test_a_declared_length_over_the_limit_is_refused_before_reading(small_body_server):
     with socket.create_connection(("127.0.0.1", small_body_server.port), timeout=10) as sock:
         sock.sendall(
@@ -75,6 +77,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(small_body_s
     assert answer.startswith(b"HTTP/1.1 413")
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 def test_bodies_within_the_limit_pass(small_body_server):
     response = httpx.post(f"{small_body_server.url}/api/generate", json={"prompt": "a"})
     assert response.status_code == 403  # on to Django: the CSRF check, not the size
@@ -83,6 +86,7 @@ def test_bodies_within_the_limit_pass(small_body_server):
 # --- Login throttle ----------------------------------------------------------------
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 def test_half_sent_headers_and_stalled_bodies_do_not_hold_a_connection(tmp_path):
     server = WebServer(tmp_path, SD_HEADER_TIMEOUT="1", SD_BODY_TIMEOUT="1")
     try:
@@ -106,6 +110,7 @@ def test_half_sent_headers_and_stalled_bodies_do_not_hold_a_connection(tmp_path)
         server.stop()
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 def test_nearing_the_file_limit_is_logged(tmp_path):
     server = WebServer(tmp_path, file_limit=128)
     sockets = []
@@ -163,6 +168,7 @@ def test_admin_login_locks_out_after_repeated_failures(client, django_user_model
 # --- Headers and deployment --------------------------------------------------------
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 def test_pages_carry_a_content_security_policy_without_inline_scripts(client):
     response = client.get("/")
     policy = response["Content-Security-Policy"]
@@ -170,6 +176,7 @@ def test_pages_carry_a_content_security_policy_without_inline_scripts(client):
     assert b"<script>" not in response.content  # scripts come from files only
 
 
+@pytest.mark.any_database  # the connection's limits: no database engine in it
 def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
     import subprocess
     import sys
@@ -194,6 +201,7 @@ def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path)
     assert "no issues" in result.stdout
 
 
+@pytest.mark.any_database  # the mode of SQLite's file: CI's SQLite run checks it
 def test_the_database_and_media_are_private_to_the_service_user(make_session):
     import os
     import stat
@@ -446,6 +454,7 @@ def test_streams_opening_at_once_cannot_slip_past_the_cap(tmp_path, make_session
 # --- Faults --------------------------------------------------------------------------
 
 
+@pytest.mark.any_database  # it brings its own cluster, whatever the suite runs on
 def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker):
 
     from tests.processes import PostgresCluster, wait_for

@@ -30,9 +30,9 @@ from generator.worker.chores import Chores
 from generator.worker.heartbeat import register_worker
 from tests.processes import PostgresCluster, WebServer, wait_for
 
-# Only the readiness test depends on the engine, and it brings its own PostgreSQL:
-# CI runs the module on SQLite only.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
+# Metrics, pruning, quotas, webhooks and the ops page read and write the queue's rows: CI
+# runs them on both engines (the readiness test brings its own PostgreSQL: SQLite only).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def finished(make_session, status=Status.COMPLETED, age=timedelta(0), files=(), **params):

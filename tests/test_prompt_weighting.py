@@ -51,3 +51,40 @@ def test_a_long_negative_prompt_lines_up_with_a_short_prompt(backend):
     if backend.__class__.__name__ != "TorchBackend":
         pytest.skip("the chunk count is shared with the long prompt test above")
     assert pixels(backend, PROMPT, negative=LONG).shape == (128, 128, 3)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    backend = create_backend("pytorch", "demo", "cpu")
+    backend.load(lambda phase: None)
+    return backend.pipe
+
+
+def towards(pipe, prompt: str, word: str) -> float:
+    """The cosine similarity of the prompt's whole conditioning (its rows' mean) to the
+    word's plain embedding (its row in the unweighted prompt), through the app's own
+    prompt embedding code."""
+    import torch
+
+    from generator.pipelines.prompt_embeds import chunks_of, prompt_embeddings
+
+    plain_prompt = PROMPT
+    ids = chunks_of(pipe.tokenizer, plain_prompt)[0].ids
+    (word_id,) = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    row = 1 + ids.index(word_id)  # after the start token
+    word_embedding = prompt_embeddings(pipe, plain_prompt, "")["prompt_embeds"][0, row]
+    conditioning = prompt_embeddings(pipe, prompt, "")["prompt_embeds"][0].mean(dim=0)
+    return torch.nn.functional.cosine_similarity(conditioning, word_embedding, dim=0).item()
+
+
+def test_a_weight_above_one_moves_the_conditioning_towards_the_word_and_below_away(pipe):
+    plain = towards(pipe, PROMPT, "circle")
+    assert towards(pipe, "a red (circle:1.0) on a blue background", "circle") == plain
+    stronger = towards(pipe, "a red (circle:1.5) on a blue background", "circle")
+    weaker = towards(pipe, "a red (circle:0.5) on a blue background", "circle")
+    assert weaker < plain < stronger, (weaker, plain, stronger)
+    # The brackets' weights point the same ways: ( ) is 1.1, [ ] is 1 / 1.1.
+    assert towards(pipe, "a red (circle) on a blue background", "circle") > plain
+    assert towards(pipe, "a red [circle] on a blue background", "circle") < plain
+    # Weighting another word moves the conditioning away from this one.
+    assert towards(pipe, "a red circle on a (blue:1.5) background", "circle") < plain

@@ -79,7 +79,6 @@ def test_three_workers_run_thirty_sessions_each_exactly_once(make_session, start
     assert not GenerationSession.objects.exclude(status=Status.COMPLETED).exists()
 
 
-@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_poison_job_ends_failed_after_the_last_attempt(make_session, start_worker, settings):
     session = make_session(steps=150, width=128, height=128)
     for attempt in (1, 2):
@@ -98,7 +97,6 @@ def test_a_poison_job_ends_failed_after_the_last_attempt(make_session, start_wor
     assert failed.error == "worker lost (attempt 2 of 2)"
 
 
-@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_sigterm_lets_the_current_job_finish_within_the_grace_period(make_session, start_worker):
     session = make_session(steps=15, width=128, height=128)
     worker = start_worker("--grace", "120")
@@ -110,7 +108,6 @@ def test_sigterm_lets_the_current_job_finish_within_the_grace_period(make_sessio
     assert reload(session).status == Status.COMPLETED
 
 
-@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_sigterm_past_the_grace_period_releases_the_job_to_another_worker(
     make_session, start_worker
 ):
@@ -131,7 +128,6 @@ def test_sigterm_past_the_grace_period_releases_the_job_to_another_worker(
     assert done.status == Status.COMPLETED, done.error
 
 
-@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_running_session_is_cancelled_at_its_next_step(make_session, start_worker, web_server):
     session = make_session(steps=150, width=128, height=128)
     worker = start_worker()
@@ -191,7 +187,6 @@ def test_out_of_memory_fails_the_session_and_the_worker_takes_the_next(make_sess
     assert reload(next_one).status == Status.COMPLETED
 
 
-@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_lost_worker_is_told_on_the_stream_and_its_restart_too(
     tmp_path, make_session, start_worker, settings
 ):
@@ -233,7 +228,6 @@ def test_a_lost_worker_is_told_on_the_stream_and_its_restart_too(
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
-@pytest.mark.any_database  # the engine plays no part: once, on SQLite
 def test_a_worker_killed_while_it_starts_costs_the_job_no_attempt(make_session, start_worker):
     session = make_session(steps=2)
     cold = start_worker(SD_WORKER_LEASE=LEASE)
@@ -264,7 +258,6 @@ def model_copy(home, *, broken: bool):
     return folder
 
 
-@pytest.mark.any_database  # the engine plays no part: once, on SQLite
 def test_a_worker_that_cannot_load_a_model_leaves_its_jobs_to_one_that_can(
     make_session, start_worker, tmp_path
 ):
@@ -289,7 +282,6 @@ def test_a_worker_that_cannot_load_a_model_leaves_its_jobs_to_one_that_can(
     assert "sdsite_workers_unhealthy 1.0" in Client().get("/metrics").content.decode()
 
 
-@pytest.mark.any_database  # the engine plays no part: once, on SQLite
 def test_a_model_no_worker_can_load_fails_with_the_real_reason(make_session, start_worker):
     session = make_session(model="./no/such/model", steps=2)
     start_worker()
@@ -358,7 +350,6 @@ def test_a_queued_job_wakes_an_idle_worker_at_once(make_session, start_worker):
     assert (done.started_at - done.created_at).total_seconds() < 30
 
 
-@pytest.mark.any_database  # the claim of a batch runs on both engines in test_queue
 def test_a_worker_batches_compatible_jobs_each_with_its_own_progress_and_image(
     make_session, start_worker
 ):
@@ -395,7 +386,6 @@ def test_a_worker_batches_compatible_jobs_each_with_its_own_progress_and_image(
     assert len(previews) == 3 and "" not in previews  # each its own live preview
 
 
-@pytest.mark.any_database  # the lifecycle; claims and recovery run on both engines elsewhere
 def test_a_job_cancelled_in_a_batch_leaves_it_and_the_others_finish(make_session, start_worker):
     from generator.services import session_cancel
 
