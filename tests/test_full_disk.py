@@ -275,7 +275,7 @@ def test_readyz_names_the_full_disks_path_only_to_the_probes_networks(client, se
 
 @pytest.mark.any_database
 def test_the_ops_snapshot_names_a_full_disk_with_its_path(db, settings):
-    from generator import operations
+    from generator.web import operations
 
     assert operations.snapshot()["disk_problem"] is None
     settings.SD_MEDIA_MIN_FREE_MB = 1e12
