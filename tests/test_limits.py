@@ -263,7 +263,8 @@ def test_an_owner_may_hold_at_most_sd_max_queued_per_owner_jobs(client, settings
 def test_the_queue_takes_owners_in_turn_not_strictly_oldest_first(make_session):
     from generator.models import GenerationSession
     from generator.ownership import Viewer
-    from generator.services import own_queue, session_requeue
+    from generator.services import session_requeue
+    from generator.web.serializers import own_queue
     from generator.worker.claims import claim_next
 
     flood = [make_session(owner_key="flood", client_ip="192.0.2.1") for _ in range(6)]

@@ -27,9 +27,6 @@ from ..services import (
     DEMO_MODEL,
     CancelOutcome,
     model_form_settings,
-    own_queue,
-    readiness_problem,
-    session_as_dict,
     session_cancel,
     session_create_batch,
     session_delete,
@@ -38,6 +35,8 @@ from .api_errors import error_response
 from .hub import get_hub
 from .json_body import BodyError, load_object, type_problem
 from .limits import check_queue, check_rate
+from .readiness import readiness_problem
+from .serializers import own_queue, session_as_dict
 from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
 
