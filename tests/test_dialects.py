@@ -15,7 +15,7 @@ from PIL import Image
 
 from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession, Status
-from tests.processes import WebServer, WorkerProcess, wait_for
+from tests.support.processes import WebServer, WorkerProcess, wait_for
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]

@@ -19,7 +19,7 @@ import pytest
 from django.db import connection
 
 from generator.models import GenerationSession, Status
-from tests.processes import WebServer, wait_for
+from tests.support.processes import WebServer, wait_for
 
 
 def mount_tmpfs(folder: Path, size: str) -> Path:

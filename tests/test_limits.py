@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import WebServer, wait_for
+from tests.support.processes import WebServer, wait_for
 
 # Nothing here depends on the database engine (the PostgreSQL restart test brings its own
 # cluster): CI runs it on SQLite only.
@@ -174,7 +174,7 @@ def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path)
     import subprocess
     import sys
 
-    from tests.processes import ROOT, process_env
+    from tests.support.processes import ROOT, process_env
 
     env = process_env(
         DEBUG="0",
@@ -449,7 +449,7 @@ def test_streams_opening_at_once_cannot_slip_past_the_cap(tmp_path, make_session
 
 def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker):
 
-    from tests.processes import PostgresCluster, wait_for
+    from tests.support.processes import PostgresCluster, wait_for
 
     cluster = PostgresCluster(tmp_path)
     server = worker = None

@@ -29,7 +29,7 @@ from generator.models import GenerationSession, Status
 from generator.web import operations
 from generator.worker.chores import Chores
 from generator.worker.heartbeat import register_worker
-from tests.processes import PostgresCluster, WebServer, wait_for
+from tests.support.processes import PostgresCluster, WebServer, wait_for
 
 # Only the readiness test depends on the engine, and it brings its own PostgreSQL:
 # CI runs the module on SQLite only.

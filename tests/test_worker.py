@@ -7,7 +7,7 @@ from django.utils import timezone
 from PIL import Image
 
 from generator.models import GenerationSession, Status
-from tests.processes import RecordedWrites, wait_for
+from tests.support.processes import RecordedWrites, wait_for
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
