@@ -188,3 +188,15 @@ def test_no_browser_script_is_over_400_lines_and_each_page_loads_them_as_modules
     for template in ("generator/index.html", "generator/ops.html"):
         text = (ROOT / "templates" / template).read_text()
         assert '<script type="module"' in text, template
+
+
+def test_the_service_layer_holds_commands_and_the_web_its_serializers_and_readiness():
+    def defined(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+    web_side = {"session_as_dict", "own_queue", "readiness_problem"}
+    assert defined(ROOT / "generator" / "services.py") & web_side == set()
+    serializers = defined(ROOT / "generator" / "web" / "serializers.py")
+    assert {"session_as_dict", "own_queue"} <= serializers
+    assert "readiness_problem" in defined(ROOT / "generator" / "web" / "readiness.py")
