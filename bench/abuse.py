@@ -60,7 +60,7 @@ def csrf_client(url: str) -> tuple[httpx.Client, dict]:
 def flood(tmp: Path, seconds: float) -> None:
     from generator.apikeys import issue_key, user_for
     from generator.models import GenerationSession
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     scenario(f"Flood: one anonymous browser for {seconds:g} s (default limits, no worker)")
     server = WebServer(tmp)
@@ -95,7 +95,7 @@ def flood(tmp: Path, seconds: float) -> None:
 
 
 def big_body(tmp: Path, megabytes: int) -> None:
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     scenario(f"Big body: a chunked POST of up to {megabytes} MB, no cookie")
     server = WebServer(tmp)
@@ -169,7 +169,7 @@ def sockets(tmp: Path) -> None:
     import resource
 
     from generator.services import session_create
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 8192), max(hard, 8192)))  # our side
@@ -241,7 +241,7 @@ def sqlite_lock(tmp: Path, seconds: float) -> None:
 
     from generator.models import GenerationSession
     from generator.services import session_create
-    from tests.processes import WebServer, WorkerProcess
+    from tests.support.processes import WebServer, WorkerProcess
 
     scenario(f"SQLite held by another writer for {seconds:g} s, two workers, one running a job")
     server = WebServer(tmp)
@@ -285,7 +285,7 @@ def postgres(tmp: Path, cluster, outage: float) -> None:
     from generator.db import until_database_answers
     from generator.models import GenerationSession
     from generator.services import session_create
-    from tests.processes import WorkerProcess
+    from tests.support.processes import WorkerProcess
 
     def row(pk):  # this process rides out the outages too
         return until_database_answers(GenerationSession.objects.get, pk=pk)
@@ -349,7 +349,7 @@ def main():
 
     cluster = None
     if args.postgres:
-        from tests.processes import PostgresCluster
+        from tests.support.processes import PostgresCluster
 
         cluster = PostgresCluster(Path(tempfile.mkdtemp()))
         os.environ["DATABASE_URL"] = cluster.url

@@ -81,7 +81,7 @@ def count(db: sqlite3.Connection, table: str) -> int:
 def database_disk(tmp: Path) -> None:
     from django.db import connection
 
-    from tests.processes import WebServer, WorkerProcess
+    from tests.support.processes import WebServer, WorkerProcess
 
     scenario("Database disk full (SQLite on a 16 MB tmpfs)")
     folder = mount_tmpfs(tmp / "database-disk", "16m")
@@ -141,7 +141,7 @@ def database_disk(tmp: Path) -> None:
 def media_disk(tmp: Path) -> None:
     from generator.models import GenerationSession
     from generator.services import session_create
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     scenario("Media disk full (DATA_DIR, media/ with it, on a 4 MB tmpfs)")
     folder = mount_tmpfs(tmp / "media-disk", "4m")
@@ -164,7 +164,7 @@ def media_disk(tmp: Path) -> None:
 
 
 def run_refused_job(tmp, processes, session_create, sessions, **env) -> None:
-    from tests.processes import WorkerProcess
+    from tests.support.processes import WorkerProcess
 
     session = session_create(prompt="a red circle", steps=20)
     started = time.monotonic()
@@ -185,7 +185,7 @@ def media_quota(tmp: Path) -> None:
 
     from generator.models import GenerationSession
     from generator.services import session_create
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     scenario("Media over SD_MEDIA_QUOTA_GB (a 4 KB file, a quota of about 1 KB)")
     filler = Path(settings.MEDIA_ROOT) / "images" / "quota-filler.bin"

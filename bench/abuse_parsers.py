@@ -46,7 +46,7 @@ def png_info_answer(client: httpx.Client, route: str, png: bytes, headers: dict)
 
 def while_posting(url: str, client, route: str, headers: dict, length: int = 900_000):
     """(the route's answer to the issue's PNG at `length`, /healthz latencies meanwhile)."""
-    from tests.hostile import hostile_png
+    from tests.support.hostile import hostile_png
 
     png = hostile_png(length)
     answer: dict = {}
@@ -68,7 +68,7 @@ def while_posting(url: str, client, route: str, headers: dict, length: int = 900
 
 
 def main():
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", nargs="*", type=int, default=[48_000, 900_000])

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.abuse_proxy [--flood-seconds 10]
 
-nginx runs docs/deploy.md's own block (tests.processes.Nginx) on 127.0.0.1 and the
+nginx runs docs/deploy.md's own block (tests.support.processes.Nginx) on 127.0.0.1 and the
 app runs as the Procfile does, default limits (4 jobs queued per owner, 30/m), with
 SD_METRICS_ALLOWED=127.0.0.1/32 so that a visitor from another loopback address
 (127.0.0.2, 127.0.0.3: Linux routes all of 127/8 to lo) stands for one from the
@@ -57,7 +57,7 @@ def held() -> dict:
 
 
 def two_visitors(url: str) -> None:
-    from tests.processes import visitor
+    from tests.support.processes import visitor
 
     clean_slate()
     with visitor(url, "127.0.0.2") as one, visitor(url, "127.0.0.3") as two:
@@ -68,7 +68,7 @@ def two_visitors(url: str) -> None:
 
 
 def flood(url: str, seconds: float) -> None:
-    from tests.processes import visitor
+    from tests.support.processes import visitor
 
     clean_slate()
     answers: Counter = Counter()
@@ -87,7 +87,7 @@ def flood(url: str, seconds: float) -> None:
 
 
 def metrics(url: str, app_url: str) -> None:
-    from tests.processes import visitor
+    from tests.support.processes import visitor
 
     with visitor(url, "127.0.0.2") as outsider, visitor(url, "127.0.0.1") as local:
         seen = {
@@ -103,7 +103,7 @@ def metrics(url: str, app_url: str) -> None:
 
 def malformed(tmp: Path, trusted: str) -> None:
     from generator.apikeys import issue_key, user_for
-    from tests.processes import WebServer, WorkerProcess
+    from tests.support.processes import WebServer, WorkerProcess
 
     clean_slate()
     server = WebServer(tmp, proxy_headers=True, SD_TRUSTED_PROXIES=trusted)
@@ -134,7 +134,7 @@ def malformed(tmp: Path, trusted: str) -> None:
 
 
 def main():
-    from tests.processes import NGINX_BIN, Nginx, WebServer
+    from tests.support.processes import NGINX_BIN, Nginx, WebServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flood-seconds", type=float, default=10)

@@ -122,7 +122,7 @@ async def open_crowd(server, path: str, count: int):
 
 def crowd(tmp: Path, count: int) -> None:
     from generator.services import session_create
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     session = session_create(prompt="watched")
     path = f"/api/progress/{session.pk}"
@@ -214,7 +214,7 @@ async def slow_socket(port: int, kind: str, within: float) -> tuple[str, float]:
 
 
 def slow(tmp: Path, count: int) -> None:
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     scenario(
         f"{count} sockets trickling a byte a second (half bodies, half kept-alive second "

@@ -25,7 +25,7 @@ PROMPTS = ["a red circle", "a blue square on a yellow background", "a green tria
 def queue_and_wait(count: int, backend: str, size: int, steps: int, first_seed: int):
     from generator.models import GenerationSession, Status
     from generator.services import session_create
-    from tests.processes import wait_for
+    from tests.support.processes import wait_for
 
     sessions = [
         session_create(
@@ -43,7 +43,7 @@ def queue_and_wait(count: int, backend: str, size: int, steps: int, first_seed: 
 
 
 def jobs_per_minute(backend: str, batch: int, jobs: int, size: int, steps: int) -> float:
-    from tests.processes import WorkerProcess
+    from tests.support.processes import WorkerProcess
 
     logs = Path(tempfile.mkdtemp(prefix="sdsite-bench-logs-"))
     worker = WorkerProcess(logs, SD_WORKER_BATCH=batch)

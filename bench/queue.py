@@ -87,7 +87,7 @@ def pickup_delays(jobs: int) -> list[float]:
     import httpx
 
     from generator.models import GenerationSession, Status
-    from tests.processes import WebServer, WorkerProcess, wait_for
+    from tests.support.processes import WebServer, WorkerProcess, wait_for
 
     logs = Path(tempfile.mkdtemp(prefix="sdsite-bench-logs-"))
     # One client posting jobs back to back: past the default per-client rate limit.

@@ -228,7 +228,7 @@ def main():
     django_on_scratch_data(str(ROOT / "var" / "test-models"))
     from django.db import connection
 
-    from tests.processes import WebServer, WorkerProcess, wait_for
+    from tests.support.processes import WebServer, WorkerProcess, wait_for
 
     logs = Path(tempfile.mkdtemp(prefix="sdsite-sse-load-"))
     # A thousand clients from one address: past the default per-owner stream cap.

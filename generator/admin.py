@@ -16,7 +16,7 @@ from .metadata import a1111_parameters
 from .models import ApiKey, GenerationSession, Status, WorkerRecord
 from .params import NAMES
 from .services import CancelOutcome, session_cancel, session_requeue
-from .step_chart import step_chart_svg
+from .web.step_chart import step_chart_svg
 
 SHOWN_ELSEWHERE = ("prompt", "negative_prompt", "model", "backend")
 """Parameters the admin shows in other fieldsets than "Parameters"."""

@@ -9,20 +9,24 @@ told as what it is: users read which disk by its role, operators (logs,
 /readyz from SD_METRICS_ALLOWED, /ops) also read its path.
 """
 
+import contextlib
 import errno
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, connections
-
-from .retention import MediaQuotaExceeded, check_media_quota
 
 FULL_BYTES = 1024 * 1024
 """Under this, a disk whose write just failed is taken for full, whatever its floor."""
 FULL_MESSAGES = ("database or disk is full", "no space left on device", "disk quota exceeded")
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 POSTGRES_DISK_FULL = "53100"
+QUOTA_CACHE_SECONDS = 10.0
+"""Seconds the size of media/ is reused before it is read again."""
 
 
 class DiskFull(Exception):
@@ -97,6 +101,45 @@ def room_problem(roles=("database", "media")) -> DiskFull | None:
         if full is not None:
             return full
     return None
+
+
+def media_bytes() -> int:
+    """Bytes of all files under MEDIA_ROOT."""
+    total = 0
+    for folder, _, files in os.walk(settings.MEDIA_ROOT):
+        for name in files:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+class MediaQuotaExceeded(Exception):
+    """New jobs are refused while media/ is over SD_MEDIA_QUOTA_GB (answered with a 507)."""
+
+
+_usage = {"bytes": 0, "at": float("-inf")}
+_usage_lock = threading.Lock()
+
+
+def check_media_quota() -> None:
+    """Raise MediaQuotaExceeded when media/ is over quota (the size is re-read every 10 s)."""
+    quota = settings.SD_MEDIA_QUOTA_GB
+    if not quota:
+        return
+    with _usage_lock:
+        if time.monotonic() - _usage["at"] > QUOTA_CACHE_SECONDS:
+            _usage.update(bytes=media_bytes(), at=time.monotonic())
+        used = _usage["bytes"]
+    if used > quota * 1024**3:
+        raise MediaQuotaExceeded(
+            f"The server's image storage is full ({used / 1024**3:.2f} GB of "
+            f"{quota:g} GB): new jobs are refused until an operator frees space."
+        )
+
+
+def forget_media_usage() -> None:
+    """Read the media size afresh at the next check (after a prune)."""
+    _usage["at"] = float("-inf")
 
 
 def media_problem() -> DiskFull | MediaQuotaExceeded | None:

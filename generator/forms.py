@@ -5,9 +5,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .images import output_size, read_upload
-from .loras import UnknownLora, loras_of
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
+from .pipelines.loras import UnknownLora, loras_of
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
 from .prompts import weight_problem

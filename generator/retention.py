@@ -1,4 +1,6 @@
-"""Retention: delete old sessions with their files, find orphaned files, watch the media quota.
+"""Retention: delete old sessions with their files, find orphaned files.
+
+The media quota (SD_MEDIA_QUOTA_GB) is watched in disk.py, with the disks' other floors.
 
 `manage.py prune` and the worker's hourly chore (SD_KEEP_DAYS) delete through
 `services.session_delete`, so files go with their rows exactly as when a user
@@ -7,9 +9,6 @@ crash between writing a file and saving its row); young files are never
 orphans, since a job may be about to save the row that names them.
 """
 
-import contextlib
-import os
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,12 +17,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import FINISHED_STATUSES, GenerationSession
+from .services import session_delete
 
 FILE_FIELDS = ("image", "preview", "init_image", "mask_image")
 MEDIA_FOLDERS = ("images", "previews", "inputs")
 ORPHAN_MIN_AGE = 3600.0
 """Seconds a file must have existed before a missing row makes it an orphan."""
-QUOTA_CACHE_SECONDS = 10.0
 
 
 def cutoff(days: float):
@@ -53,8 +52,6 @@ def session_bytes(session) -> int:
 
 def prune(queryset, dry_run: bool = False, progress=None) -> tuple[int, int]:
     """Delete the sessions of `queryset` with their files: (rows, bytes freed)."""
-    from .services import session_delete
-
     rows = freed = 0
     for session in queryset.iterator(chunk_size=500):
         freed += session_bytes(session)
@@ -86,42 +83,3 @@ def orphans() -> list[Path]:
             if name not in named and not young:
                 found.append(path)
     return found
-
-
-def media_bytes() -> int:
-    """Bytes of all files under MEDIA_ROOT."""
-    total = 0
-    for folder, _, files in os.walk(settings.MEDIA_ROOT):
-        for name in files:
-            with contextlib.suppress(OSError):  # gone meanwhile
-                total += os.stat(os.path.join(folder, name)).st_size
-    return total
-
-
-class MediaQuotaExceeded(Exception):
-    """New jobs are refused while media/ is over SD_MEDIA_QUOTA_GB (answered with a 507)."""
-
-
-_usage = {"bytes": 0, "at": float("-inf")}
-_usage_lock = threading.Lock()
-
-
-def check_media_quota() -> None:
-    """Raise MediaQuotaExceeded when media/ is over quota (the size is re-read every 10 s)."""
-    quota = settings.SD_MEDIA_QUOTA_GB
-    if not quota:
-        return
-    with _usage_lock:
-        if time.monotonic() - _usage["at"] > QUOTA_CACHE_SECONDS:
-            _usage.update(bytes=media_bytes(), at=time.monotonic())
-        used = _usage["bytes"]
-    if used > quota * 1024**3:
-        raise MediaQuotaExceeded(
-            f"The server's image storage is full ({used / 1024**3:.2f} GB of "
-            f"{quota:g} GB): new jobs are refused until an operator frees space."
-        )
-
-
-def forget_media_usage() -> None:
-    """Read the media size afresh at the next check (after a prune)."""
-    _usage["at"] = float("-inf")

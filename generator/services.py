@@ -6,17 +6,14 @@ writes (claims, steps, the result) live in `worker.claims`.
 
 import secrets
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
 from django.db import transaction
-from django.urls import reverse
 from django.utils import timezone
 
 from .db import retry_on_locked
-from .disk import check_room, room_problem, short_of_room
-from .estimates import expected_seconds, queue_place
+from .disk import check_room, short_of_room
+from .estimates import expected_seconds
 from .files import delete_files, save_whole
 from .images import as_png
 from .models import (
@@ -217,62 +214,6 @@ def why_waiting(session) -> str | None:
     return f"No worker is running: start one with {START_WORKER}."
 
 
-def session_as_dict(session: GenerationSession) -> dict:
-    """The session as the API answers it (POST /api/generate, GET /api/sessions/<id>, the page)."""
-    waiting_for = why_waiting(session)
-    running = session.status == Status.RUNNING
-    return {
-        "waiting_for": waiting_for,
-        "session_id": str(session.pk),
-        "status": session.status,
-        "phase": session.phase,
-        "current_step": session.current_step,
-        "total_steps": session.total_steps,
-        "percentage": session.percentage,
-        "image_url": session.image_url,
-        "error": session.error or None,
-        "eta_seconds": session.eta_seconds if running and not waiting_for else None,
-        "mode": session.mode,
-        "restarts": session.restarts,
-        "restart_reason": session.restart_reason or None,
-        "preview_url": session.preview_url,
-        "created_at": session.created_at.isoformat(),
-        "started_at": session.started_at.isoformat() if session.started_at else None,
-        "finished_at": session.finished_at.isoformat() if session.finished_at else None,
-        "parameters": session.parameters(),
-        "progress_url": reverse("generator:session-progress", args=[session.pk]),
-    }
-
-
-def own_queue(viewer) -> list[dict]:
-    """The viewer's queued and running sessions, oldest first, each with its place or bar."""
-    rows = (
-        GenerationSession.objects.owned_by(viewer)
-        .unfinished()
-        .with_queue_place()
-        .order_by("created_at")
-    )
-    queue = []
-    for row in rows:
-        position, eta = queue_place(row)
-        queue.append(
-            {
-                "session_id": str(row.pk),
-                "prompt": row.prompt,
-                "status": row.status,
-                "phase": row.phase,
-                "current_step": row.current_step,
-                "total_steps": row.total_steps,
-                "percentage": row.percentage,
-                "queue_position": position,
-                "eta_seconds": eta,
-                "waiting_for": WORKER_LOST_WAITING if row.worker_lost else None,
-                "url": row.get_absolute_url(),
-            }
-        )
-    return queue
-
-
 def session_delete(session: GenerationSession) -> None:
     """Delete a session; its files go once the delete is committed (files.py), and a
     running job stops at its next step (its writes find no row)."""
@@ -347,42 +288,3 @@ def session_requeue(session_ids) -> int:
     if count:
         notify_queued()
     return count
-
-
-READINESS_TIMEOUT = 1.0
-"""Seconds the database has to answer a readiness probe."""
-_readiness_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readiness")
-
-
-def readiness_problem(detailed: bool = True) -> str | None:
-    """Why this process cannot serve (the database does not answer within a second,
-    migrations are missing, a disk is under its floor); None when it can. `detailed`: a
-    full disk's path and figures (operators), else the disk by its role only.
-
-    The check runs on a small thread pool of its own, so a database that hangs
-    (a pool waiting for a connection) makes the probe fail in a second rather
-    than hang the probe, and stuck checks never pile up beyond the pool.
-    """
-    full = room_problem()
-    if full is not None:
-        return full.for_operator() if detailed else full.user_message
-    try:
-        return _readiness_checks.submit(_readiness_check).result(timeout=READINESS_TIMEOUT)
-    except FutureTimeout:
-        return f"The database did not answer within {READINESS_TIMEOUT:g} s."
-
-
-def _readiness_check() -> str | None:
-    from django.db import DatabaseError, connection, connections
-    from django.db.migrations.executor import MigrationExecutor
-
-    try:
-        executor = MigrationExecutor(connection)
-        missing = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    except DatabaseError as error:
-        return f"The database does not answer: {type(error).__name__}."
-    finally:
-        connections.close_all()
-    if missing:
-        return f"{len(missing)} migration(s) not applied: run manage.py migrate."
-    return None

@@ -252,7 +252,7 @@ SD_MAX_UPLOAD_MB = env_float("SD_MAX_UPLOAD_MB", 10.0)
 SD_MAX_UPLOAD_PIXELS = int(os.environ.get("SD_MAX_UPLOAD_PIXELS", str(4096 * 4096)))
 # Per owner (a user, an API key's user, an anonymous browser and its address):
 # jobs queued or running at once, and requests to queue per period ("30/m",
-# "500/h"; empty: none). Staff and unlimited keys are exempt (generator/limits.py).
+# "500/h"; empty: none). Staff and unlimited keys are exempt (generator/web/limits.py).
 SD_MAX_QUEUED_PER_OWNER = int(os.environ.get("SD_MAX_QUEUED_PER_OWNER", "4"))
 SD_RATE_LIMIT = os.environ.get("SD_RATE_LIMIT", "30/m").strip()
 SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "4"))

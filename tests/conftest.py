@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from tests.processes import WebServer, WorkerProcess
+from tests.support.processes import WebServer, WorkerProcess
 
 
 @pytest.hookimpl(wrapper=True)
@@ -64,7 +64,7 @@ def bad_then_good(make_session, start_worker):
     Returns (bad, good, worker) once neither is pending or running.
     """
     from generator.models import GenerationSession
-    from tests.processes import wait_for
+    from tests.support.processes import wait_for
 
     def run(*, bad: dict, good: dict, timeout: float = 180):
         sessions = make_session(**bad), make_session(**good)

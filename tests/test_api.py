@@ -251,7 +251,7 @@ def test_a_locked_sqlite_database_is_a_503_with_retry_after(tmp_path, rate_limit
     import httpx
 
     from generator.apikeys import issue_key, user_for
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     _, key = issue_key(user_for("tool"))
     server = WebServer(tmp_path, SD_SQLITE_TIMEOUT="0.5", SD_RATE_LIMIT=rate_limit)

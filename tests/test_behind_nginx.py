@@ -13,7 +13,7 @@ import re
 import httpx
 import pytest
 
-from tests.processes import NGINX_BIN, Nginx, WebServer, visitor
+from tests.support.processes import NGINX_BIN, Nginx, WebServer, visitor
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from generator.models import GenerationSession, Status
-from tests.processes import ROOT
+from tests.support.processes import ROOT
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
@@ -503,7 +503,7 @@ def test_drop_a_png_for_its_settings_upload_an_image_paint_a_mask_and_inpaint_a_
 
 
 def test_with_no_stream_free_the_page_follows_by_polling(new_page, tmp_path, start_worker):
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     server = WebServer(tmp_path, SD_MAX_STREAMS=0)  # every stream is refused with a 503
     try:
@@ -521,7 +521,7 @@ def test_with_no_stream_free_the_page_follows_by_polling(new_page, tmp_path, sta
 def test_choosing_a_model_or_an_image_sets_a_size_that_suits_the_model(new_page, tmp_path):
     from PIL import Image
 
-    from tests.processes import WebServer
+    from tests.support.processes import WebServer
 
     # A turbo model by name (1 step, no guidance) that is not here: SD 1.x's 512.
     server = WebServer(tmp_path, SD_MODELS="demo,/models/sd-turbo")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from generator import addresses
 from generator.addresses import forwarded_client, networks
-from tests.processes import ROOT, WebServer, process_env
+from tests.support.processes import ROOT, WebServer, process_env
 
 NGINX = networks(("127.0.0.1", "10.0.0.0/8"))
 

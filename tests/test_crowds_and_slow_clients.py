@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from generator.web.capacity import FileLimit
-from tests.processes import WebServer
+from tests.support.processes import WebServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]
 

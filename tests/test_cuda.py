@@ -187,7 +187,7 @@ def test_a_worker_process_on_the_gpu_streams_every_step_once_and_serves_the_png(
     web_server, start_worker, tmp_path
 ):
     """The deployed path on a GPU: uvicorn, and `manage.py runworker` on CUDA (started
-    afresh: tests/processes.py), each step on the stream once, in order."""
+    afresh: tests/support/processes.py), each step on the stream once, in order."""
     import httpx
 
     from tests.step_gate import assert_every_step_once_with_its_phases, follow_a_gated_job

@@ -110,7 +110,7 @@ def test_training_is_seeded_and_reproducible_in_one_run_or_two_passes(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from generator.pipelines.demo import train
+    from generator.training import demo as train
 
     def plan(folder, refine_steps=2, decoder_steps=2):
         return train.Plan(

@@ -15,7 +15,7 @@ from PIL import Image
 
 from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession, Status
-from tests.processes import WebServer, WorkerProcess, wait_for
+from tests.support.processes import WebServer, WorkerProcess, wait_for
 
 # The dialects queue, wait on, cancel and list jobs through the database: CI runs them on
 # both engines.

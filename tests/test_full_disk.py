@@ -19,7 +19,7 @@ import pytest
 from django.db import connection
 
 from generator.models import GenerationSession, Status
-from tests.processes import WebServer, wait_for
+from tests.support.processes import WebServer, wait_for
 
 
 def mount_tmpfs(folder: Path, size: str) -> Path:
@@ -275,7 +275,7 @@ def test_readyz_names_the_full_disks_path_only_to_the_probes_networks(client, se
 
 @pytest.mark.any_database
 def test_the_ops_snapshot_names_a_full_disk_with_its_path(db, settings):
-    from generator import operations
+    from generator.web import operations
 
     assert operations.snapshot()["disk_problem"] is None
     settings.SD_MEDIA_MIN_FREE_MB = 1e12

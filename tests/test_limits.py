@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import WebServer, wait_for
+from tests.support.processes import WebServer, wait_for
 
 # Limits are counted and enforced through the database (queued jobs per owner, streams,
 # timeouts): CI runs those on both engines; the ones marked any_database involve no engine.
@@ -181,7 +181,7 @@ def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path)
     import subprocess
     import sys
 
-    from tests.processes import ROOT, process_env
+    from tests.support.processes import ROOT, process_env
 
     env = process_env(
         DEBUG="0",
@@ -271,7 +271,8 @@ def test_an_owner_may_hold_at_most_sd_max_queued_per_owner_jobs(client, settings
 def test_the_queue_takes_owners_in_turn_not_strictly_oldest_first(make_session):
     from generator.models import GenerationSession
     from generator.ownership import Viewer
-    from generator.services import own_queue, session_requeue
+    from generator.services import session_requeue
+    from generator.web.serializers import own_queue
     from generator.worker.claims import claim_next
 
     flood = [make_session(owner_key="flood", client_ip="192.0.2.1") for _ in range(6)]
@@ -457,7 +458,7 @@ def test_streams_opening_at_once_cannot_slip_past_the_cap(tmp_path, make_session
 @pytest.mark.any_database  # it brings its own cluster, whatever the suite runs on
 def test_a_worker_rides_out_a_postgresql_restart_mid_job(tmp_path, start_worker):
 
-    from tests.processes import PostgresCluster, wait_for
+    from tests.support.processes import PostgresCluster, wait_for
 
     cluster = PostgresCluster(tmp_path)
     server = worker = None

@@ -10,7 +10,7 @@ import pytest
 
 from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession
-from tests.processes import WebServer
+from tests.support.processes import WebServer
 
 # Jobs are rows: every case also runs on PostgreSQL (bin/with-postgres).
 pytestmark = pytest.mark.django_db(transaction=True)

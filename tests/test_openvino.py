@@ -8,7 +8,7 @@ from PIL import Image
 from generator.models import GenerationSession, Status
 from generator.pipelines import GenerationRequest, create_backend
 from generator.pipelines.openvino_ir import ir_cache_dir
-from tests.processes import RecordedWrites, wait_for
+from tests.support.processes import RecordedWrites, wait_for
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]

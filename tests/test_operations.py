@@ -23,12 +23,13 @@ from django.core.management import call_command
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from generator import operations, retention, webhooks
+from generator import disk, webhooks
 from generator.logs import ContextFilter, JsonFormatter, job, set_worker
 from generator.models import GenerationSession, Status
+from generator.web import operations
 from generator.worker.chores import Chores
 from generator.worker.heartbeat import register_worker
-from tests.processes import PostgresCluster, WebServer, wait_for
+from tests.support.processes import PostgresCluster, WebServer, wait_for
 
 # Metrics, pruning, quotas, webhooks and the ops page read and write the queue's rows: CI
 # runs them on both engines (the readiness test brings its own PostgreSQL: SQLite only).
@@ -234,7 +235,7 @@ def test_new_jobs_are_refused_with_507_when_media_is_over_quota(client, settings
     path = media("images/quota-filler.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"0123456789")
-    retention.forget_media_usage()
+    disk.forget_media_usage()
     try:
         response = client.post(
             "/api/generate", {"prompt": "a cat"}, content_type="application/json"
@@ -244,7 +245,7 @@ def test_new_jobs_are_refused_with_507_when_media_is_over_quota(client, settings
         assert not GenerationSession.objects.exists()
     finally:
         path.unlink()
-        retention.forget_media_usage()
+        disk.forget_media_usage()
 
 
 # --- Webhooks --------------------------------------------------------------------

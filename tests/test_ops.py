@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from generator.worker.heartbeat import register_worker
-from tests.processes import WebServer
+from tests.support.processes import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -35,8 +35,8 @@ from generator.prompts import (
     parse_attention,
     split_breaks,
 )
-from tests.hostile import png_with_text, settings_line_without_colon
-from tests.processes import WebServer
+from tests.support.hostile import png_with_text, settings_line_without_colon
+from tests.support.processes import WebServer
 
 MEGABYTE = 1024 * 1024
 BOUND = 0.5  # seconds of CPU: generous for CI; the replaced parsers took seconds to hours

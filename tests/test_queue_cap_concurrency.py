@@ -13,7 +13,7 @@ import pytest
 
 from generator.models import GenerationSession, Status
 from tests.conftest import tell_logs_if_failed
-from tests.processes import WebServer
+from tests.support.processes import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from generator.models import GenerationSession, Status, WorkerRecord
 from generator.pipelines import demo
 from generator.worker.loop import Worker
-from tests.processes import wait_for
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

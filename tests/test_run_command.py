@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from generator.models import GenerationSession, Status
-from tests.processes import ROOT, process_env, wait_for
+from tests.support.processes import ROOT, process_env, wait_for
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.any_database]

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from generator.models import GenerationSession, Status
-from tests.processes import WebServer
 from tests.sse_client import iter_events
+from tests.support.processes import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

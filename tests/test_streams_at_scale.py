@@ -12,8 +12,8 @@ from django.test import AsyncClient, override_settings
 
 from generator.models import GenerationSession, Status
 from generator.web.hub import ProgressHub, _db_thread
-from tests.processes import WebServer, wait_for
 from tests.sse_client import iter_events
+from tests.support.processes import WebServer, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,7 +21,7 @@ from generator.models import Status
 from generator.services import session_create
 from generator.worker.claims import claim_next
 from generator.worker.loop import Worker
-from tests.processes import RecordedWrites
+from tests.support.processes import RecordedWrites
 
 # The compile is the same on every database engine: CI runs it on SQLite only.
 pytestmark = [

@@ -7,7 +7,7 @@ from django.utils import timezone
 from PIL import Image
 
 from generator.models import GenerationSession, Status
-from tests.processes import RecordedWrites, wait_for
+from tests.support.processes import RecordedWrites, wait_for
 
 # The worker's claims, progress writes and lifecycle go through the database: CI runs them
 # on both engines.

@@ -10,8 +10,8 @@ from django.test import Client
 
 from generator.models import GenerationSession, Status
 from generator.worker.loop import Worker
-from tests.processes import WebServer, wait_for
 from tests.sse_client import iter_events
+from tests.support.processes import WebServer, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

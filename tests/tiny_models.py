@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from generator.pipelines.demo.train import word_tokenizer
+from generator.training.demo import word_tokenizer
 
 TEXT = 32
 """Hidden size of each tiny text encoder."""

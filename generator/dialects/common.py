@@ -17,10 +17,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import JsonResponse
 
 from ..forms import GenerateForm
-from ..limits import check_queue, check_rate, client_ip
 from ..models import GenerationSession
 from ..ownership import Viewer
 from ..services import session_create_batch
+from ..web.limits import check_queue, check_rate, client_ip
 
 WAIT_INTERVAL = 0.2
 """Seconds between two reads of the waited sessions."""

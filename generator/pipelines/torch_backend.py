@@ -112,7 +112,7 @@ class TorchBackend(PipelineBackend):
     def apply_loras(self, request: GenerationRequest) -> None:
         """The prompts' LoRA as diffusers adapters (loaded once, weighted per job); a job
         without LoRA runs with every adapter off, exactly the base model."""
-        from ..loras import lora_hash, loras_of
+        from .loras import lora_hash, loras_of
 
         weights: dict[str, float] = {}
         for lora, weight in loras_of(request.prompt) + loras_of(request.negative_prompt):

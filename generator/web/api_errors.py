@@ -15,9 +15,8 @@ from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
-from ..disk import full_disk_of
-from ..limits import TooManyRequests
-from ..retention import MediaQuotaExceeded
+from ..disk import MediaQuotaExceeded, full_disk_of
+from .limits import TooManyRequests
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .. import operations
 from ..addresses import private_allowed
 from ..models import WorkerRecord
+from . import operations
 from .api_errors import error_response
 
 PROGRESS_STREAMS = Gauge(

@@ -8,7 +8,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import StreamingHttpResponse
 from django.shortcuts import render
 
-from .. import operations
+from . import operations
 from .api_errors import error_response
 from .sse import STREAM_HEADERS
 

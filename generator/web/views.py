@@ -15,23 +15,18 @@ from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .. import loras
 from ..addresses import client_ip, private_allowed
 from ..forms import GenerateForm
 from ..images import open_upload
-from ..limits import check_queue, check_rate
 from ..metadata import MetadataTooLarge, read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
-from ..pipelines import demo
+from ..pipelines import demo, loras
 from ..services import (
     DEMO_MODEL,
     CancelOutcome,
     model_form_settings,
-    own_queue,
-    readiness_problem,
-    session_as_dict,
     session_cancel,
     session_create_batch,
     session_delete,
@@ -39,6 +34,9 @@ from ..services import (
 from .api_errors import error_response
 from .hub import get_hub
 from .json_body import BodyError, load_object, type_problem
+from .limits import check_queue, check_rate
+from .readiness import readiness_problem
+from .serializers import own_queue, session_as_dict
 from .sse import STREAM_HEADERS, STREAMS_RETRY_AFTER, open_stream
 
 

@@ -19,18 +19,18 @@ from ..db import OUTAGE_ERRORS, until_database_answers
 from ..disk import media_problem, short_of_room
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
-from ..loras import hashes_text
 from ..models import WorkerRecord, model_key
 from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from ..pipelines.base import Unbatchable
+from ..pipelines.loras import hashes_text
 from ..pipelines.sources import SetupError, model_hash
 from .chores import Chores
 from .claims import ClaimedJob, claim_companions, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
 from .step_reporter import ProgressWriter, StepReporter
-from .watchdog import Watchdog
+from .watchdog import Watchdog, timeout_reason
 
 logger = logging.getLogger(__name__)
 
@@ -469,13 +469,6 @@ def record_cannot_load(worker_id: str, cannot_load: dict) -> None:
     """Tell the others (and /ops) which models this worker cannot load, and why."""
     WorkerRecord.objects.filter(pk=worker_id).update(
         cannot_load={model_key(*key): why for key, (why, _) in cannot_load.items()}
-    )
-
-
-def timeout_reason() -> str:
-    return (
-        f"The job denoised for longer than SD_JOB_TIMEOUT ({settings.SD_JOB_TIMEOUT:g} s) "
-        "and was stopped: ask for fewer steps or a smaller image."
     )
 
 

@@ -22,6 +22,14 @@ def restart_process() -> None:
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
+def timeout_reason() -> str:
+    """Why a job that ran past SD_JOB_TIMEOUT failed (the loop's check and the watchdog's)."""
+    return (
+        f"The job denoised for longer than SD_JOB_TIMEOUT ({settings.SD_JOB_TIMEOUT:g} s) "
+        "and was stopped: ask for fewer steps or a smaller image."
+    )
+
+
 class Watchdog(threading.Thread):
     def __init__(self, worker, restart=restart_process, interval: float = 1.0):
         super().__init__(name="watchdog", daemon=True)
@@ -46,7 +54,6 @@ class Watchdog(threading.Thread):
 
     def bite(self) -> None:
         from .heartbeat import unregister_worker
-        from .loop import timeout_reason
 
         jobs = list(self.worker.current_jobs)
         logger.critical(

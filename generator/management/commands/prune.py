@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 from tqdm import tqdm
 
-from generator import retention
+from generator import disk, retention
 from generator.models import FINISHED_STATUSES
 
 AGE = re.compile(r"^(\d+(?:\.\d+)?)([dhm]?)$")
@@ -63,4 +63,4 @@ class Command(BaseCommand):
                 if not dry_run:
                     path.unlink(missing_ok=True)
             self.stdout.write(f"{verb} {len(found)} orphaned files, {filesizeformat(freed)}.")
-        retention.forget_media_usage()
+        disk.forget_media_usage()

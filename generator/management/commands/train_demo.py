@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand
 
-from generator.pipelines.demo import train as demo_train
+from generator.training import demo as demo_train
 
 
 class Command(BaseCommand):
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         if lora:
-            from generator.pipelines.demo.lora import train_lora
+            from generator.training.demo_lora import train_lora
 
             path = train_lora(report=report)
             self.stdout.write(self.style.SUCCESS(f"Saved the demo LoRA in {path}"))

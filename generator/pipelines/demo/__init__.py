@@ -7,7 +7,7 @@ diffusers folder (CLIP text encoder on a word-level tokenizer, conditional UNet,
 8x VAE, Euler scheduler), so every feature runs on it unchanged: samplers,
 image to image, inpainting, OpenVINO export, live previews.
 
-`manage.py train_demo` (`train.py`) trains it again from scratch on the scenes
+`manage.py train_demo` (`generator/training/demo.py`) trains it again from scratch on the scenes
 `world.py` draws; `bench/demo_model.py` measures how well it follows prompts.
 """
 

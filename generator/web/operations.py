@@ -15,9 +15,8 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.utils import floatToGoString
 
-from .disk import media_problem, room_problem
-from .models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
-from .retention import media_bytes
+from ..disk import media_bytes, media_problem, room_problem
+from ..models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 
 JOB_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

@@ -1,4 +1,4 @@
-"""What the worker forkserver (tests/forked.py) imports once: the libraries, never Django."""
+"""What the worker forkserver (support/forked.py) imports once: the libraries, never Django."""
 
 import diffusers  # noqa: F401
 import peft  # noqa: F401

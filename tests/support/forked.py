@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 
-PRELOAD = ["tests.forked_preload"]
+PRELOAD = ["tests.support.forked_preload"]
 _context = None
 
 

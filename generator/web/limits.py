@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import OperationalError, connection
 from django_ratelimit.core import get_usage
 
-from .addresses import client_ip
-from .disk import database_write_failed
-from .models import GenerationSession
+from ..addresses import client_ip
+from ..disk import database_write_failed
+from ..models import GenerationSession
 
 QUEUE_RETRY_AFTER = 10
 """Seconds to wait before asking again when the owner's queue is full."""

@@ -13,9 +13,9 @@ import httpx
 from django.conf import settings
 from django.db import connection
 
-from tests.forked import ForkedPopen
+from tests.support.forked import ForkedPopen
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = ""):

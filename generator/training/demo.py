@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..previews import SD_LATENT_RGB
-from . import SIZE, WEIGHTS, world
+from ..pipelines.demo import SIZE, WEIGHTS, world
+from ..pipelines.previews import SD_LATENT_RGB
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from .pipelines.demo.lora import BASE_MODEL as DEMO_BASE_MODEL
-from .pipelines.demo.lora import LORAS as DEMO_LORAS
-from .prompts import extract_loras
+from ..prompts import extract_loras
+from .demo.lora import BASE_MODEL as DEMO_BASE_MODEL
+from .demo.lora import LORAS as DEMO_LORAS
 
 
 class UnknownLora(ValueError):
@@ -67,7 +67,7 @@ def loras_of(prompt: str) -> list[tuple[Lora, float]]:
 
 def lora_hash(path: Path) -> str:
     """A1111's LoRA hash: the sha256 of a safetensors file's tensors (its "addnet" hash)."""
-    from .pipelines.sources import file_sha256
+    from .sources import file_sha256
 
     return file_sha256(path, skip_header=True)
 
