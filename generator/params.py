@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 
 from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULE_TYPE_CHOICES, SCHEDULER_CHOICES
+from .pipelines.sources import text_encoder_depth
 
 MAX_SEED = 2**32 - 1
 
@@ -295,6 +296,20 @@ PARAMETERS: tuple[Parameter, ...] = (
         choices=tuple((fill, fill.capitalize()) for fill in INPAINTING_FILLS),
         group="image",
         needs="mask",
+    ),
+    Parameter(
+        "clip_skip",
+        "Clip skip",
+        "int",
+        help="Condition on a text encoder layer this far from its last (1: the last).",
+        default=1,
+        minimum=1,
+        maximum=12,
+        a1111="Clip skip",
+        a1111_override="CLIP_stop_at_last_layers",
+        a1111_omit_default=True,
+        backends=("pytorch",),
+        model_maximum=text_encoder_depth,
     ),
 )
 
