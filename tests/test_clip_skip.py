@@ -19,9 +19,10 @@ from generator.models import GenerationSession, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DIFFERENCE = 2.0
+DIFFERENCE = 4.0
 """Mean absolute difference (0-255) of two demo images that differ only in clip skip, at
-least: measured 2026-12 on the demo at 128x128, 8 steps, seed 3 (see the test's output)."""
+least. Measured on the demo at 128x128, 8 steps (the same request twice gives 0.00): 11.18
+at seed 3, 11.32 at seed 4, 7.77 at seed 5."""
 
 
 def image_of(session: GenerationSession) -> Image.Image:
