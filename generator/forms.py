@@ -138,6 +138,7 @@ class GenerateForm(forms.Form):
             )
         self._check_loras(data)
         self._check_sampler(data)
+        self._check_model_limits(data)
         if image is not None and mask is not None and image.size != mask.size:
             self.add_error(
                 "mask_image",
@@ -181,6 +182,30 @@ class GenerateForm(forms.Form):
         problem = schedule_type_problem(name or "", schedule_type, samplers)
         if name and problem:
             self.add_error("schedule_type", problem)
+
+    def _check_model_limits(self, data: dict) -> None:
+        """A parameter away from its default is one the chosen backend can apply
+        (`Parameter.backends`) and within what the chosen model allows
+        (`Parameter.model_maximum`), where the model is here to tell."""
+        model = data.get("model") or settings.SD_MODEL
+        backend = data.get("backend") or settings.SD_BACKEND
+        for parameter in PARAMETERS:
+            value = data.get(parameter.name)
+            if value in (None, "") or value == parameter.default or parameter.name in self.errors:
+                continue
+            if parameter.backends and backend not in parameter.backends:
+                self.add_error(
+                    parameter.name,
+                    f"{parameter.name} {value} needs the {' or '.join(parameter.backends)} "
+                    f"backend; the {backend} backend cannot apply it.",
+                )
+            elif parameter.model_maximum is not None:
+                most = parameter.model_maximum(model)
+                if most is not None and value > most:
+                    self.add_error(
+                        parameter.name,
+                        f"{parameter.name} must be at most {most} for this model.",
+                    )
 
     def _check_loras(self, data: dict) -> None:
         """Every `<lora:...>` of the prompts is a LoRA here, on a backend that applies them,

@@ -29,7 +29,7 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
     name, the LoRA's hashes and sdsite's version last."""
     from .pipelines.schedulers import a1111_sampler
 
-    values = session.parameters()
+    values = session.parameter_values()
     lines = [values.pop("prompt")]
     if values.get("negative_prompt"):
         lines.append(f"Negative prompt: {values['negative_prompt']}")
@@ -44,6 +44,8 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
         if not parameter.a1111 or skipped:
             continue
         value = values[parameter.name]
+        if parameter.a1111_omit_default and value == parameter.default:
+            continue  # as A1111 leaves out `Clip skip: 1`
         if parameter.name == "scheduler":
             value, schedule_type = a1111_sampler(value)
             settings["Sampler"] = value
@@ -64,7 +66,9 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
 def png_info(session, model_hash: str | None = None, lora_hashes: str = "") -> PngInfo:
     info = PngInfo()
     info.add_text(A1111_KEY, a1111_parameters(session, model_hash, lora_hashes))
-    info.add_text(SDSITE_KEY, json.dumps({"session_id": str(session.pk), **session.parameters()}))
+    info.add_text(
+        SDSITE_KEY, json.dumps({"session_id": str(session.pk), **session.parameter_values()})
+    )
     return info
 
 

@@ -24,7 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .params import IMAGE_ONLY, MASK_ONLY, NAMES
+from .params import IMAGE_ONLY, IN_JSON, MASK_ONLY, NAMES, check_json
 from .params import parameter as P
 
 
@@ -185,24 +185,24 @@ class GenerationSession(models.Model):
     )
 
     # What was asked for: each field's default, bounds and help come from the
-    # parameter spec (params.py).
+    # parameter spec (params.py). The columns are the parameters queries, the fair
+    # batching and the admin's filters and search read; the others are in `parameters`,
+    # read and written as attributes of their own names (see `spec_attribute`).
     prompt = models.TextField(**P("prompt").model_options())
     negative_prompt = models.TextField(blank=True, **P("negative_prompt").model_options())
-    steps = models.PositiveSmallIntegerField(**P("steps").model_options())
-    guidance_scale = models.FloatField(**P("guidance_scale").model_options())
     width = models.PositiveSmallIntegerField(**P("width").model_options())
     height = models.PositiveSmallIntegerField(**P("height").model_options())
     seed = models.BigIntegerField(**P("seed").model_options())
-    scheduler = models.CharField(max_length=32, **P("scheduler").model_options())
-    schedule_type = models.CharField(max_length=20, **P("schedule_type").model_options())
     backend = models.CharField(
         max_length=16, choices=Backend.choices, **P("backend").model_options()
     )
     model = models.CharField(max_length=500, **P("model").model_options())
-    strength = models.FloatField(**P("strength").model_options())
-    resize_mode = models.CharField(max_length=20, **P("resize_mode").model_options())
-    mask_blur = models.PositiveSmallIntegerField(**P("mask_blur").model_options())
-    inpainting_fill = models.CharField(max_length=20, **P("inpainting_fill").model_options())
+    parameters = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[check_json],
+        help_text="The other parameters of params.py, by name (absent: the spec's default).",
+    )
     # Image inputs (re-encoded PNGs of the uploads), deleted with the session.
     init_image = models.ImageField(upload_to="inputs/", blank=True)
     mask_image = models.ImageField(
@@ -277,7 +277,7 @@ class GenerationSession(models.Model):
     def get_absolute_url(self):
         return reverse("generator:session-detail", args=[self.pk])
 
-    def parameters(self) -> dict:
+    def parameter_values(self) -> dict:
         """What was asked for: the API, the PNG metadata and the CLI describe it alike."""
         values = {name: getattr(self, name) for name in NAMES}
         # Image settings mean nothing without an image, mask settings without a mask.
@@ -288,7 +288,7 @@ class GenerationSession(models.Model):
         """(label, value) of each parameter but the prompt, for the history and the page."""
         return [
             (P(name).label, value)
-            for name, value in self.parameters().items()
+            for name, value in self.parameter_values().items()
             if name != "prompt" and value not in ("", None)
         ]
 
@@ -360,6 +360,24 @@ class WorkerQuerySet(models.QuerySet):
     def alive(self, lease_seconds: float | None = None, cutoff=None):
         """Workers whose heartbeat is younger than the lease (SD_WORKER_LEASE), or `cutoff`."""
         return self.filter(last_seen_at__gte=cutoff or lease_cutoff(lease_seconds))
+
+
+def spec_attribute(parameter) -> property:
+    """`session.steps` and the like: a parameter kept in the `parameters` JSON, read (its
+    default when absent) and written as an attribute, and so as a keyword of the model."""
+
+    def read(session):
+        return session.parameters.get(parameter.name, parameter.default)
+
+    def write(session, value):
+        session.parameters = {**session.parameters, parameter.name: value}
+
+    read.short_description = parameter.label
+    return property(read, write, doc=parameter.help)
+
+
+for _parameter in IN_JSON:
+    setattr(GenerationSession, _parameter.name, spec_attribute(_parameter))
 
 
 class WorkerRecord(models.Model):

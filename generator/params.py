@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 
 from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULE_TYPE_CHOICES, SCHEDULER_CHOICES
+from .pipelines.sources import text_encoder_depth
 
 MAX_SEED = 2**32 - 1
 
@@ -65,6 +66,21 @@ class Parameter:
     per_image: bool = False
     """Whether jobs batched into one pipeline call (SD_WORKER_BATCH) may differ in it: their
     prompts and seeds. They agree on every other parameter."""
+    column: bool = False
+    """Stored in a column of its own, because queries, the admin's filters or its search read
+    it; the others live in the session's `parameters` JSON, checked against this spec."""
+    family_defaults: tuple = ()
+    """(marker, value) pairs: the default of a model family that needs another one (a
+    distilled model's few steps): the marker is its scheduler class or a word of its name."""
+    a1111_override: str = ""
+    """The key of A1111's `override_settings` that sets it (`CLIP_stop_at_last_layers`)."""
+    a1111_omit_default: bool = False
+    """Whether A1111 leaves it out of the infotext at its default (`Clip skip: 1`)."""
+    backends: tuple = ()
+    """The backends that can apply it at other values than its default; empty: all."""
+    model_maximum: object = None
+    """A function of the model's name giving a tighter maximum, or None where it cannot tell
+    (the text encoder's depth for the clip skip)."""
 
     def validators(self) -> list:
         found = []
@@ -80,6 +96,22 @@ class Parameter:
             found.append(MaxLengthValidator(self.max_length))
         return found
 
+    @property
+    def python_type(self) -> type:
+        """The Python type of its values (choices and texts are strings)."""
+        return PYTHON_TYPES[self.kind]
+
+    def clean(self, value):
+        """The value, checked against the spec: ValidationError naming what is wrong."""
+        wanted = (int, float) if self.kind == "float" else self.python_type
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise ValidationError(f"{self.name}: must be {self.kind}.", code="invalid")
+        if self.choices and value not in dict(self.choices):
+            raise ValidationError(f"{self.name}: {value!r} is no choice.", code="invalid_choice")
+        for validator in self.validators():
+            validator(value)
+        return value
+
     def model_options(self) -> dict:
         """The keyword arguments of the model field that stores it."""
         options = {"verbose_name": self.label.lower(), "help_text": self.help}
@@ -92,6 +124,9 @@ class Parameter:
         return options
 
 
+PYTHON_TYPES = {"text": str, "choice": str, "int": int, "float": float}
+
+
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "prompt",
@@ -102,6 +137,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         group="prompt",
         a1111_api="prompt",
         per_image=True,
+        column=True,
     ),
     Parameter(
         "negative_prompt",
@@ -115,6 +151,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         cli="--negative",
         a1111_api="negative_prompt",
         per_image=True,
+        column=True,
     ),
     Parameter(
         "steps",
@@ -126,6 +163,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         maximum=150,
         a1111="Steps",
         a1111_api="steps",
+        family_defaults=(("turbo", 1), ("lightning", 4), ("LCMScheduler", 4)),
     ),
     Parameter(
         "scheduler",
@@ -158,6 +196,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         a1111="CFG scale",
         cli="--cfg",
         a1111_api="cfg_scale",
+        family_defaults=(("turbo", 0.0), ("lightning", 0.0), ("LCMScheduler", 1.0)),
     ),
     Parameter(
         "seed",
@@ -169,6 +208,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         a1111="Seed",
         a1111_api="seed",
         per_image=True,
+        column=True,
     ),
     Parameter(
         "width",
@@ -179,6 +219,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         maximum=2048,
         step=8,
         a1111_api="width",
+        column=True,
     ),
     Parameter(
         "height",
@@ -189,6 +230,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         maximum=2048,
         step=8,
         a1111_api="height",
+        column=True,
     ),
     Parameter(
         "model",
@@ -197,6 +239,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         help="One of SD_MODELS (default: SD_MODEL).",
         a1111="Model",
         request=False,
+        column=True,
     ),
     Parameter(
         "backend",
@@ -205,6 +248,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         help="pytorch or openvino (default: SD_BACKEND).",
         a1111="Backend",
         request=False,
+        column=True,
     ),
     Parameter(
         "strength",
@@ -253,6 +297,20 @@ PARAMETERS: tuple[Parameter, ...] = (
         group="image",
         needs="mask",
     ),
+    Parameter(
+        "clip_skip",
+        "Clip skip",
+        "int",
+        help="Condition on a text encoder layer this far from its last (1: the last).",
+        default=1,
+        minimum=1,
+        maximum=12,
+        a1111="Clip skip",
+        a1111_override="CLIP_stop_at_last_layers",
+        a1111_omit_default=True,
+        backends=("pytorch",),
+        model_maximum=text_encoder_depth,
+    ),
 )
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
@@ -266,6 +324,31 @@ BATCH_KEY = tuple(p.name for p in PARAMETERS if not p.per_image)
 
 
 BY_A1111_API = {p.a1111_api: p for p in PARAMETERS if p.a1111_api}
+BY_A1111_OVERRIDE = {p.a1111_override: p for p in PARAMETERS if p.a1111_override}
+COLUMNS = tuple(p.name for p in PARAMETERS if p.column)
+"""The parameters stored in columns of their own; the rest are in `parameters` (JSON)."""
+IN_JSON = tuple(p for p in PARAMETERS if not p.column)
+FAMILY_MARKERS = tuple(dict.fromkeys(m for p in PARAMETERS for m, _ in p.family_defaults))
+"""What tells a model family with defaults of its own: "turbo", "LCMScheduler"..."""
+
+
+def family_defaults(marker: str) -> dict:
+    """{parameter: default} of the model family `marker` names."""
+    return {
+        p.name: dict(p.family_defaults)[marker]
+        for p in PARAMETERS
+        if marker in dict(p.family_defaults)
+    }
+
+
+def check_json(values: dict) -> None:
+    """A session's `parameters` JSON: only the spec's JSON-stored names, each valid."""
+    if not isinstance(values, dict):
+        raise ValidationError("Must be an object.", code="invalid")
+    for name, value in values.items():
+        if name not in BY_NAME or BY_NAME[name].column:
+            raise ValidationError(f"{name!r} is no parameter stored here.", code="invalid")
+        BY_NAME[name].clean(value)
 
 
 def parameter(name: str) -> Parameter:

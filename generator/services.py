@@ -24,7 +24,7 @@ from .models import (
     WorkerRecord,
 )
 from .notify import notify_queued
-from .params import MAX_SEED, PARAMETERS, steps_to_run
+from .params import FAMILY_MARKERS, MAX_SEED, PARAMETERS, family_defaults, steps_to_run
 from .pipelines import demo
 from .pipelines.schedulers import default_sampler, model_scheduler_class
 from .pipelines.sources import DEMO_MODEL, local_folder, native_size
@@ -38,31 +38,25 @@ def default_size(model: str) -> int:
     return native_size(model) or 512
 
 
-DISTILLED_DEFAULTS = (
-    # (what the model is, its steps, its guidance): the settings their makers publish.
-    ("turbo", 1, 0.0),  # stabilityai/sd-turbo, sdxl-turbo: one step, no guidance
-    ("lightning", 4, 0.0),  # ByteDance/SDXL-Lightning's 4-step
-    ("LCMScheduler", 4, 1.0),  # latent-consistency distillations
-)
-
-
 def model_defaults(model: str) -> dict:
-    """Steps and guidance a distilled model needs, when none are asked for: told by its own
-    scheduler (LCM) or, where nothing in its files says it, by its name (turbo, lightning).
-    Empty for an ordinary model (the spec's defaults)."""
+    """The defaults a distilled model needs where its request names none (its few steps):
+    told by its own scheduler (LCM) or, where nothing in its files says it, by its name
+    (turbo, lightning), as the spec's `family_defaults` list them. Empty for an ordinary
+    model (the spec's defaults)."""
     folder = local_folder(model)
     scheduler_class = model_scheduler_class(str(folder) if folder else None) or ""
-    for marker, steps, guidance in DISTILLED_DEFAULTS:
+    for marker in FAMILY_MARKERS:
         if marker == scheduler_class or marker in model.lower():
-            return {"steps": steps, "guidance_scale": guidance}
+            return family_defaults(marker)
     return {}
 
 
 def model_form_settings(model: str) -> dict:
-    """What the page's form takes when this model is chosen: its own size, its steps,
-    guidance and sampler (a distilled model's few steps, else the spec's defaults)."""
+    """What the page's form takes when this model is chosen: its own size, its sampler and
+    the parameters a model family may change (a distilled model's few steps, else the
+    spec's defaults)."""
     size = default_size(model)
-    spec = {p.name: p.default for p in PARAMETERS if p.name in ("steps", "guidance_scale")}
+    spec = {p.name: p.default for p in PARAMETERS if p.family_defaults}
     return {
         "width": size,
         "height": size,

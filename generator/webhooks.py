@@ -107,7 +107,7 @@ def payload(session: GenerationSession, base_url: str = "") -> dict:
         "status": session.status,
         "image_url": base_url + image_url if image_url else None,
         "error": session.error or None,
-        "parameters": session.parameters(),
+        "parameters": session.parameter_values(),
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,
     }
 

@@ -198,7 +198,7 @@ def test_png_info_reads_sdsites_own_metadata_and_a1111s():
     own = client.post("/api/png-info", {"image": upload("a.png", png(info=png_info(session)))})
     assert own.status_code == 200
     assert own.json()["source"] == "sdsite"
-    assert own.json()["parameters"] | {} == session.parameters()
+    assert own.json()["parameters"] | {} == session.parameter_values()
 
     a1111 = PngInfo()
     a1111.add_text(

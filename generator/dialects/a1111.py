@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from ..images import open_upload
 from ..metadata import MetadataTooLarge, a1111_parameters, read_parameters
 from ..models import Status
-from ..params import PARAMETERS, RESIZE_MODES
+from ..params import BY_A1111_OVERRIDE, PARAMETERS, RESIZE_MODES
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
 from ..services import session_cancel
 from ..web.api_errors import a1111_error_body, a1111_validation_body
@@ -72,13 +72,17 @@ RANGES = {
     "n_iter": (1, None),
 }
 """A1111's own integer fields' bounds (the parameters' are the spec's, checked by the form)."""
-NAMES = {p.name: p.a1111_api for p in PARAMETERS if p.a1111_api} | {
-    "scheduler": "sampler_name",
-    "model": "override_settings.sd_model_checkpoint",
-    "init_image": "init_images",
-    "mask_image": "mask",
-    "count": "batch_size",
-}
+NAMES = (
+    {p.name: p.a1111_api for p in PARAMETERS if p.a1111_api}
+    | {
+        "scheduler": "sampler_name",
+        "model": "override_settings.sd_model_checkpoint",
+        "init_image": "init_images",
+        "mask_image": "mask",
+        "count": "batch_size",
+    }
+    | {p.name: f"override_settings.{p.a1111_override}" for p in PARAMETERS if p.a1111_override}
+)
 """sdsite's field names in A1111's terms, for the errors of the form."""
 
 
@@ -121,9 +125,12 @@ def check_fields(body: dict) -> dict:
     for index, image in enumerate(body.get("init_images") or []):
         if problem := type_problem("image", image):
             return {"init_images": [f"init_images[{index}]: {problem}"]}
-    model = (body.get("override_settings") or {}).get("sd_model_checkpoint")
-    if model is not None and (problem := type_problem("text", model)):
-        return {"override_settings.sd_model_checkpoint": [problem]}
+    overrides = body.get("override_settings") or {}
+    kinds = {"sd_model_checkpoint": "text"} | {k: p.kind for k, p in BY_A1111_OVERRIDE.items()}
+    for key, kind in kinds.items():
+        value = overrides.get(key)
+        if value is not None and (problem := type_problem(kind, value)):
+            return {f"override_settings.{key}": [problem]}
     return {}
 
 
@@ -155,10 +162,12 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     ignored += [
         f"override_settings.{key}"
         for key in (body.get("override_settings") or {})
-        if key != "sd_model_checkpoint"
+        if key != "sd_model_checkpoint" and key not in BY_A1111_OVERRIDE
     ]
-    # A1111's own field names, read through the parameter spec.
+    # A1111's own field names (and its settings overrides), read through the parameter spec.
     data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.a1111_api in body}
+    overrides = body.get("override_settings") or {}
+    data |= {p.name: overrides[k] for k, p in BY_A1111_OVERRIDE.items() if k in overrides}
     if data.get("seed") == -1:
         del data["seed"]  # random
     schedule_type = schedule_type_of(body)
@@ -210,6 +219,8 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
     seeds = [session.seed for session in sessions]
     return {
         **{p.a1111_api: getattr(first, p.name) for p in PARAMETERS if p.a1111_api},
+        # What override_settings set, under the parameter's own name (`clip_skip`).
+        **{p.name: getattr(first, p.name) for p in BY_A1111_OVERRIDE.values()},
         "all_prompts": [session.prompt for session in sessions],
         "all_negative_prompts": [session.negative_prompt for session in sessions],
         "seed": seeds[0],
@@ -227,7 +238,6 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
         "infotexts": [a1111_parameters(session) for session in sessions],
         "styles": [],
         "job_timestamp": first.created_at.strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
         "version": VERSION,
         "ignored": ignored,

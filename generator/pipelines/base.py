@@ -37,6 +37,7 @@ class GenerationRequest:
     resize_mode: str = "just resize"
     mask_blur: int = 4
     inpainting_fill: str = "original"
+    clip_skip: int = 1
     init_image: object = None
     """A PIL image, already at the output size (image-to-image and inpainting)."""
     mask_image: object = None
@@ -199,7 +200,9 @@ def text_inputs(pipe, request: GenerationRequest) -> dict:
     prompt, _ = extract_loras(request.prompt)
     negative, _ = extract_loras(request.negative_prompt)
     if prompt_embeds.supports(pipe):
-        return prompt_embeds.prompt_embeddings(pipe, prompt, negative)
+        return prompt_embeds.prompt_embeddings(pipe, prompt, negative, request.clip_skip)
+    if request.clip_skip != 1:
+        raise ValueError(f"{type(pipe).__name__} cannot skip text encoder layers (clip_skip).")
     return {"prompt": prompt, "negative_prompt": negative or None}
 
 

@@ -86,10 +86,11 @@ def windows(tokenizer, prompt: str, negative_prompt: str) -> int:
     return max(len(chunks_of(tokenizer, text)) for text in (prompt, negative_prompt))
 
 
-def encode(pipe, prompt: str, chunks_at_least: int = 1):
+def encode(pipe, prompt: str, chunks_at_least: int = 1, clip_skip: int = 1):
     """([1, 77 * chunks, width] embeddings of `prompt`, SDXL's pooled embedding or None),
     padded with empty chunks to at least `chunks_at_least` (a prompt and its negative
-    line up)."""
+    line up). `clip_skip` is A1111's: the output of the last layer but `clip_skip - 1`,
+    through the final layer norm (as diffusers does; SDXL's, already a layer back, without)."""
     import torch
 
     tokenizer = pipe.tokenizer
@@ -109,11 +110,15 @@ def encode(pipe, prompt: str, chunks_at_least: int = 1):
             ids += [its_tokenizer.pad_token_id] * (length - len(ids))
             device = getattr(encoder, "device", "cpu")
             with torch.no_grad():
-                if not sdxl:
+                if not sdxl and clip_skip == 1:
                     parts.append(encoder(torch.tensor([ids], device=device))[0])
                     continue
                 output = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
-                parts.append(output.hidden_states[-2])
+                if not sdxl:
+                    skipped = output.hidden_states[-clip_skip]
+                    parts.append(encoder.text_model.final_layer_norm(skipped))
+                    continue
+                parts.append(output.hidden_states[-(clip_skip + 1)])
                 if pooled is None and output[0].ndim == 2:  # the second encoder's projection
                     pooled = output[0]
         hidden = torch.cat(parts, dim=-1)
@@ -128,13 +133,13 @@ def encode(pipe, prompt: str, chunks_at_least: int = 1):
     return torch.cat(encoded, dim=1), pooled
 
 
-def prompt_embeddings(pipe, prompt: str, negative_prompt: str) -> dict:
+def prompt_embeddings(pipe, prompt: str, negative_prompt: str, clip_skip: int = 1) -> dict:
     """The pipeline's `prompt_embeds` and `negative_prompt_embeds` (and SDXL's pooled ones)."""
     import torch
 
     both = windows(pipe.tokenizer, prompt, negative_prompt)
-    embeds, pooled = encode(pipe, prompt, both)
-    negative_embeds, negative_pooled = encode(pipe, negative_prompt, both)
+    embeds, pooled = encode(pipe, prompt, both, clip_skip)
+    negative_embeds, negative_pooled = encode(pipe, negative_prompt, both, clip_skip)
     inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
     if pooled is not None:
         if not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):

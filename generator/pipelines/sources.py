@@ -113,6 +113,22 @@ def native_size(name: str) -> int | None:
     return None
 
 
+def text_encoder_depth(name: str) -> int | None:
+    """How many layers the model's (first) text encoder has, from its config (2 for the demo,
+    12 for SD 1.x's CLIP): the most layers a clip skip can reach back. None: unknown here."""
+    import json
+
+    folder = local_folder(name)
+    if folder is None:
+        return None
+    try:
+        depth = json.loads((folder / "text_encoder" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    layers = depth.get("num_hidden_layers") if isinstance(depth, dict) else None
+    return layers if isinstance(layers, int) else None
+
+
 DENOISER_WEIGHTS = [
     f"{part}/diffusion_pytorch_model{variant}.{ext}"
     for part in ("unet", "transformer")

@@ -32,7 +32,7 @@ def session_as_dict(session: GenerationSession) -> dict:
         "created_at": session.created_at.isoformat(),
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,
-        "parameters": session.parameters(),
+        "parameters": session.parameter_values(),
         "progress_url": reverse("generator:session-progress", args=[session.pk]),
     }
 

@@ -113,7 +113,7 @@ def form_values(session, same_seed: bool, default: dict) -> dict:
     default model's own (`default`: what choosing it in the form sets), or a session's."""
     if session is None:
         return default
-    return session.parameters() | ({} if same_seed else {"seed": ""})
+    return session.parameter_values() | ({} if same_seed else {"seed": ""})
 
 
 def history(request):

@@ -12,7 +12,7 @@ import uuid
 
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -34,7 +34,7 @@ from ..models import (
     WorkerRecord,
 )
 from ..notify import notify_queued
-from ..params import BATCH_KEY
+from ..params import BATCH_KEY, BY_NAME
 from ..prompts import extract_loras
 
 logger = logging.getLogger(__name__)
@@ -255,10 +255,20 @@ def claim_companions(
     session = job.session
     if limit < 1 or session.init_image or names_lora(session.prompt, session.negative_prompt):
         return []
-    same = {name: getattr(session, name) for name in BATCH_KEY}
+    same = Q()
+    for name in BATCH_KEY:
+        value, parameter = getattr(session, name), BY_NAME[name]
+        if parameter.column:
+            same &= Q(**{name: value})
+            continue
+        # In the JSON by key; a row without the key has the spec's default.
+        found = Q(**{f"parameters__{name}": value})
+        if value == parameter.default:
+            found |= ~Q(parameters__has_key=name)
+        same &= found
     with transaction.atomic():
         candidates = (
-            GenerationSession.objects.pending().in_queue_order().filter(init_image="", **same)
+            GenerationSession.objects.pending().in_queue_order().filter(same, init_image="")
         )
         if session_ids is not None:
             candidates = candidates.filter(pk__in=session_ids)

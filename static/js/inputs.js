@@ -38,8 +38,8 @@ window.sdsiteInputs = (() => {
       : outputSize(preview.naturalWidth, preview.naturalHeight);
     form.elements.width.value = width;
     form.elements.height.value = height;
-    for (const name of ["steps", "guidance_scale", "scheduler"]) {
-      form.elements[name].value = chosen[name];
+    for (const [name, value] of Object.entries(chosen)) {
+      if (name !== "width" && name !== "height") form.elements[name].value = value;
     }
   }
   form.elements.model.addEventListener("change", applyModel);
