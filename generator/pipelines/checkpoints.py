@@ -221,3 +221,39 @@ def family_of(tensors) -> str | None:
     if any(shape_of(key) is not None for key in SD1_TEXT):
         return "sd1-inpainting" if inpainting else "sd1"
     return None
+
+
+def lookup(text: str, kind: str = "checkpoint") -> ModelFile | None:
+    """The file a request names: by A1111's name (`sub/x.safetensors`), title (`name [hash]`),
+    model_name (`sub_x`), short hash or sha256 (once known). None where nothing matches."""
+    if not text or len(text) > 1000:
+        return None
+    from .model_hashes import known_sha256
+
+    candidates = scan(kind)
+    for match in (
+        lambda f: text == f.name,
+        lambda f: text == title(f),
+        lambda f: text == f.model_name,
+        lambda f: text.rsplit(" [", 1)[0] == f.name,
+        lambda f: (sha := known_sha256(f)) is not None and text in (sha, sha[:10]),
+    ):
+        found = [f for f in candidates if match(f)]
+        if found:
+            return found[0]
+    return None
+
+
+def title(file: ModelFile) -> str:
+    """A1111's title: `name [hash]` where the short hash is known, else the name alone."""
+    from .model_hashes import known_sha256
+
+    sha = known_sha256(file)
+    return f"{file.name} [{sha[:10]}]" if sha else file.name
+
+
+def offered_models() -> list[str]:
+    """What the page and the API offer: SD_MODELS, then the usable checkpoints by name."""
+    return list(settings.SD_MODELS) + [
+        f.name for f in scan("checkpoint") if f.usable and f.name not in settings.SD_MODELS
+    ]

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import demo
+from . import checkpoints, demo
 
 DEMO_MODEL = "demo"
 
@@ -16,6 +16,11 @@ def resolve_model(name: str) -> str:
     """A path or hub id that `from_pretrained` understands."""
     if name == DEMO_MODEL:
         return str(demo.WEIGHTS)
+    checkpoint = checkpoints.lookup(name) if name.endswith((".safetensors", ".ckpt", "]")) else None
+    if checkpoint is not None:
+        if checkpoint.problem:
+            raise CheckpointUnusable(f"The checkpoint {checkpoint.name} {checkpoint.problem}.")
+        return str(checkpoint.path)
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -39,6 +44,10 @@ class ModelDownloadFailed(SetupError, OSError):
 
 class ModelFolderMissing(SetupError, FileNotFoundError):
     """SD_MODEL names a folder that is not on this worker."""
+
+
+class CheckpointUnusable(SetupError, ValueError):
+    """A checkpoint file that cannot be loaded (broken, truncated, refused), with why."""
 
 
 class DeviceUnusable(SetupError, ValueError):

@@ -1,9 +1,11 @@
 """diffusers on PyTorch: the model loaded in the precision its device wants, image-to-image
 and inpainting pipelines sharing its weights, LoRA as peft adapters."""
 
-from . import demo, prompt_embeds
+from pathlib import Path
+
+from . import checkpoints, demo, prompt_embeds, single_file
 from .base import GenerationRequest, PhaseHook, PipelineBackend
-from .sources import DeviceUnusable, downloads, resolve_model
+from .sources import CheckpointUnusable, DeviceUnusable, downloads, resolve_model
 
 
 class TorchBackend(PipelineBackend):
@@ -35,10 +37,16 @@ class TorchBackend(PipelineBackend):
         # another seed is 14.9 off: tests/test_cuda.py), and it is too small to gain.
         half = device.type != "cpu" and source != str(demo.WEIGHTS)
         dtype = torch.float16 if half else torch.float32
-        with downloads(self.model, source):
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                source, torch_dtype=dtype, **left_out_parts(source)
-            )
+        if single_file.is_single_file(source):
+            try:
+                pipe = single_file.load_pipeline(Path(source), dtype)
+            except checkpoints.Unusable as exc:
+                raise CheckpointUnusable(f"The checkpoint {self.model} {exc}.") from None
+        else:
+            with downloads(self.model, source):
+                pipe = AutoPipelineForText2Image.from_pretrained(
+                    source, torch_dtype=dtype, **left_out_parts(source)
+                )
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
