@@ -257,3 +257,14 @@ def offered_models() -> list[str]:
     return list(settings.SD_MODELS) + [
         f.name for f in scan("checkpoint") if f.usable and f.name not in settings.SD_MODELS
     ]
+
+
+def display_name(model: str) -> str:
+    """A model as metadata and answers name it, never by a server path: a checkpoint's A1111
+    model_name (`sub_dreamshaper`), a folder's own name, a hub id as it is."""
+    file = lookup(model) if model.endswith((".safetensors", ".ckpt")) else None
+    if file is not None:
+        return file.model_name
+    if model.startswith(("/", "./", "../", "~")) or os.path.isabs(model):
+        return Path(model.rstrip("/")).name
+    return model

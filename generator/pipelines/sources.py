@@ -136,8 +136,13 @@ def model_hash(name: str) -> str | None:
     not here (a hub model not downloaded yet)."""
     try:
         source = resolve_model(name)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
+    if Path(source).is_file():  # a single-file checkpoint: the file's own hash
+        from .model_hashes import sha256_now
+
+        stat = Path(source).stat()
+        return sha256_now(source, stat.st_size, stat.st_mtime_ns)[:10]
     for relative in DENOISER_WEIGHTS:
         path = Path(source) / relative
         if not path.is_file() and not Path(source).is_dir():
