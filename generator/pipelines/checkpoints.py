@@ -44,6 +44,10 @@ FAMILIES = {
     "sdxl-refiner": "SDXL refiner",
 }
 
+NATIVE_SIZES = {"sd1": 512, "sd1-inpainting": 512, "sd2": 512, "sd2-v": 768, "sd2-inpainting": 512}
+NATIVE_SIZES |= {"sdxl": 1024, "sdxl-inpainting": 1024, "sdxl-refiner": 1024}
+"""The image side each family was trained at."""
+
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 CROSS_ATTENTION = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
 SD1_TEXT = (

@@ -27,11 +27,16 @@ def widths_of_model(model: str) -> dict[str, int] | None:
     """The text encoders' widths an embedding must have for this model (None: unknown)."""
     file = checkpoints.lookup(model) if model.endswith((".safetensors", ".ckpt")) else None
     if file is not None:
-        family = (file.family or "").split("-")[0]
-        return None if file.family == "sdxl-refiner" else WIDTHS.get(family)
-    from .sources import local_folder
+        from .single_file import sidecar_config
 
-    folder = local_folder(model)
+        folder = sidecar_config(file.path)
+        if folder is None:  # the family's shapes
+            family = (file.family or "").split("-")[0]
+            return None if file.family == "sdxl-refiner" else WIDTHS.get(family)
+    else:
+        from .sources import local_folder
+
+        folder = local_folder(model)
     if folder is None:
         return None
     try:

@@ -95,10 +95,12 @@ def local_folder(name: str) -> Path | None:
     None for a hub model not downloaded here."""
     try:
         source = resolve_model(name)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
     if Path(source).is_dir():
         return Path(source)
+    if Path(source).is_file():  # a single-file checkpoint: no folder
+        return None
     index = hub_file(source, "model_index.json")
     return index.parent if index is not None else None
 
@@ -108,6 +110,9 @@ def native_size(name: str) -> int | None:
     size times the VAE's downscale (512 for SD 1.5, 1024 for SDXL and SD3)."""
     import json
 
+    checkpoint = checkpoints.lookup(name) if name.endswith((".safetensors", ".ckpt")) else None
+    if checkpoint is not None:
+        return checkpoints.NATIVE_SIZES.get(checkpoint.family or "")
     folder = local_folder(name)
     if folder is None:
         return None

@@ -101,6 +101,21 @@ class TorchBackend(PipelineBackend):
         self.pipe.enable_lora()
         self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
 
+    def apply_embeddings(self, requests: list[GenerationRequest]) -> None:
+        """The embeddings the prompts name, each loaded once (a changed file is a new one)."""
+        from .embeddings import load_into, used_in
+
+        loaded = self.pipe.__dict__.setdefault("loaded_embeddings", {})
+        for request in requests:
+            for file in used_in(request.prompt, request.negative_prompt, self.model):
+                version = (file.size, file.mtime_ns)
+                if loaded.get(file.stem) == version:
+                    continue
+                if file.stem in loaded:
+                    self.pipe.unload_textual_inversion(file.stem)
+                load_into(self.pipe, file)
+                loaded[file.stem] = version
+
     def random_generator(self, seed: int):
         import torch
 
