@@ -156,3 +156,31 @@ def test_sd_webui_dir_gives_each_kind_its_a1111_folder_unless_the_kind_has_its_o
          str(webui / "models/Lora"), str(webui / "embeddings"), str(webui / "models/ESRGAN"),
          str(webui / "models/ControlNet")]
     ), out.stderr  # fmt: skip
+
+
+@pytest.mark.any_database
+def test_a_bad_sd_models_entry_is_one_line_of_check_and_the_page_still_answers(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "sdsite.settings", "DATA_DIR": str(tmp_path)}
+    env["SD_MODELS"] = "demo, ./no-such-folder, stabilityai/sd turbo"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "sdsite.W032" in line]
+    assert sorted(lines) == [
+        "?: (sdsite.W032) SD_MODELS: 'stabilityai/sd turbo' is neither a folder, a checkpoint "
+        "nor a Hugging Face hub id (owner/name, letters, digits, '-', '_' and '.').",
+        "?: (sdsite.W032) SD_MODELS: The model folder ./no-such-folder does not exist on this "
+        "worker.",
+    ]
+    page = (
+        "from generator.services import model_form_settings as s; "
+        "print(s('stabilityai/sd turbo')['width'])"
+    )
+    code = f"import django; django.setup(); {page}"
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert shown.stdout.strip() == "512", shown.stderr

@@ -160,8 +160,35 @@ def model_hash(name: str) -> str | None:
 def hub_file(repo_id: str, relative: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, relative)
+    try:
+        found = try_to_load_from_cache(repo_id, relative)
+    except ValueError:  # not a hub id at all (a typo in SD_MODELS): sd_models_problems says so
+        return None
     return Path(found) if isinstance(found, str) else None
+
+
+def sd_models_problems() -> list[str]:
+    """One line for each SD_MODELS entry that can be no model: neither the demo, a folder,
+    a checkpoint in the models folder, nor a well-formed hub id."""
+    from django.conf import settings
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problems = []
+    for name in settings.SD_MODELS:
+        try:
+            source = resolve_model(name)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(f"SD_MODELS: {exc}")
+            continue
+        if source == name and not Path(name).exists():
+            try:
+                validate_repo_id(name)
+            except HFValidationError:
+                problems.append(
+                    f"SD_MODELS: {name!r} is neither a folder, a checkpoint nor a Hugging Face "
+                    "hub id (owner/name, letters, digits, '-', '_' and '.')."
+                )
+    return problems
 
 
 def file_sha256(path: Path, *, skip_header: bool = False) -> str:
