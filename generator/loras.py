@@ -54,7 +54,7 @@ def find(name: str) -> Lora:
     lora = available().get(name)
     if lora is None:
         raise UnknownLora(
-            f"No LoRA named {name!r} in SD_LORA_DIR ({settings.SD_LORA_DIR}); "
+            f"No LoRA named {name!r} in SD_LORA_DIR; "
             f"GET /api/loras lists them."
         )
     return lora
