@@ -8,7 +8,7 @@ from .images import output_size, read_upload
 from .loras import UnknownLora, loras_of
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
-from .pipelines.checkpoints import offered_models
+from .pipelines.checkpoints import model_choices, offered_models
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
 from .prompts import weight_problem
@@ -69,7 +69,7 @@ class GenerateForm(forms.Form):
         for parameter in PARAMETERS:
             self.fields[parameter.name] = form_field(parameter)
         models = offered_models()  # SD_MODELS, then the checkpoints folder's
-        self.fields["model"].choices = [(m, m) for m in models]
+        self.fields["model"].choices = model_choices()
         self.fields["model"].initial = settings.SD_MODEL
         # The page offers the samplers of the served models' families (SD's for SD 1.x
         # and SDXL, flow samplers for SD3 and Flux, LCM); `clean` checks the pair.

@@ -87,5 +87,12 @@ def test_the_a1111_model_routes_list_the_folder_with_hashes_and_no_server_paths(
             assert client.post("/refresh-vae").json() is None
             assert client.post("/refresh-loras").json() is None
             assert [lora["name"] for lora in client.get("/loras").json()] == ["demo-swap"]
+        # The page's picker: the checkpoints grouped by family, each with its family's size.
+        page = httpx.get(server.url + "/", timeout=60).text
+        assert '<optgroup label="SD 1.x">' in page and '<optgroup label="SDXL">' in page
+        assert '<option value="sd15/tiny.safetensors">sd15/tiny.safetensors</option>' in page
+        assert "broken.safetensors" not in page
+        assert '"xl.safetensors": {"width": 1024, "height": 1024' in page
+        assert '"sd15/tiny.safetensors": {"width": 512' in page
     finally:
         server.stop()

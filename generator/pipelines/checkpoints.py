@@ -272,3 +272,15 @@ def display_name(model: str) -> str:
     if model.startswith(("/", "./", "../", "~")) or os.path.isabs(model):
         return Path(model.rstrip("/")).name
     return model
+
+
+def model_choices() -> list:
+    """The page's model picker: SD_MODELS, then the checkpoints grouped by family (Django's
+    grouped choices: an <optgroup> each), each by its name."""
+    choices: list = [(m, m) for m in settings.SD_MODELS]
+    groups: dict[str, list] = {}
+    for file in scan("checkpoint"):
+        if file.usable and file.name not in settings.SD_MODELS:
+            label = FAMILIES.get(file.family or "", "Other checkpoints")
+            groups.setdefault(label, []).append((file.name, file.name))
+    return choices + [(label, names) for label, names in groups.items()]
