@@ -12,7 +12,7 @@ class GeneratorConfig(AppConfig):
         # a deleted session takes its files along, and the SQLite file is private.
         from django.db.backends.signals import connection_created
 
-        from . import files, ownership  # noqa: F401
+        from . import files, model_checks, ownership  # noqa: F401
         from .db import make_sqlite_files_private
 
         connection_created.connect(make_sqlite_files_private, dispatch_uid="sdsite-private-db")

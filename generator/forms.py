@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from .images import output_size, read_upload
 from .models import Backend
 from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
+from .pipelines.checkpoints import model_choices, offered_models
 from .pipelines.loras import UnknownLora, loras_of
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
@@ -67,12 +68,13 @@ class GenerateForm(forms.Form):
         super().__init__(*args, **kwargs)
         for parameter in PARAMETERS:
             self.fields[parameter.name] = form_field(parameter)
-        self.fields["model"].choices = [(m, m) for m in settings.SD_MODELS]
+        models = offered_models()  # SD_MODELS, then the checkpoints folder's
+        self.fields["model"].choices = model_choices()
         self.fields["model"].initial = settings.SD_MODEL
         # The page offers the samplers of the served models' families (SD's for SD 1.x
         # and SDXL, flow samplers for SD3 and Flux, LCM); `clean` checks the pair.
         offered = {}
-        for model in settings.SD_MODELS:
+        for model in models:
             folder = local_folder(model)
             offered |= family_samplers(model_scheduler_class(str(folder) if folder else None))
         self.fields["scheduler"].widget.choices = [(name, name) for name in offered]

@@ -9,6 +9,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from . import __version__
 from .params import PARAMETERS
+from .pipelines.checkpoints import display_name
 
 A1111_KEY = "parameters"
 SDSITE_KEY = "sdsite"
@@ -55,6 +56,8 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
             continue
         if parameter.name == "schedule_type":
             continue  # written beside the sampler
+        if parameter.name == "model":
+            value = display_name(value)  # A1111's `Model: name`, never a server path
         settings[parameter.a1111] = value
     if lora_hashes:
         settings["Lora hashes"] = lora_hashes

@@ -30,8 +30,28 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "var").resolve()
 MEDIA_ROOT = DATA_DIR / "media"
 MODELS_DIR = Path(os.environ.get("SD_MODELS_DIR") or DATA_DIR / "models").resolve()
-# LoRA files (.safetensors) that prompts may name as <lora:name:weight> (generator.loras).
-SD_LORA_DIR = Path(os.environ.get("SD_LORA_DIR") or DATA_DIR / "loras").resolve()
+# LoRA files (.safetensors) that prompts may name as <lora:name:weight> (generator.pipelines.loras).
+# An A1111 install (or any folder in its layout) whose models sdsite offers; each kind of
+# model may also have its own folder (generator/pipelines/checkpoints.py scans them).
+SD_WEBUI_DIR = (
+    Path(os.environ["SD_WEBUI_DIR"]).expanduser() if os.environ.get("SD_WEBUI_DIR") else None
+)
+
+
+def _model_dir(variable: str, webui_part: str, default: Path | None = None) -> Path | None:
+    if os.environ.get(variable):
+        return Path(os.environ[variable]).expanduser().resolve()
+    if SD_WEBUI_DIR is not None:
+        return (SD_WEBUI_DIR / webui_part).resolve()
+    return default
+
+
+SD_CHECKPOINT_DIR = _model_dir("SD_CHECKPOINT_DIR", "models/Stable-diffusion")
+SD_VAE_DIR = _model_dir("SD_VAE_DIR", "models/VAE")
+SD_EMBEDDINGS_DIR = _model_dir("SD_EMBEDDINGS_DIR", "embeddings")
+SD_ESRGAN_DIR = _model_dir("SD_ESRGAN_DIR", "models/ESRGAN")
+SD_CONTROLNET_DIR = _model_dir("SD_CONTROLNET_DIR", "models/ControlNet")
+SD_LORA_DIR = _model_dir("SD_LORA_DIR", "models/Lora", (DATA_DIR / "loras").resolve())
 for folder in (DATA_DIR, MEDIA_ROOT, MODELS_DIR, DATA_DIR / "static"):
     folder.mkdir(parents=True, exist_ok=True)
 # The database and the images are the service user's alone (0600 files, 0700

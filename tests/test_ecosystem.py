@@ -306,7 +306,7 @@ def test_the_gpu_benchmarks_sdxl_model_has_sdxl_bases_shape():
 def worker_png(make_session):
     """A PNG a worker wrote, with a LoRA (its hashes are a quoted value), a schedule type,
     and commas in the prompts."""
-    from generator.loras import hashes_text
+    from generator.pipelines.loras import hashes_text
 
     prompt, negative = "a red circle <lora:demo-swap:0.8>, oil painting", "blurry, dark"
     session = make_session(

@@ -22,6 +22,10 @@ from ..images import open_upload
 from ..metadata import MetadataTooLarge, a1111_parameters, read_parameters
 from ..models import Status
 from ..params import BY_A1111_OVERRIDE, PARAMETERS, RESIZE_MODES
+from ..pipelines import checkpoints, model_choice
+from ..pipelines.checkpoints import display_name
+from ..pipelines.loras import available as available_loras
+from ..pipelines.model_hashes import known_sha256
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
 from ..services import session_cancel
 from ..web.api_errors import a1111_error_body, a1111_validation_body
@@ -158,6 +162,9 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     model = (body.get("override_settings") or {}).get("sd_model_checkpoint")
     if model is None and request.api_key is not None and request.api_key.default_model:
         model = request.api_key.default_model
+    model, problem = checkpoint_choice(request, model)
+    if problem:
+        errors["override_settings.sd_model_checkpoint"] = [problem]
     ignored += [key for key in IGNORED_IF_SET if body.get(key)]
     ignored += [
         f"override_settings.{key}"
@@ -350,21 +357,32 @@ def skip(request):
 @require_GET
 @keyed
 def sd_models(request):
-    return JsonResponse(
-        [
-            {"title": model, "model_name": model.rstrip("/").rsplit("/", 1)[-1], "hash": None,
-             "sha256": None, "filename": model, "config": None}
-            for model in settings.SD_MODELS
-        ],
-        safe=False,
-    )  # fmt: skip
+    """SD_MODELS, then the checkpoints folder's files with A1111's fields; `filename` is
+    relative to the folder (no server paths). A file that cannot be used says why."""
+    listed = [
+        {"title": model, "model_name": display_name(model), "hash": None, "sha256": None,
+         "filename": display_name(model), "config": None}
+        for model in settings.SD_MODELS
+    ]  # fmt: skip
+    for file in checkpoints.scan("checkpoint"):
+        sha = known_sha256(file)
+        entry = {"title": checkpoints.title(file), "model_name": file.model_name,
+                 "hash": sha[:10] if sha else None, "sha256": sha, "filename": file.name,
+                 "config": None}  # fmt: skip
+        if file.family:
+            entry["family"] = file.family
+        if file.problem:
+            entry["unusable"] = file.problem
+        listed.append(entry)
+    return JsonResponse(listed, safe=False)
 
 
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 @keyed
 def options(request):
-    """`sd_model_checkpoint` is the caller's default model (per key, not global)."""
+    """`sd_model_checkpoint` is the caller's default model: per key, or for everyone with
+    API auth off (no key to hold it), as A1111's is."""
     key = request.api_key
     if request.method == "POST":
         body, errors = body_of(request)
@@ -375,16 +393,19 @@ def options(request):
         if errors:
             return invalid(errors)
         if model is not None:
-            if model not in settings.SD_MODELS:
-                return JsonResponse(error(f"Model not found: {model}"), status=422)
+            model, problem = checkpoint_choice(request, model)
+            if problem:
+                return JsonResponse(error(problem), status=422)
             if key is not None:
                 key.default_model = model
                 key.save(update_fields=["default_model"])
+            else:
+                model_choice.set_global(model)
         return JsonResponse(None, safe=False)
-    model = (key.default_model if key else "") or settings.SD_MODEL
+    model = current_model(request)
     return JsonResponse(
-        {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "samples_format": "png",
-         "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
+        {"sd_model_checkpoint": checkpoint_title(model), "sd_checkpoint_hash": model_sha(model),
+         "samples_format": "png", "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
     )  # fmt: skip
 
 
@@ -462,12 +483,101 @@ urlpatterns = [
     path("schedulers", schedulers),
     path("upscalers", empty_list),
     path("latent-upscale-modes", empty_list),
-    path("sd-vae", empty_list),
-    path("loras", empty_list),
     path("hypernetworks", empty_list),
     path("face-restorers", empty_list),
     path("prompt-styles", empty_list),
     path("cmd-flags", cmd_flags),
     path("scripts", scripts),
     path("png-info", png_info),
+]
+
+
+def current_model(request) -> str:
+    """The model a caller's requests use when they name none."""
+    key = request.api_key
+    if key is not None:
+        return key.default_model or settings.SD_MODEL
+    return model_choice.global_model() or settings.SD_MODEL
+
+
+def checkpoint_choice(request, model: str | None) -> tuple[str | None, str | None]:
+    """(the model as jobs name it, a problem): a checkpoint named by title, name or hash
+    becomes its name; one that cannot be used, or none by that name, is a problem naming it."""
+    if model is None:
+        return (None if request.api_key is not None else model_choice.global_model()), None
+    if model in settings.SD_MODELS:
+        return model, None
+    file = checkpoints.lookup(model)
+    if file is None:
+        return None, f"Model not found: {model[:200]}"
+    if file.problem:
+        return None, f"The checkpoint {file.name} cannot be used: {file.problem}"
+    return file.name, None
+
+
+def checkpoint_title(model: str) -> str:
+    file = checkpoints.lookup(model) if model not in settings.SD_MODELS else None
+    return checkpoints.title(file) if file is not None else model
+
+
+def model_sha(model: str) -> str | None:
+    file = checkpoints.lookup(model) if model not in settings.SD_MODELS else None
+    return known_sha256(file) if file is not None else None
+
+
+@csrf_exempt
+@require_POST
+@keyed
+def refresh_checkpoints(request):
+    """A1111 rescans its folder; sdsite's listings read the folder each time: this starts
+    hashing the new files now."""
+    for file in checkpoints.scan("checkpoint"):
+        known_sha256(file)
+    return JsonResponse(None, safe=False)
+
+
+@require_GET
+@keyed
+def sd_vae(request):
+    return JsonResponse(
+        [{"model_name": f.name, "filename": f.name} for f in checkpoints.scan("vae") if f.usable],
+        safe=False,
+    )
+
+
+@csrf_exempt
+@require_POST
+@keyed
+def refresh_nothing(request):
+    """refresh-vae, refresh-loras: the listings read their folders each time."""
+    return JsonResponse(None, safe=False)
+
+
+@require_GET
+@keyed
+def loras(request):
+    return JsonResponse(
+        [{"name": lora.name, "alias": lora.name, "path": lora.path.name, "metadata": {}}
+         for lora in available_loras().values()],
+        safe=False,
+    )  # fmt: skip
+
+
+@require_GET
+@keyed
+def embeddings(request):
+    """A1111's answer for the caller's current checkpoint: the embeddings that fit its
+    family `loaded`, the others `skipped`."""
+    from ..pipelines.embeddings import listing
+
+    return JsonResponse(listing(current_model(request)))
+
+
+urlpatterns += [
+    path("refresh-checkpoints", refresh_checkpoints),
+    path("sd-vae", sd_vae),
+    path("refresh-vae", refresh_nothing),
+    path("loras", loras),
+    path("refresh-loras", refresh_nothing),
+    path("embeddings", embeddings),
 ]

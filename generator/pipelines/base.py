@@ -76,6 +76,11 @@ class PipelineBackend(ABC):
         self.model = model
         self.device = device
 
+    def apply_embeddings(self, requests: list[GenerationRequest]) -> None:
+        """Load the textual-inversion embeddings the prompts name (pipelines.embeddings);
+        a backend without them leaves the names as words."""
+        return None
+
     @abstractmethod
     def load(self, on_phase: PhaseHook) -> None:
         """Load (and on first use build, export or compile) the model."""
@@ -144,6 +149,7 @@ class PipelineBackend(ABC):
         pipe = self.pipeline_for(first, on_phase, batch=len(requests))
         pipe.scheduler = make_scheduler(first.scheduler, self.scheduler_config, first.schedule_type)
         self.apply_loras(first)  # a batch has none (the worker's claim sees to it)
+        self.apply_embeddings(requests)
         import torch
 
         # inference_mode rather than the pipelines' own no_grad: no version counters or
@@ -199,6 +205,9 @@ def text_inputs(pipe, request: GenerationRequest) -> dict:
     prompts, BREAK) where `prompt_embeds` can build them, else the text; LoRA tags out."""
     prompt, _ = extract_loras(request.prompt)
     negative, _ = extract_loras(request.negative_prompt)
+    if getattr(pipe, "loaded_embeddings", None):  # a multi-vector embedding's extra tokens
+        prompt = pipe.maybe_convert_prompt(prompt, pipe.tokenizer)
+        negative = pipe.maybe_convert_prompt(negative, pipe.tokenizer)
     if prompt_embeds.supports(pipe):
         return prompt_embeds.prompt_embeddings(pipe, prompt, negative, request.clip_skip)
     if request.clip_skip != 1:

@@ -53,10 +53,7 @@ def find(name: str) -> Lora:
         raise UnknownLora(f"<lora:{name}> is not a LoRA name (a file name, never a path).")
     lora = available().get(name)
     if lora is None:
-        raise UnknownLora(
-            f"No LoRA named {name!r} in SD_LORA_DIR ({settings.SD_LORA_DIR}); "
-            f"GET /api/loras lists them."
-        )
+        raise UnknownLora(f"No LoRA named {name!r} in SD_LORA_DIR; GET /api/loras lists them.")
     return lora
 
 

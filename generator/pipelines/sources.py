@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import demo
+from . import checkpoints, demo
 
 DEMO_MODEL = "demo"
 
@@ -16,6 +16,11 @@ def resolve_model(name: str) -> str:
     """A path or hub id that `from_pretrained` understands."""
     if name == DEMO_MODEL:
         return str(demo.WEIGHTS)
+    checkpoint = checkpoints.lookup(name) if name.endswith((".safetensors", ".ckpt", "]")) else None
+    if checkpoint is not None:
+        if checkpoint.problem:
+            raise CheckpointUnusable(f"The checkpoint {checkpoint.name} {checkpoint.problem}.")
+        return str(checkpoint.path)
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -39,6 +44,10 @@ class ModelDownloadFailed(SetupError, OSError):
 
 class ModelFolderMissing(SetupError, FileNotFoundError):
     """SD_MODEL names a folder that is not on this worker."""
+
+
+class CheckpointUnusable(SetupError, ValueError):
+    """A checkpoint file that cannot be loaded (broken, truncated, refused), with why."""
 
 
 class DeviceUnusable(SetupError, ValueError):
@@ -86,10 +95,12 @@ def local_folder(name: str) -> Path | None:
     None for a hub model not downloaded here."""
     try:
         source = resolve_model(name)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
     if Path(source).is_dir():
         return Path(source)
+    if Path(source).is_file():  # a single-file checkpoint: no folder
+        return None
     index = hub_file(source, "model_index.json")
     return index.parent if index is not None else None
 
@@ -99,6 +110,9 @@ def native_size(name: str) -> int | None:
     size times the VAE's downscale (512 for SD 1.5, 1024 for SDXL and SD3)."""
     import json
 
+    checkpoint = checkpoints.lookup(name) if name.endswith((".safetensors", ".ckpt")) else None
+    if checkpoint is not None:
+        return checkpoints.NATIVE_SIZES.get(checkpoint.family or "")
     folder = local_folder(name)
     if folder is None:
         return None
@@ -143,8 +157,13 @@ def model_hash(name: str) -> str | None:
     not here (a hub model not downloaded yet)."""
     try:
         source = resolve_model(name)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
+    if Path(source).is_file():  # a single-file checkpoint: the file's own hash
+        from .model_hashes import sha256_now
+
+        stat = Path(source).stat()
+        return sha256_now(source, stat.st_size, stat.st_mtime_ns)[:10]
     for relative in DENOISER_WEIGHTS:
         path = Path(source) / relative
         if not path.is_file() and not Path(source).is_dir():
@@ -157,8 +176,35 @@ def model_hash(name: str) -> str | None:
 def hub_file(repo_id: str, relative: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, relative)
+    try:
+        found = try_to_load_from_cache(repo_id, relative)
+    except ValueError:  # not a hub id at all (a typo in SD_MODELS): sd_models_problems says so
+        return None
     return Path(found) if isinstance(found, str) else None
+
+
+def sd_models_problems() -> list[str]:
+    """One line for each SD_MODELS entry that can be no model: neither the demo, a folder,
+    a checkpoint in the models folder, nor a well-formed hub id."""
+    from django.conf import settings
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problems = []
+    for name in settings.SD_MODELS:
+        try:
+            source = resolve_model(name)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(f"SD_MODELS: {exc}")
+            continue
+        if source == name and not Path(name).exists():
+            try:
+                validate_repo_id(name)
+            except HFValidationError:
+                problems.append(
+                    f"SD_MODELS: {name!r} is neither a folder, a checkpoint nor a Hugging Face "
+                    "hub id (owner/name, letters, digits, '-', '_' and '.')."
+                )
+    return problems
 
 
 def file_sha256(path: Path, *, skip_header: bool = False) -> str:

@@ -4,12 +4,13 @@ the UNet and VAE decoder compiled by torch.compile once per image size and batch
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 from django.conf import settings
 
-from . import demo, prompt_embeds
+from . import checkpoints, demo, prompt_embeds, single_file
 from .base import GenerationRequest, PhaseHook, PipelineBackend, StepHook
-from .sources import DeviceUnusable, downloads, resolve_model
+from .sources import CheckpointUnusable, DeviceUnusable, downloads, resolve_model
 
 
 class TorchBackend(PipelineBackend):
@@ -44,10 +45,16 @@ class TorchBackend(PipelineBackend):
         # another seed is 14.9 off: tests/test_cuda.py), and it is too small to gain.
         half = device.type != "cpu" and source != str(demo.WEIGHTS)
         dtype = torch.float16 if half else torch.float32
-        with downloads(self.model, source):
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                source, torch_dtype=dtype, **left_out_parts(source)
-            )
+        if single_file.is_single_file(source):
+            try:
+                pipe = single_file.load_pipeline(Path(source), dtype)
+            except checkpoints.Unusable as exc:
+                raise CheckpointUnusable(f"The checkpoint {self.model} {exc}.") from None
+        else:
+            with downloads(self.model, source):
+                pipe = AutoPipelineForText2Image.from_pretrained(
+                    source, torch_dtype=dtype, **left_out_parts(source)
+                )
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
@@ -132,6 +139,21 @@ class TorchBackend(PipelineBackend):
             return
         self.pipe.enable_lora()
         self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+
+    def apply_embeddings(self, requests: list[GenerationRequest]) -> None:
+        """The embeddings the prompts name, each loaded once (a changed file is a new one)."""
+        from .embeddings import load_into, used_in
+
+        loaded = self.pipe.__dict__.setdefault("loaded_embeddings", {})
+        for request in requests:
+            for file in used_in(request.prompt, request.negative_prompt, self.model):
+                version = (file.size, file.mtime_ns)
+                if loaded.get(file.stem) == version:
+                    continue
+                if file.stem in loaded:
+                    self.pipe.unload_textual_inversion(file.stem)
+                load_into(self.pipe, file)
+                loaded[file.stem] = version
 
     def random_generator(self, seed: int):
         import torch

@@ -23,6 +23,7 @@ from ..models import GenerationSession
 from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
 from ..pipelines import demo, loras
+from ..pipelines.checkpoints import offered_models
 from ..services import (
     DEMO_MODEL,
     CancelOutcome,
@@ -93,7 +94,7 @@ def session_preview(request, session_id):
 
 def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dict:
     # SD_MODEL is always among SD_MODELS (the settings make it the first).
-    model_settings = {model: model_form_settings(model) for model in settings.SD_MODELS}
+    model_settings = {model: model_form_settings(model) for model in offered_models()}
     values = form_values(settings_from, same_seed, default=model_settings[settings.SD_MODEL])
     return {
         "form": GenerateForm(initial=values),
