@@ -30,7 +30,7 @@ def build(path: str | Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from bench.sd15_shaped import TEXT_ENCODER, UNET, VAE
-    from tests.single_file_models import ldm_state_dict
+    from tests.support.single_file_models import ldm_state_dict
 
     torch.manual_seed(0)
 

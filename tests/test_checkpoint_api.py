@@ -7,7 +7,7 @@ import hashlib
 import httpx
 import pytest
 
-from tests.processes import WebServer, wait_for
+from tests.support.processes import WebServer, wait_for
 from tests.test_checkpoint_folders import SD1_KEYS, SDXL_KEYS, write_checkpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from generator.pipelines import demo
-from tests.processes import WebServer, WorkerProcess
-from tests.single_file_models import ldm_state_dict
+from tests.support.processes import WebServer, WorkerProcess
+from tests.support.single_file_models import ldm_state_dict
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from generator.pipelines import checkpoints, demo, single_file
 from generator.pipelines.checkpoints import Unusable
-from tests.single_file_models import ldm_state_dict
+from tests.support.single_file_models import ldm_state_dict
 
 
 @pytest.fixture(scope="session")
