@@ -49,15 +49,6 @@ class SessionQuerySet(StateQuerySet):
     """The rules several places read: what is queued, running, whose, and where it stands;
     the state changes (`states.StateQuerySet`)."""
 
-    def pending(self):
-        return self.filter(status=Status.PENDING)
-
-    def running(self):
-        return self.filter(status=Status.RUNNING)
-
-    def unfinished(self):
-        return self.filter(status__in=(Status.PENDING, Status.RUNNING))
-
     def of_queue_owner(self, owner_id, owner_key: str, client_ip: str | None):
         """The sessions of one owner, as the fair queue and the per-owner limits count them:
         a user's; else an anonymous browser's, together with everything anonymous from its

@@ -74,6 +74,19 @@ COLD_LOSSES_PER_ATTEMPT = 5
 class StateQuerySet(models.QuerySet):
     """The transitions (see docs/architecture.md, "A job's states")."""
 
+    # Reads.
+    def pending(self):
+        return self.filter(status=Status.PENDING)
+
+    def running(self):
+        return self.filter(status=Status.RUNNING)
+
+    def unfinished(self):
+        return self.filter(status__in=(Status.PENDING, Status.RUNNING))
+
+    def finished(self):
+        return self.filter(status__in=FINISHED_STATUSES)
+
     # Fences.
     def held(self, pk, token):
         """The running job `pk` while the claim `token` holds."""
