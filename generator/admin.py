@@ -4,6 +4,7 @@ A1111 metadata), workers, API keys; requeue, cancel and delete go through `servi
 from datetime import UTC, datetime
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -15,7 +16,7 @@ from django.utils.translation import ngettext
 from .metadata import a1111_parameters
 from .models import ApiKey, GenerationSession, Status, WorkerRecord
 from .params import NAMES
-from .services import CancelOutcome, session_cancel, session_requeue
+from .services import CancelOutcome, session_cancel, session_delete, session_requeue
 from .web.step_chart import step_chart_svg
 
 SHOWN_ELSEWHERE = ("prompt", "negative_prompt", "model", "backend")
@@ -107,6 +108,15 @@ class GenerationSessionAdmin(admin.ModelAdmin):
 
     def has_manage_permission(self, request):
         return request.user.has_perm("generator.change_generationsession")
+
+    def delete_model(self, request, obj):
+        session_delete(obj)
+
+    def delete_queryset(self, request, queryset):
+        # One by one through the service, as a user's delete goes, not one bulk DELETE.
+        with transaction.atomic():
+            for session in queryset.iterator(chunk_size=500):
+                session_delete(session)
 
     @admin.action(description="Cancel the selected generations", permissions=["manage"])
     def cancel_sessions(self, request, queryset):

@@ -1,6 +1,6 @@
 """The database's rows: generation sessions with their progress, workers, API keys; and the
 queryset verbs (`.pending()`, `.visible_to(viewer)`, `.alive()`) that hold the rules several
-places read."""
+places read. A job's states and their transitions live in `states`."""
 
 import uuid
 
@@ -26,6 +26,14 @@ from django.utils.translation import gettext_lazy as _
 
 from .params import IMAGE_ONLY, IN_JSON, MASK_ONLY, NAMES, check_json
 from .params import parameter as P
+from .states import (  # noqa: F401 (re-exported: the rows' states are read everywhere)
+    FINISHED_STATUSES,
+    FRESH_PROGRESS,
+    WORKER_LOST,
+    WORKER_STOPPED,
+    StateQuerySet,
+    Status,
+)
 
 
 class Backend(models.TextChoices):
@@ -33,50 +41,13 @@ class Backend(models.TextChoices):
     OPENVINO = "openvino", "OpenVINO"
 
 
-class Status(models.TextChoices):
-    PENDING = "pending", _("Pending")
-    """Queued, waiting for a worker."""
-    RUNNING = "running", _("Running")
-    """Claimed by a worker, which is loading the model or denoising."""
-    COMPLETED = "completed", _("Completed")
-    """The image is saved."""
-    FAILED = "failed", _("Failed")
-    """Stopped by an error; `error` says why."""
-    CANCELLED = "cancelled", _("Cancelled")
-    """Stopped on request."""
-
-
-FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
-
-
-FRESH_PROGRESS = {
-    "current_step": 0,
-    "step_recorded_at": None,
-    "step_seconds": [],
-    "eta_seconds": None,
-}
-"""A job's progress fields before its first step."""
-
-# Why a job went back to the queue; the page says "Restarted after a <reason>."
-WORKER_STOPPED = "worker shut down"
-WORKER_LOST = "lost worker"
-
-
 COUNT = Func(F("pk"), function="COUNT", output_field=IntegerField())
 """COUNT(*) in a subquery (Count() would add a GROUP BY there)."""
 
 
-class SessionQuerySet(models.QuerySet):
-    """The rules several places read: what is queued, running, whose, and where it stands."""
-
-    def pending(self):
-        return self.filter(status=Status.PENDING)
-
-    def running(self):
-        return self.filter(status=Status.RUNNING)
-
-    def unfinished(self):
-        return self.filter(status__in=(Status.PENDING, Status.RUNNING))
+class SessionQuerySet(StateQuerySet):
+    """The rules several places read: what is queued, running, whose, and where it stands;
+    the state changes (`states.StateQuerySet`)."""
 
     def of_queue_owner(self, owner_id, owner_key: str, client_ip: str | None):
         """The sessions of one owner, as the fair queue and the per-owner limits count them:

@@ -1,6 +1,6 @@
 """PostgreSQL LISTEN/NOTIFY: every change of a session row is announced (by a trigger, see
 migration 0014), web processes wake at once; and a job entering the queue wakes idle
-workers at once.
+workers at once (by a trigger too, migration 0015: no caller sends it).
 
 On SQLite (and if the listening connection drops) the progress hub's poll and the
 workers' poll are the only paths, so nothing here is needed for correctness, only
@@ -11,29 +11,15 @@ import asyncio
 import logging
 import uuid
 
-from django.db import connection, connections
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "sdsite_progress"
 """Notified with a session's id by the database after each change of its row (a trigger)."""
 QUEUE_CHANNEL = "sdsite_queue"
-"""Notified when a session enters the queue (new, re-queued, released): idle workers claim."""
-
-
-def notify_queued() -> None:
-    """Wake idle workers: a session is pending (PostgreSQL only; sent when the transaction
-    that queued it commits, so a woken worker finds the row)."""
-    if connection.vendor != "postgresql":
-        return
-
-    def send():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [QUEUE_CHANNEL])
-
-    from django.db import transaction
-
-    transaction.on_commit(send)
+"""Notified by the database when a session enters the queue (new, re-queued, released,
+recovered), as its transaction commits: idle workers claim."""
 
 
 class QueueListener:

@@ -9,7 +9,6 @@ import uuid
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from .db import retry_on_locked
 from .disk import check_room, short_of_room
@@ -18,16 +17,15 @@ from .files import delete_files, save_whole
 from .images import as_png
 from .models import (
     FINISHED_STATUSES,
-    FRESH_PROGRESS,
     GenerationSession,
     Status,
     WorkerRecord,
 )
-from .notify import notify_queued
 from .params import FAMILY_MARKERS, MAX_SEED, PARAMETERS, family_defaults, steps_to_run
 from .pipelines import demo
 from .pipelines.schedulers import default_sampler, model_scheduler_class
 from .pipelines.sources import DEMO_MODEL, local_folder, native_size
+from .states import REQUEUEABLE
 
 
 def default_size(model: str) -> int:
@@ -124,9 +122,7 @@ def session_create(
         owner.pk if owner else None, owner_key, session.client_ip
     )
     session.full_clean()
-    session.save()
-    notify_queued()
-    return session
+    return GenerationSession.objects.queue(session)
 
 
 def session_create_batch(
@@ -210,7 +206,8 @@ def why_waiting(session) -> str | None:
 
 def session_delete(session: GenerationSession) -> None:
     """Delete a session; its files go once the delete is committed (files.py), and a
-    running job stops at its next step (its writes find no row)."""
+    running job stops at its next step (its writes find no row). The admin's deletes come
+    here too."""
     session.delete()
 
 
@@ -226,25 +223,20 @@ class CancelOutcome:
 
 @retry_on_locked
 def session_cancel(session_id) -> CancelOutcome:
-    sessions = GenerationSession.objects.filter(pk=session_id)
-    # Each branch is a compare-and-set, so a worker claiming the session at the
-    # same moment turns "pending" into "running" and the second branch applies.
+    sessions = GenerationSession.objects
+    # Each transition is a compare-and-set, so a worker claiming the session at the
+    # same moment turns "pending" into "running" and the second one applies.
     for _ in range(3):
-        if sessions.filter(status=Status.PENDING).update(
-            status=Status.CANCELLED, finished_at=timezone.now(), cancel_requested=True
-        ):
+        if sessions.cancel(session_id):
             return CancelOutcome.CANCELLED
-        if sessions.filter(status=Status.RUNNING).update(cancel_requested=True):
+        if sessions.ask_to_cancel(session_id):
             return CancelOutcome.CANCELLING
-        status = sessions.values_list("status", flat=True).first()
+        status = sessions.filter(pk=session_id).values_list("status", flat=True).first()
         if status is None:
             return CancelOutcome.NOT_FOUND
         if status in FINISHED_STATUSES:
             return CancelOutcome.FINISHED
     return CancelOutcome.CANCELLING
-
-
-REQUEUEABLE = (Status.FAILED, Status.CANCELLED)
 
 
 @retry_on_locked
@@ -259,26 +251,6 @@ def session_requeue(session_ids) -> int:
     count = 0
     for pk, _, *owner in rows:  # back in the queue as new: each takes its owner's next turn
         turn = GenerationSession.objects.next_turn(*owner)
-        count += GenerationSession.objects.filter(pk=pk, status__in=REQUEUEABLE).update(
-            status=Status.PENDING,
-            queue_turn=turn,
-            phase="",
-            error="",
-            attempts=0,
-            cancel_requested=False,
-            claim_token=None,
-            worker_id="",
-            started_at=None,
-            finished_at=None,
-            **FRESH_PROGRESS,
-            preview="",
-            preview_step=0,
-            webhook_attempts=0,
-            webhook_next_at=None,
-            webhook_delivered_at=None,
-            webhook_error="",
-        )
+        count += GenerationSession.objects.requeue(pk, turn)
     delete_files(previews)
-    if count:
-        notify_queued()
     return count

@@ -2,19 +2,17 @@
 
 Every write of a running job is conditional on the claim token, so a worker that
 lost its claim (recovered by another worker, released at shutdown) changes
-nothing. No transaction is held across a denoising step: each write stands alone.
+nothing: the writes are the transitions of `states`, called with the token. No
+transaction is held across a denoising step: each write stands alone.
 """
 
 import io
 import logging
 import time
-import uuid
 
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Greatest
-from django.utils import timezone
+from django.db.models import Q
 
 from ..db import (
     OUTAGE_ERRORS,
@@ -26,16 +24,13 @@ from ..db import (
 from ..files import save_whole
 from ..metadata import png_info
 from ..models import (
-    FRESH_PROGRESS,
-    WORKER_LOST,
     WORKER_STOPPED,
     GenerationSession,
-    Status,
     WorkerRecord,
 )
-from ..notify import notify_queued
 from ..params import BATCH_KEY, BY_NAME
 from ..prompts import extract_loras
+from ..states import COLD_LOSSES_PER_ATTEMPT, check_progress_fields  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -49,22 +44,25 @@ class ClaimedJob:
         self.preview_name = session.preview.name or None
         self.database_away = False
         self.began = False
-        self.writes = CompiledUpdates(self._mine().filter(cancel_requested=False))
-        """The fenced progress writes: while the claim holds and nobody asked to cancel."""
+        self.writes = CompiledUpdates(GenerationSession.objects.progressing(session.pk, self.token))
+        """`states`' progress transition, compiled once: while the claim holds and nobody
+        asked to cancel."""
 
     def _mine(self):
-        return GenerationSession.objects.filter(
-            pk=self.session.pk, claim_token=self.token, status=Status.RUNNING
-        )
+        """This job while this worker's claim holds (`states`' fence)."""
+        return GenerationSession.objects.held(self.session.pk, self.token)
+
+    def _update(self, **fields) -> bool:
+        """Write progress `fields` while the claim holds and nobody asked to cancel."""
+        check_progress_fields(fields)
+        return self._unless_away(self.writes.update, **fields)
 
     @retry_on_locked
-    def _update(self, **fields) -> bool:
-        """Write `fields` while the claim holds and nobody asked to cancel.
-
-        With the database away, the job goes on without its progress writes (one
+    def _unless_away(self, write, *args, **kwargs) -> bool:
+        """With the database away, the job goes on without its progress writes (one
         line in the log); the final write waits for the database to return."""
         try:
-            return bool(self.writes.update(**fields))
+            return bool(write(*args, **kwargs))
         except OUTAGE_ERRORS as exc:
             if not is_outage(exc):
                 raise
@@ -81,7 +79,7 @@ class ClaimedJob:
 
         A worker killed while it starts or loads the model (before this) costs the
         job nothing; one that dies while denoising it does (SD_MAX_ATTEMPTS)."""
-        self.began = self._update(attempts=F("attempts") + 1)
+        self.began = self._unless_away(GenerationSession.objects.start, self.session.pk, self.token)
         return self.began
 
     def record_phase(self, phase: str) -> bool:
@@ -141,13 +139,11 @@ class ClaimedJob:
         # The last step is in, whatever the progress writer still holds (its writes find
         # the job finished and change nothing).
         done = until_database_answers(
-            retry_on_locked(self._mine().update),
+            retry_on_locked(GenerationSession.objects.finish),
+            self.session.pk,
+            self.token,
+            name,
             what=f"the completion of session {self.session.pk}",
-            status=Status.COMPLETED,
-            current_step=F("total_steps"),
-            phase="",
-            image=name,
-            finished_at=timezone.now(),
         )
         if not done:  # the claim was lost: nobody will ever link to the file
             default_storage.delete(name)
@@ -155,41 +151,20 @@ class ClaimedJob:
 
     @retry_on_locked
     def fail(self, message: str) -> bool:
-        return bool(
-            self._mine().update(
-                status=Status.FAILED, phase="", error=message[:5000], finished_at=timezone.now()
-            )
-        )
+        return GenerationSession.objects.fail(self.session.pk, self.token, message)
 
     @retry_on_locked
     def finish_cancelled(self) -> bool:
         """Mark the job cancelled if someone asked for it."""
-        return bool(
-            self._mine()
-            .filter(cancel_requested=True)
-            .update(status=Status.CANCELLED, phase="", finished_at=timezone.now())
-        )
+        return GenerationSession.objects.finish_cancelled(self.session.pk, self.token)
 
     @retry_on_locked
     def release(self, reason: str = WORKER_STOPPED) -> bool:
         """Give the job back to the queue (shutdown, a model this worker cannot load);
         the attempt does not count."""
-        released = bool(
-            self._mine().update(
-                status=Status.PENDING,
-                claim_token=None,
-                worker_id="",
-                phase="",
-                started_at=None,
-                attempts=Greatest(F("attempts") - int(self.began), 0),
-                restarts=F("restarts") + 1,
-                restart_reason=reason,
-                **FRESH_PROGRESS,
-            )
+        return GenerationSession.objects.release(
+            self.session.pk, self.token, reason, began=self.began
         )
-        if released:
-            notify_queued()
-        return released
 
 
 def preview_name(session_id, step: int) -> str:
@@ -221,23 +196,9 @@ def claim_next(
             # already serializes this block.)
             candidates = candidates.select_for_update(skip_locked=True)
         pk = candidates.values_list("pk", flat=True).first()
-        if pk is None or not _take(pk, worker_id):
+        if pk is None or not GenerationSession.objects.claim(pk, worker_id):
             return None
     return ClaimedJob(GenerationSession.objects.get(pk=pk))
-
-
-def _take(pk, worker_id: str) -> bool:
-    """The compare-and-set: only a row that is still pending changes hands."""
-    claimed = GenerationSession.objects.filter(pk=pk, status=Status.PENDING).update(
-        status=Status.RUNNING,
-        claim_token=uuid.uuid4(),
-        worker_id=worker_id,
-        started_at=timezone.now(),
-        phase="starting",
-        # A job that went back to the queue starts again from step 0.
-        **FRESH_PROGRESS,
-    )
-    return claimed == 1
 
 
 def names_lora(*texts: str) -> bool:
@@ -276,13 +237,9 @@ def claim_companions(
             candidates = candidates.select_for_update(skip_locked=True)
         rows = candidates.values_list("pk", "prompt", "negative_prompt")[: limit * 4]
         picked = [pk for pk, *texts in rows if not names_lora(*texts)][:limit]
-        taken = [pk for pk in picked if _take(pk, worker_id)]
+        taken = [pk for pk in picked if GenerationSession.objects.claim(pk, worker_id)]
     claimed = GenerationSession.objects.in_bulk(taken)
     return [ClaimedJob(claimed[pk]) for pk in taken]
-
-
-COLD_LOSSES_PER_ATTEMPT = 5
-"""Losses of a worker before denoising began that a job survives, per attempt it has."""
 
 
 @retry_on_locked
@@ -297,28 +254,16 @@ def recover_lost_sessions(*, lease_seconds: float, max_attempts: int) -> dict:
     for pk, token, attempts, restarts, cancel_requested, worker in lost.values_list(
         "pk", "claim_token", "attempts", "restarts", "cancel_requested", "worker_id"
     ):
-        same_claim = GenerationSession.objects.filter(
-            pk=pk, claim_token=token, status=Status.RUNNING
+        status = GenerationSession.objects.expire(
+            pk,
+            token,
+            attempts=attempts,
+            restarts=restarts,
+            cancel_requested=cancel_requested,
+            max_attempts=max_attempts,
         )
-        now = timezone.now()
-        if cancel_requested:
-            changes = {"status": Status.CANCELLED, "finished_at": now}
-        elif attempts >= max_attempts:
-            reason = f"worker lost (attempt {attempts} of {max_attempts})"
-            changes = {"status": Status.FAILED, "error": reason, "finished_at": now}
-        elif restarts + 1 >= max_attempts * COLD_LOSSES_PER_ATTEMPT:
-            # Lost each time before denoising began (a worker killed while
-            # loading its model, again and again): not forever.
-            reason = f"worker lost {restarts + 1} times before the job could start"
-            changes = {"status": Status.FAILED, "error": reason, "finished_at": now}
-        else:
-            changes = {"status": Status.PENDING, "claim_token": None, "worker_id": "",
-                       "started_at": None, "restarts": F("restarts") + 1,
-                       "restart_reason": WORKER_LOST, **FRESH_PROGRESS}  # fmt: skip
-        if same_claim.update(phase="", **changes):
-            if changes["status"] == Status.PENDING:
-                notify_queued()
-            logger.warning("Session %s lost by worker %s: now %s", pk, worker, changes["status"])
-            outcomes[pk] = changes["status"]
+        if status is not None:
+            logger.warning("Session %s lost by worker %s: now %s", pk, worker, status)
+            outcomes[pk] = status
     WorkerRecord.objects.exclude(pk__in=live_workers).delete()
     return outcomes
