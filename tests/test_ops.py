@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_liveness_and_readiness(web_server):
     assert httpx.get(f"{web_server.url}/healthz").status_code == 200
     ready = httpx.get(f"{web_server.url}/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
 
 
 def test_readiness_is_503_with_a_reason_on_an_unmigrated_database(tmp_path):
