@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench._setup import django_on_scratch_data, machine_line
+from bench.abuse import wait_until
 
 
 def scenario(title: str):
@@ -47,15 +48,6 @@ def fill(folder: Path) -> None:
                     os.write(fd, b"\0" * size)
     finally:
         os.close(fd)
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 def post(url: str, client: httpx.Client | None = None) -> httpx.Response:
