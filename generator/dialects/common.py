@@ -94,15 +94,16 @@ def decode_image(value: str, field: str) -> SimpleUploadedFile:
     return SimpleUploadedFile(f"{field}.png", data)
 
 
-def queue(request, data: dict, files: dict, count: int) -> tuple[list, dict]:
+def queue(request, data: dict, files: dict, count: int, owner: dict | None = None):
     """Validate with the page's own form and queue: (sessions, {}) or ([], {field: [errors]}).
 
-    Within the owner's limits (limits.py), or TooManyRequests (a 429)."""
+    Within the owner's limits (limits.py), or TooManyRequests (a 429). `owner`: the
+    sessions' owner fields, when not the request's key's user (`owner_of`)."""
     check_rate(request)
     form = GenerateForm(data | {"count": count}, files)
     if not form.is_valid():
         return [], {field: list(messages) for field, messages in form.errors.items()}
-    owner = owner_of(request)
+    owner = owner or owner_of(request)
     admit = functools.partial(check_queue, request, owner)
     sessions = session_create_batch(
         **form.queue_options(), **form.parameters(), **owner, admit=admit
