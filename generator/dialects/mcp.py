@@ -8,7 +8,7 @@ and answers the images as PNG image content with a text part that names the jobs
 
 Who asks: over stdio (`manage.py mcp --user USER`), that user; over streamable HTTP
 (`/mcp`, mcp_asgi.py), the API key's user, which the ASGI route found and passed on
-in the CALLER_HEADER it alone sets (an anonymous caller where SD_API_AUTH=off lets
+in the header it alone sets (mcp_caller.py) (an anonymous caller where SD_API_AUTH=off lets
 its address in). Jobs belong to that user and show in their history; the per-owner
 limits apply as on the other APIs.
 """
@@ -16,23 +16,19 @@ limits apply as on the other APIs.
 import asyncio
 import inspect
 import json
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent
 from pydantic import Field
 
-from ..apikeys import ApiKey
 from ..disk import MediaQuotaExceeded
 from ..models import GenerationSession, Status
-from ..ownership import Viewer
 from ..params import PARAMETERS
 from ..pipelines.checkpoints import offered_models
 from ..pipelines.schedulers import ALL_SCHEDULERS
@@ -40,53 +36,12 @@ from ..services import session_cancel
 from ..web.limits import TooManyRequests
 from ..web.serializers import session_as_dict
 from .common import WAIT_INTERVAL, image_base64, queue
+from .mcp_caller import Caller
 
-CALLER_HEADER = "x-sdsite-caller"
-"""Set by the /mcp route alone (it drops any a client sends): `key:<id>` or `anonymous`."""
 GENERATE_PARAMETERS = tuple(p for p in PARAMETERS if not p.needs)
 """The spec's parameters `generate` takes: those that mean something without an image."""
 WAIT_LIMIT = 3600.0
 """Seconds `generate` follows its jobs at most; then it answers what has ended."""
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who calls a tool: the jobs' owner (None: nobody, an anonymous caller), the API key
-    it came with, and its address (the per-owner limits count it)."""
-
-    user: Any = None
-    api_key: ApiKey | None = None
-    address: str = ""
-
-    def request(self) -> HttpRequest:
-        """A request as the dialects' queue takes it: the rate and queue limits read it."""
-        request = HttpRequest()
-        request.method = "POST"
-        request.META["REMOTE_ADDR"] = self.address
-        request.api_key = self.api_key
-        request.user = self.user or AnonymousUser()
-        return request
-
-    def owner(self) -> dict:
-        return {"owner": self.user, "owner_key": "", "client_ip": self.address or None}
-
-    def sessions(self):
-        if self.user is not None:
-            return GenerationSession.objects.owned_by(Viewer(user_id=self.user.pk))
-        return GenerationSession.objects.filter(owner__isnull=True, owner_key="")
-
-
-def http_caller(headers) -> Caller:
-    """The caller the /mcp route named in CALLER_HEADER (it refused everyone else)."""
-    value = (headers or {}).get(CALLER_HEADER, "")
-    kind, _, rest = value.partition(":")
-    if kind == "key":
-        key = ApiKey.objects.select_related("user").filter(pk=rest.partition("@")[0]).first()
-        if key is not None:
-            return Caller(user=key.user, api_key=key, address=rest.partition("@")[2])
-    if kind == "anonymous":
-        return Caller(address=rest)
-    raise ToolError("Not authenticated: send an API key (Authorization: Bearer <key>).")
 
 
 def session_text(session) -> dict:
@@ -144,8 +99,9 @@ async def follow(ctx: Context, ids: list) -> list:
         await asyncio.sleep(WAIT_INTERVAL)
 
 
-def build_server(caller_of: Callable[[Context], Caller]) -> MCPServer:
-    """The MCP server; `caller_of(ctx)` (run off the event loop) says who calls a tool."""
+def build_server(caller_of: Callable[[Context], Caller | None]) -> MCPServer:
+    """The MCP server; `caller_of(ctx)` (run off the event loop) says who calls a tool
+    (None: nobody it knows)."""
     server = MCPServer(
         "sdsite",
         instructions="Makes images with Stable Diffusion: call generate with a prompt; "
@@ -153,7 +109,10 @@ def build_server(caller_of: Callable[[Context], Caller]) -> MCPServer:
     )
 
     async def caller(ctx: Context) -> Caller:
-        return await sync_to_async(caller_of)(ctx)
+        who = await sync_to_async(caller_of)(ctx)
+        if who is None:
+            raise ToolError("Not authenticated: send an API key (Authorization: Bearer <key>).")
+        return who
 
     async def generate(ctx: Context, **values) -> list:
         who = await caller(ctx)
@@ -189,8 +148,8 @@ def build_server(caller_of: Callable[[Context], Caller]) -> MCPServer:
 
     def own_session(who: Caller, job_id: str):
         try:
-            return who.sessions().filter(pk=job_id).first()
-        except Exception:  # not a UUID: no such job
+            return who.sessions().filter(pk=uuid.UUID(job_id)).first()
+        except ValueError:  # not a UUID: no such job
             return None
 
     def status_of(who: Caller, job_id: str) -> list:

@@ -17,11 +17,10 @@ import asyncio
 import json
 
 from asgiref.sync import sync_to_async
-from mcp.server.transport_security import TransportSecuritySettings
 
 from ..addresses import anonymous_api_allowed
 from ..apikeys import authenticate_header
-from .mcp import CALLER_HEADER, build_server, http_caller
+from .mcp_caller import CALLER_HEADER, http_caller
 
 PATH = "/mcp"
 NOT_AUTHENTICATED = {
@@ -67,6 +66,12 @@ class McpRoute:
     async def manager(self):
         """The SDK's session manager, running in this event loop from the first request."""
         if self.started is None:
+            # The SDK loads here, not with the web process (seconds, and memory, for a
+            # route many sites never serve).
+            from mcp.server.transport_security import TransportSecuritySettings
+
+            from .mcp import build_server
+
             self.started = asyncio.Event()
             self.server = build_server(lambda ctx: http_caller(ctx.headers))
             self.server.streamable_http_app(

@@ -3,7 +3,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from generator.dialects.mcp import Caller, build_server
+from generator.dialects.mcp import build_server
+from generator.dialects.mcp_caller import Caller
 
 
 class Command(BaseCommand):
