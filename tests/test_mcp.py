@@ -10,6 +10,7 @@ import sys
 import httpx
 import httpx2
 import pytest
+from django.conf import settings
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ImageContent, TextContent
@@ -81,6 +82,10 @@ def test_generate_over_http_answers_the_images_with_progress_in_order(server):
     jobs = jobs_of(content)
     assert [job["parameters"]["seed"] for job in jobs] == [21, 22]
     assert {job["status"] for job in jobs} == {"completed"}
+    # Absolute, at SD_PUBLIC_URL (as webhooks' are), which is not the test server's port.
+    assert jobs[0]["image_url"].startswith(f"{settings.SD_PUBLIC_URL}/media/images/")
+    path = jobs[0]["image_url"].removeprefix(settings.SD_PUBLIC_URL)
+    assert httpx.get(server.url + path).headers["content-type"] == "image/png"
     values = [value for value, _ in progress]
     assert values == sorted(set(values)) and len(values) >= 2  # strictly increasing
     assert progress[-1] == (12, 12)  # both jobs' 6 steps

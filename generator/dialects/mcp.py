@@ -45,12 +45,16 @@ WAIT_LIMIT = 3600.0
 
 
 def session_text(session) -> dict:
-    """What a tool tells about a job: its state and the parameters it ran with."""
+    """What a tool tells about a job: its state, the parameters it ran with, and its image's
+    address (absolute, at SD_PUBLIC_URL: an assistant has no page to resolve it against)."""
     found = session_as_dict(session)
-    return {key: found[key] for key in (
+    told = {key: found[key] for key in (
         "session_id", "status", "phase", "current_step", "total_steps", "error", "image_url",
         "parameters",
     )}  # fmt: skip
+    if told["image_url"] and told["image_url"].startswith("/"):
+        told["image_url"] = settings.SD_PUBLIC_URL + told["image_url"]
+    return told
 
 
 def image_content(session) -> ImageContent:
