@@ -19,6 +19,7 @@ from PIL import Image
 from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession, Status
 from generator.ownership import Viewer
+from generator.params import BY_NAME
 from tests.support.processes import ROOT, WebServer, WorkerProcess, process_env
 
 # Jobs are queued, followed and cancelled through the database: CI runs it on both engines.
@@ -102,14 +103,23 @@ def test_list_models_job_status_and_cancel_see_only_the_caller_s_jobs(server):
 
     async def calls(key):
         async with over_http(server, key) as client:
-            tools = {tool.name for tool in (await client.list_tools()).tools}
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
             models = await client.call_tool("list_models", {})
             status = await client.call_tool("job_status", {"job_id": job["session_id"]})
             cancel = await client.call_tool("cancel", {"job_id": job["session_id"]})
             return tools, models, status, cancel
 
     tools, models, status, cancel = asyncio.run(calls(key))
-    assert tools == {"generate", "list_models", "job_status", "cancel"}
+    assert set(tools) == {"generate", "list_models", "job_status", "cancel"}
+    # generate's arguments are the spec's (generator/params.py): its ranges, its choices.
+    arguments = tools["generate"].input_schema["properties"]
+    steps, sampler = arguments["steps"]["anyOf"][0], arguments["scheduler"]["anyOf"][0]
+    assert (steps["minimum"], steps["maximum"]) == (
+        BY_NAME["steps"].minimum,
+        BY_NAME["steps"].maximum,
+    )
+    assert sampler["enum"] == [value for value, _ in BY_NAME["scheduler"].choices]
+    assert "strength" not in arguments  # it needs an input image
     listing = json.loads(models.content[0].text)
     assert (listing["models"], listing["default"]) == (["demo"], "demo")
     assert "Euler a" in listing["samplers"]
@@ -132,6 +142,7 @@ def test_bad_parameters_are_a_tool_error_naming_the_field(server):
 
     result = asyncio.run(call())
     assert result.is_error and "width" in result.content[0].text
+    assert "multiple of 8" in result.content[0].text  # the form's own message
     assert not GenerationSession.objects.exists()
 
 

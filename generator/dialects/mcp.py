@@ -18,7 +18,7 @@ import inspect
 import json
 import uuid
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -194,7 +194,10 @@ def generate_signature() -> inspect.Signature:
         limits = {key: value for key, value in limits.items() if value is not None}
         field = Field(description=parameter.help, **limits)
         required = parameter.name == "prompt"
-        kind = parameter.python_type if required else parameter.python_type | None
+        kind = parameter.python_type
+        if parameter.choices:  # an enum in the schema, for the assistant
+            kind = Literal[tuple(value for value, _ in parameter.choices)]
+        kind = kind if required else kind | None
         arguments.append(
             inspect.Parameter(
                 parameter.name,
