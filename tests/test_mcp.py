@@ -20,7 +20,7 @@ from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession, Status
 from generator.ownership import Viewer
 from generator.params import BY_NAME
-from tests.support.processes import ROOT, WebServer, WorkerProcess, process_env
+from tests.support.processes import ROOT, WebServer, WorkerProcess, process_env, wait_for
 
 # Jobs are queued, followed and cancelled through the database: CI runs it on both engines.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -180,3 +180,28 @@ def test_stdio_server_generates_as_the_user_it_was_started_for(server):
     assert progress[-1] == (3, 3)
     session = GenerationSession.objects.get()
     assert (session.owner_id, session.seed, session.status) == (user.pk, 5, Status.COMPLETED)
+
+
+def test_a_call_the_client_gives_up_cancels_its_jobs(server):
+    _, key = issue_key(user_for("assistant"), "mcp")
+
+    async def give_up():
+        async with over_http(server, key) as client:
+            call = asyncio.create_task(
+                client.call_tool(
+                    "generate", {"prompt": "x", "steps": 150, "width": 128, "height": 128}
+                )  # fmt: skip
+            )
+            running = GenerationSession.objects.filter(status=Status.RUNNING, current_step__gte=1)
+            while not await asyncio.to_thread(running.exists):
+                assert not call.done(), call
+                await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+    asyncio.run(asyncio.wait_for(give_up(), TIMEOUT))
+    wait_for(
+        lambda: GenerationSession.objects.get().status == Status.CANCELLED,
+        timeout=60, message="the job to be cancelled",
+    )  # fmt: skip

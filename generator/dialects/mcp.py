@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Literal
 
+import anyio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from mcp.server.mcpserver import Context, MCPServer
@@ -70,6 +71,11 @@ def queue_jobs(caller: Caller, data: dict, count: int) -> list:
     if errors:
         raise ToolError("; ".join(f"{field}: {' '.join(m)}" for field, m in errors.items()))
     return sessions
+
+
+def cancel_all(ids) -> None:
+    for pk in ids:
+        session_cancel(pk)
 
 
 def read_sessions(ids) -> list:
@@ -123,7 +129,13 @@ def build_server(caller_of: Callable[[Context], Caller | None]) -> MCPServer:
         data = {name: value for name, value in values.items() if value is not None}
         count = data.pop("count", None) or 1
         sessions = await sync_to_async(queue_jobs)(who, data, count)
-        finished = await follow(ctx, [session.pk for session in sessions])
+        ids = [session.pk for session in sessions]
+        try:
+            finished = await follow(ctx, ids)
+        except anyio.get_cancelled_exc_class():  # the client gave up the call: so do the jobs
+            with anyio.CancelScope(shield=True):
+                await sync_to_async(cancel_all)(ids)
+            raise
         done = [session for session in finished if session.status == Status.COMPLETED]
         if not done:
             reasons = "; ".join(s.error or s.status for s in finished)
