@@ -156,9 +156,11 @@ def test_auth_off_opens_the_api_only_to_the_listed_addresses(tmp_path):
         accept = {"Accept": "application/json, text/event-stream"}
 
         def status(path, **headers):
-            if path == "/mcp":
-                return httpx.post(f"{server.url}{path}", json=mcp, headers=accept | headers)
-            return httpx.get(f"{server.url}{path}", headers=headers)
+            if path == "/mcp":  # the first loads the MCP SDK: seconds on a busy machine
+                return httpx.post(
+                    f"{server.url}{path}", json=mcp, headers=accept | headers, timeout=60
+                )
+            return httpx.get(f"{server.url}{path}", headers=headers, timeout=60)
 
         for path in ("/sdapi/v1/options", "/v1/models", "/mcp"):
             # 127.0.0.1 is not listed: a key is still needed.

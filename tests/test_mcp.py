@@ -152,7 +152,9 @@ def test_mcp_over_http_answers_401_without_a_valid_key(server):
         "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
     accept = {"Accept": "application/json, text/event-stream"}
     for headers in ({}, {"Authorization": "Bearer sdk_wrong"}, {"x-sdsite-caller": "anonymous"}):
-        response = httpx.post(f"{server.url}/mcp", json=initialize, headers=accept | headers)
+        response = httpx.post(
+            f"{server.url}/mcp", json=initialize, headers=accept | headers, timeout=60
+        )
         assert response.status_code == 401, headers
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert response.json()["error"] == "invalid_token"
@@ -160,7 +162,10 @@ def test_mcp_over_http_answers_401_without_a_valid_key(server):
         asyncio.run(over_http(server, None).__aenter__())
     _, key = issue_key(user_for("assistant"), "mcp")
     response = httpx.post(
-        f"{server.url}/mcp", json=initialize, headers=accept | {"Authorization": f"Bearer {key}"}
+        f"{server.url}/mcp",
+        json=initialize,
+        headers=accept | {"Authorization": f"Bearer {key}"},
+        timeout=60,
     )
     assert response.status_code == 200
 

@@ -49,7 +49,7 @@ class McpRoute:
 
     def __init__(self):
         self.server = None
-        self.started: asyncio.Event | None = None
+        self.ready: asyncio.Event | None = None
         self.runner: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send):
@@ -65,28 +65,42 @@ class McpRoute:
 
     async def manager(self):
         """The SDK's session manager, running in this event loop from the first request."""
-        if self.started is None:
-            # The SDK loads here, not with the web process (seconds, and memory, for a
-            # route many sites never serve).
-            from mcp.server.transport_security import TransportSecuritySettings
-
-            from .mcp import build_server
-
-            self.started = asyncio.Event()
-            self.server = build_server(lambda ctx: http_caller(ctx.headers))
-            self.server.streamable_http_app(
-                streamable_http_path=PATH,
-                stateless_http=True,
-                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            )
-            self.runner = asyncio.create_task(self.run(self.server.session_manager))
-        await self.started.wait()
+        if self.ready is None:
+            self.ready = asyncio.Event()
+            self.runner = asyncio.create_task(self.run())
+        await self.ready.wait()
+        if self.server is None:  # it failed to load: the runner's exception is in the log
+            raise RuntimeError("The MCP server could not start.")
         return self.server.session_manager
 
-    async def run(self, manager):
-        async with manager.run():
-            self.started.set()
+    async def run(self):
+        # Loaded in a thread, off the event loop: seconds of imports the other requests of
+        # this process do not wait for.
+        try:
+            self.server = await asyncio.to_thread(load_server)
+        except Exception:
+            self.ready.set()  # the waiting requests fail, rather than hang
+            raise
+        async with self.server.session_manager.run():
+            self.ready.set()
             await asyncio.Event().wait()  # for the process's life
+
+
+def load_server():
+    """The MCP server with its streamable HTTP transport. The SDK loads here, with the first
+    /mcp request, not with the web process (seconds, and memory, for a route many sites
+    never serve)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from .mcp import build_server
+
+    server = build_server(lambda ctx: http_caller(ctx.headers))
+    server.streamable_http_app(
+        streamable_http_path=PATH,
+        stateless_http=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    return server
 
 
 async def refuse(send) -> None:
