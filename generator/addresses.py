@@ -140,3 +140,14 @@ def private_allowed(request) -> bool:
     """Whether the client may read the private routes (/metrics, /api/stats/progress)."""
     address = parse_ip(client_ip(request))
     return address is not None and within(address, networks(tuple(settings.SD_METRICS_ALLOWED)))
+
+
+def anonymous_api_allowed(address: str) -> bool:
+    """Whether a client at `address` may use the API routes without a key: SD_API_AUTH=off,
+    and the client within SD_API_ANONYMOUS_FROM where that lists any networks."""
+    if settings.SD_API_AUTH:
+        return False
+    if not settings.SD_API_ANONYMOUS_FROM:
+        return True
+    parsed = parse_ip(address or "")
+    return parsed is not None and within(parsed, networks(tuple(settings.SD_API_ANONYMOUS_FROM)))

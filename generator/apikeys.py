@@ -37,11 +37,6 @@ def issue_key(user, name: str = "") -> tuple[ApiKey, str]:
     return row, key
 
 
-def key_of(request) -> str | None:
-    """The key an Authorization header carries (Bearer, or Basic's password), if any."""
-    return key_in_header(request.headers.get("Authorization", ""))
-
-
 def key_in_header(header: str) -> str | None:
     """The key an Authorization header's value carries, if any."""
     scheme, _, value = header.partition(" ")
@@ -58,7 +53,12 @@ def key_in_header(header: str) -> str | None:
 
 def authenticate(request) -> ApiKey | None:
     """The active key the request carries, or None; marks it used."""
-    key = key_of(request)
+    return authenticate_header(request.headers.get("Authorization", ""))
+
+
+def authenticate_header(header: str) -> ApiKey | None:
+    """The active key an Authorization header's value carries, or None; marks it used."""
+    key = key_in_header(header)
     if not key:
         return None
     row = ApiKey.objects.active().select_related("user").filter(digest=digest(key)).first()
@@ -88,7 +88,7 @@ def user_for(username: str):
     return user
 
 
-API_PREFIXES = ("/api/", "/sdapi/", "/v1/")
+API_PREFIXES = ("/api/", "/sdapi/", "/v1/")  # and /mcp, whose ASGI route checks its key
 """The routes a key opens. Never the admin, /ops or any page of the cookie session: there
 a key header is ignored (a login is asked for, CSRF applies)."""
 

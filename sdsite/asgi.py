@@ -1,5 +1,5 @@
 """The ASGI entry point uvicorn serves: Django, with request bodies capped, the client's
-address read past trusted proxies, and the progress stream on its lean route."""
+address read past trusted proxies, the progress stream on its lean route, and MCP at /mcp."""
 
 import os
 
@@ -10,6 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 django_application = get_asgi_application()
 
 from generator.addresses import with_client_address  # noqa: E402
+from generator.dialects.mcp_asgi import is_mcp_request, mcp_app  # noqa: E402
 from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
@@ -19,6 +20,8 @@ async def route(scope, receive, send):
     # thread per open request; everything else is plain Django.
     if is_progress_request(scope):
         return await progress_app(scope, receive, send)
+    if is_mcp_request(scope):  # MCP's streamable HTTP, beside Django (mcp_asgi.py)
+        return await mcp_app(scope, receive, send)
     return await django_application(scope, receive, send)
 
 

@@ -279,6 +279,16 @@ SD_MAX_COUNT = int(os.environ.get("SD_MAX_COUNT", "4"))
 # The A1111 (/sdapi/v1) and OpenAI (/v1) endpoints need an API key unless this
 # is "off": only for a trusted single-user box, never on a network.
 SD_API_AUTH = os.environ.get("SD_API_AUTH", "on").strip().lower() not in {"off", "0", "false"}
+# The model each OpenAI model name that clients hard-code (dall-e-2, dall-e-3,
+# gpt-image-1, any gpt-image-*) is served by, as "dall-e-3=MODEL,gpt-image-1=MODEL";
+# a name not listed: the default model (SD_MODEL). GET /v1/models lists these names.
+SD_OPENAI_MODEL_MAP = {}
+for _entry in os.environ.get("SD_OPENAI_MODEL_MAP", "").split(","):
+    _alias, _, _model = (part.strip() for part in _entry.partition("="))
+    if _entry.strip() and not (_alias and _model):
+        raise ImproperlyConfigured(f"SD_OPENAI_MODEL_MAP: {_entry.strip()!r} is not NAME=MODEL")
+    if _alias:
+        SD_OPENAI_MODEL_MAP[_alias] = _model
 # The largest request body, refused (413) while it streams, on every route.
 # 1: images, previews and inputs are served only to whoever may see their
 # session (and staff); 0 (default): to anyone with the URL, a long random name.
@@ -370,6 +380,10 @@ def env_networks(name: str, default: str = "") -> list[str]:
 # addresses or networks; empty (the default): none, the connection's peer is the
 # client. The one address every limit and private route uses (generator.addresses).
 SD_TRUSTED_PROXIES = env_networks("SD_TRUSTED_PROXIES")
+# With SD_API_AUTH=off, the API routes are open without a key only to clients in
+# these networks (the client address above, past trusted proxies); others still
+# need one. Empty (the default): SD_API_AUTH=off opens them to every client.
+SD_API_ANONYMOUS_FROM = env_networks("SD_API_ANONYMOUS_FROM")
 # GET /metrics and /api/stats/progress answer only clients in these networks (403
 # elsewhere; staff may also read the stats).
 SD_METRICS_ALLOWED = env_networks("SD_METRICS_ALLOWED", "127.0.0.0/8,::1/128")

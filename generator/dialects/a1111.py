@@ -4,8 +4,15 @@ Field names and shapes follow A1111's `modules/api/models.py`: the request
 models ignore keys they do not know (clients rely on it: SillyTavern sends its
 own `url` and `auth`), and what sdsite cannot do (hires fix, face restoration,
 scripts) is ignored as A1111 ignores what it cannot do, and listed in the
-answer's `info` under `ignored`. Unlike A1111's, `progress` and `interrupt`
-are per key: a caller sees and stops only its own jobs.
+answer's `info` under `ignored`. Unlike A1111's, `progress`, `interrupt` and
+`skip` are per key: a caller sees and stops only its own jobs.
+
+Each image of a batch is a job of its own: `interrupt` cancels the caller's running
+jobs and the rest of their batches; `skip` cancels only the running ones, and the
+batch goes on with its next image (with SD_WORKER_BATCH > 1, the images one pipeline
+call makes together are skipped together). `send_images: false` answers no images
+(they stay in the history); `save_images` changes nothing, since every image is
+kept in the history until SD_KEEP_DAYS.
 """
 
 import json
@@ -65,6 +72,8 @@ FIELDS = {
     "inpainting_fill": "int",
     "inpainting_mask_invert": "int",
     "callback_url": "text",
+    "send_images": "bool",
+    "save_images": "bool",
 }
 """The JSON kind of each field sdsite reads (json_body.JSON_TYPES): the parameters' own from
 the spec, under their A1111 names, and A1111's others. Keys it does not read are ignored."""
@@ -88,6 +97,48 @@ NAMES = (
     | {p.name: f"override_settings.{p.a1111_override}" for p in PARAMETERS if p.a1111_override}
 )
 """sdsite's field names in A1111's terms, for the errors of the form."""
+
+
+OPTIONS = {
+    "sd_vae": "Automatic",
+    "CLIP_stop_at_last_layers": 1,
+    "samples_format": "png",
+    "samples_save": True,
+    "save_images_add_number": True,
+    "grid_save": False,
+    "return_grid": False,
+    "enable_pnginfo": True,
+    "eta_noise_seed_delta": 0,
+    "img2img_fix_steps": False,
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 1,
+    "sd_checkpoint_cache": 0,
+    "sd_vae_checkpoint_cache": 0,
+    "sd_lora": "None",
+    "sd_hypernetwork": "None",
+    "upscaler_for_img2img": None,
+    "face_restoration_model": None,
+    "token_merging_ratio": 0.0,
+    "sdxl_refiner_low_aesthetic_score": 2.5,
+    "forge_additional_modules": [],
+}
+"""GET /options' keys besides the model: A1111's defaults for what sdsite does not change."""
+CMD_FLAGS = {
+    "api": True,
+    "nowebui": True,
+    "listen": False,
+    "port": None,
+    "api_auth": None,
+    "lowvram": False,
+    "medvram": False,
+    "no_half": False,
+    "xformers": False,
+    "ckpt_dir": None,
+    "lora_dir": None,
+    "embeddings_dir": None,
+    "hide_ui_dir_config": True,
+    "disable_safe_unpickle": False,
+}
 
 
 def error(message: str) -> dict:
@@ -158,7 +209,8 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     errors, ignored = {}, []
     sampler = sampler_of(body)
     if sampler is None:
-        errors["sampler_name"] = [f"Sampler not found: use one of {', '.join(ALL_SCHEDULERS)}."]
+        field = "sampler_index" if not body.get("sampler_name") else "sampler_name"  # the old name
+        errors[field] = [f"Sampler not found: use one of {', '.join(ALL_SCHEDULERS)}."]
     model = (body.get("override_settings") or {}).get("sd_model_checkpoint")
     if model is None and request.api_key is not None and request.api_key.default_model:
         model = request.api_key.default_model
@@ -240,6 +292,11 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
         "restore_faces": False,
         "sd_model_name": first.model,
         "sd_model_hash": None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "face_restoration_model": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [a1111_parameters(session) for session in sessions],
@@ -262,7 +319,8 @@ async def generate(request, image_mode: bool):
     if not done and any(session.status == Status.FAILED for session in finished):
         message = next(s.error for s in finished if s.status == Status.FAILED)
         return JsonResponse(error(message), status=500)
-    images = [await sync_to_async(image_base64)(session) for session in done]
+    send = body.get("send_images", True)
+    images = [await sync_to_async(image_base64)(session) for session in done if send]
     info = await sync_to_async(info_of)(finished, body, ignored)
     return JsonResponse({"images": images, "parameters": body, "info": json.dumps(info)})
 
@@ -382,7 +440,9 @@ def sd_models(request):
 @keyed
 def options(request):
     """`sd_model_checkpoint` is the caller's default model: per key, or for everyone with
-    API auth off (no key to hold it), as A1111's is."""
+    API auth off (no key to hold it), as A1111's is. The other keys clients read answer
+    A1111's defaults (OPTIONS); what they set besides the model is accepted and ignored,
+    as A1111 takes keys it does not know."""
     key = request.api_key
     if request.method == "POST":
         body, errors = body_of(request)
@@ -404,9 +464,9 @@ def options(request):
         return JsonResponse(None, safe=False)
     model = current_model(request)
     return JsonResponse(
-        {"sd_model_checkpoint": checkpoint_title(model), "sd_checkpoint_hash": model_sha(model),
-         "samples_format": "png", "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
-    )  # fmt: skip
+        OPTIONS
+        | {"sd_model_checkpoint": checkpoint_title(model), "sd_checkpoint_hash": model_sha(model)}
+    )
 
 
 @require_GET
@@ -438,7 +498,8 @@ def empty_list(request):
 @require_GET
 @keyed
 def cmd_flags(request):
-    return JsonResponse({"api": True, "listen": False, "nowebui": True})
+    """A1111's command-line flags that clients read (no folders: no server paths)."""
+    return JsonResponse(CMD_FLAGS)
 
 
 @require_GET

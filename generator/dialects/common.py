@@ -12,10 +12,10 @@ import functools
 from collections.abc import Callable
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import JsonResponse
 
+from ..addresses import anonymous_api_allowed
 from ..forms import GenerateForm
 from ..models import GenerationSession
 from ..ownership import Viewer
@@ -33,7 +33,8 @@ def unauthorized(body: dict) -> JsonResponse:
 
 
 def require_key(error_body: Callable[[str], dict]):
-    """Views of a dialect answer 401 without a valid API key, unless SD_API_AUTH=off.
+    """Views of a dialect answer 401 without a valid API key, unless SD_API_AUTH=off opens
+    them to the client's address (SD_API_ANONYMOUS_FROM, `key_missing`).
 
     `error_body(message)` shapes the error as the dialect's clients expect it.
     """
@@ -44,7 +45,7 @@ def require_key(error_body: Callable[[str], dict]):
 
             @functools.wraps(view)
             async def checked_async(request, *args, **kwargs):
-                if settings.SD_API_AUTH and request.api_key is None:
+                if key_missing(request):
                     return unauthorized(error_body(message))
                 return await view(request, *args, **kwargs)
 
@@ -52,13 +53,18 @@ def require_key(error_body: Callable[[str], dict]):
 
         @functools.wraps(view)
         def checked(request, *args, **kwargs):
-            if settings.SD_API_AUTH and request.api_key is None:
+            if key_missing(request):
                 return unauthorized(error_body(message))
             return view(request, *args, **kwargs)
 
         return checked
 
     return decorate
+
+
+def key_missing(request) -> bool:
+    """The request carries no valid key, and its client may not go without one."""
+    return request.api_key is None and not anonymous_api_allowed(client_ip(request))
 
 
 def owner_of(request) -> dict:
@@ -88,15 +94,16 @@ def decode_image(value: str, field: str) -> SimpleUploadedFile:
     return SimpleUploadedFile(f"{field}.png", data)
 
 
-def queue(request, data: dict, files: dict, count: int) -> tuple[list, dict]:
+def queue(request, data: dict, files: dict, count: int, owner: dict | None = None):
     """Validate with the page's own form and queue: (sessions, {}) or ([], {field: [errors]}).
 
-    Within the owner's limits (limits.py), or TooManyRequests (a 429)."""
+    Within the owner's limits (limits.py), or TooManyRequests (a 429). `owner`: the
+    sessions' owner fields, when not the request's key's user (`owner_of`)."""
     check_rate(request)
     form = GenerateForm(data | {"count": count}, files)
     if not form.is_valid():
         return [], {field: list(messages) for field, messages in form.errors.items()}
-    owner = owner_of(request)
+    owner = owner or owner_of(request)
     admit = functools.partial(check_queue, request, owner)
     sessions = session_create_batch(
         **form.queue_options(), **form.parameters(), **owner, admit=admit
