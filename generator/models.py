@@ -446,3 +446,40 @@ def percentage(current_step: int, total_steps: int) -> int:
     if total_steps <= 0:
         return 0
     return min(100, current_step * 100 // total_steps)
+
+
+class ComfyPrompt(models.Model):
+    """A workflow posted to ComfyUI's API (`dialects/comfyui.py`): the job it queued (with its
+    batch), and what ComfyUI's clients read back: the prompt's id and number, the client that
+    listens for it on the WebSocket, and the ids of the workflow's nodes by their role."""
+
+    number = models.BigAutoField(primary_key=True)
+    prompt_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(
+        GenerationSession,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The first job it queued; the others share its batch.",
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+    )
+    client_id = models.CharField(max_length=200, blank=True, db_index=True)
+    nodes = models.JSONField(default=dict, help_text="{role: node id}: sampler, save, ...")
+    workflow = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "ComfyUI prompt"
+
+    def __str__(self):
+        return f"ComfyUI prompt {self.number}"
+
+    def sessions(self) -> list:
+        """Its jobs, in their batch's order."""
+        first = self.session
+        if first.batch_id is None:
+            return [first]
+        return list(
+            GenerationSession.objects.filter(batch_id=first.batch_id).order_by("seed", "created_at")
+        )
