@@ -4,8 +4,9 @@ Views answer their own 4xx as JSON already; this catches the rest: Django's
 404 and 500 pages (an unknown route under a prefix), a 405 from a method
 decorator, and the CSRF failure page, so an API client never has to parse HTML.
 The shapes are defined here, once: sdsite's `{"message", "errors"}`,
-ComfyUI's `{"error": {"type", "message", ...}, "node_errors"}`, A1111's (its HTTPException's `{"error", "detail", "errors"}`, and FastAPI's 422
-`{"detail": [{"loc", "msg", "type"}]}` for fields), OpenAI's `{"error": {...}}`.
+A1111's (its HTTPException's `{"error", "detail", "errors"}`, and FastAPI's 422
+`{"detail": [{"loc", "msg", "type"}]}` for fields), OpenAI's `{"error": {...}}`,
+ComfyUI's `{"error": {"type", "message", "details", "extra_info"}, "node_errors"}`.
 """
 
 import logging
