@@ -19,7 +19,7 @@ from generator.apikeys import issue_key, user_for
 from generator.dialects.comfyui_nodes import used_seed
 from generator.models import ComfyPrompt, GenerationSession, Status
 from generator.params import MAX_SEED
-from tests.support.processes import WebServer, server_and_worker, wait_for
+from tests.support.processes import Nginx, WebServer, server_and_worker, wait_for
 
 # The prompts, their jobs and the owners' checks go through the database: CI runs this on
 # both engines.
@@ -122,6 +122,8 @@ def test_open_webui_s_engine_socket_prompt_history_and_view(server, api_key):
     assert [m[0] for m in entry["status"]["messages"]] == [
         "execution_start", "execution_cached", "execution_success",
     ]  # fmt: skip
+    assert entry["prompt"][:2] == [queued["number"], prompt_id]
+    assert entry["prompt"][2]["3"]["inputs"]["seed"] == used_seed(SEED)  # the seed used
     images = entry["outputs"]["9"]["images"]
     assert images == executed["output"]["images"] and len(images) == 1
     assert images[0]["type"] == "output" and not images[0]["subfolder"].startswith("/")
@@ -274,7 +276,10 @@ def test_a_key_is_required_on_every_route_and_the_socket(server):
         with pytest.raises(InvalidStatus) as refused:
             connect(ws_url, additional_headers=headers).close()
         assert refused.value.response.status_code == 401
-    # Unknown routes under the prefix answer ComfyUI's JSON too.
+    # Unknown routes under the prefix answer ComfyUI's JSON too; other sockets are refused.
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url.replace("http://", "ws://") + "/api/ws").close()
+    assert refused.value.response.status_code == 403
     missing = httpx.get(f"{server.url}/comfyui/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["message"]
 
@@ -303,3 +308,14 @@ def test_queue_and_interrupt(server, api_key):
     assert httpx.get(f"{url}/queue", headers=auth).json() == {
         "queue_running": [], "queue_pending": [],
     }  # fmt: skip
+
+
+def test_the_socket_through_the_documented_nginx_block(server, api_key, tmp_path):
+    nginx = Nginx(tmp_path, server)
+    try:
+        url = nginx.url.replace("http://", "ws://") + "/comfyui/ws?clientId=abc"
+        with connect(url, additional_headers={"Authorization": f"Bearer {api_key}"}) as socket:
+            hello = json.loads(socket.recv(timeout=10))
+        assert hello["data"]["sid"] == "abc"
+    finally:
+        nginx.stop()

@@ -21,6 +21,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import IntegrityError, transaction
 from django.http import FileResponse, JsonResponse
 from django.urls import path
+from django.utils.crypto import salted_hmac
 from django.utils.text import get_valid_filename
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -79,7 +80,11 @@ def own_prompts(request):
 
 
 def upload_folder(owner_id: int | None) -> str:
-    return f"{UPLOADS}/{'user-' + str(owner_id) if owner_id is not None else 'anonymous'}"
+    """The owner's folder of inputs: named by a keyed hash of the owner, so that with open
+    media (SD_PRIVATE_MEDIA off) nobody finds another's uploads by guessing a user id and
+    a file name under /media/."""
+    owner = "anonymous" if owner_id is None else f"user-{owner_id}"
+    return f"{UPLOADS}/{salted_hmac(UPLOADS, owner).hexdigest()[:32]}"
 
 
 def upload_name(name: str) -> str | None:
@@ -157,6 +162,8 @@ def queue_workflow(request) -> JsonResponse:
         node, name = plan.where(field)
         raised = node_error(workflow, node, name, " ".join(messages), plan.nodes["save"])
         return JsonResponse(raised.body, status=400)
+    # The history shows the seed used (sdsite's seeds stop at 2**32 - 1: comfyui_nodes.used_seed).
+    workflow[plan.nodes["sampler"]]["inputs"]["seed"] = sessions[0].seed
     try:
         with transaction.atomic():
             prompt = ComfyPrompt.objects.create(
