@@ -193,7 +193,8 @@ def test_sillytavern_s_flow_with_auth_off(server, tmp_path):
         assert (session.scheduler, session.schedule_type) == ("Euler a", "Automatic")
         assert (session.prompt, session.negative_prompt) == ("a blue circle", "blurry")
         # The socket opens without a key too, with a client id of its own when none is given.
-        with connect(url.replace("http://", "ws://") + "/ws") as socket:
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        with connect(ws_url, origin=f"http://127.0.0.1:{open_server.port}") as socket:
             hello = json.loads(socket.recv(timeout=10))
             assert hello["type"] == "status" and len(hello["data"]["sid"]) == 32
     finally:
@@ -276,6 +277,10 @@ def test_a_key_is_required_on_every_route_and_the_socket(server):
         with pytest.raises(InvalidStatus) as refused:
             connect(ws_url, additional_headers=headers).close()
         assert refused.value.response.status_code == 401
+    # Another site's page may not open it (with SD_API_AUTH=off no key would stop it).
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url, origin="http://evil.example").close()
+    assert refused.value.response.status_code == 403
     # Unknown routes under the prefix answer ComfyUI's JSON too; other sockets are refused.
     with pytest.raises(InvalidStatus) as refused:
         connect(server.url.replace("http://", "ws://") + "/api/ws").close()

@@ -11,7 +11,8 @@ queue changes), `execution_start`, `execution_cached`, `executing` (node by node
 `progress` (value, max), binary preview frames, `executed` with the SaveImage node's
 images, `execution_success` / `execution_error` / `execution_interrupted`, and
 `executing` with `node: null` last. API keys apply as on the HTTP routes: Bearer (or
-Basic) in the handshake, unless SD_API_AUTH=off. A socket holds a slot under the
+Basic) in the handshake, unless SD_API_AUTH=off; a browser's page from another site is
+refused (its Origin). A socket holds a slot under the
 progress streams' caps (SD_MAX_STREAMS, SD_MAX_STREAMS_PER_OWNER).
 """
 
@@ -23,10 +24,11 @@ import struct
 import uuid
 import weakref
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
 from django.db.models import Q
+from django.http.request import split_domain_port
 
 from ..apikeys import key_in_header
 from ..models import ComfyPrompt, GenerationSession, Status
@@ -111,6 +113,18 @@ def readers(hub: ProgressHub) -> tuple[BatchedReads, BatchedReads]:
     return found
 
 
+def same_origin(headers: dict) -> bool:
+    """A browser's page from another site may not open the socket (browsers send `Origin`;
+    pages may open sockets to any site, and with SD_API_AUTH=off no key stops them). Clients
+    that are not browsers send none, or their target's own (websocket-client): the host is
+    compared, not the port, which a proxy in front changes."""
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if not origin:
+        return True
+    host, _ = split_domain_port(headers.get(b"host", b"").decode("latin-1"))
+    return urlsplit(origin).hostname == host.strip("[]").lower()
+
+
 def is_comfyui_socket(scope) -> bool:
     return scope["type"] == "websocket" and scope["path"].rstrip("/") == PATH
 
@@ -153,6 +167,8 @@ class ComfySocket:
         headers = dict(self.scope["headers"])
         if not host_allowed(headers):
             return await self.deny(400, "Unknown host.")
+        if not same_origin(headers):
+            return await self.deny(403, "Another site's page may not open this socket.")
         hub = get_hub()
         key = key_in_header(headers.get(b"authorization", b"").decode("latin-1"))
         self.owner_id = await hub.read_key_user(key) if key else None
@@ -202,11 +218,11 @@ class ComfySocket:
         while True:
             await asyncio.sleep(PROMPT_POLL)
             found, after = await prompts.get((self.owner_id, self.client_id, after))
-            for prompt in found:
-                self.queue.put_nowait(prompt)
-            if found:
+            if found:  # the queue's new length first, then the prompts' own messages
                 self.remaining += len(found)
                 await self.status()
+            for prompt in found:
+                self.queue.put_nowait(prompt)
 
     async def follow_prompts(self, hub: ProgressHub) -> None:
         while True:
