@@ -289,26 +289,30 @@ def test_a_key_is_required_on_every_route_and_the_socket(server):
     assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
-def test_queue_and_interrupt(server, api_key):
+def test_queue_and_interrupt_over_the_socket(server, api_key):
     auth = {"Authorization": f"Bearer {api_key}"}
     url = f"{server.url}/comfyui"
     workflow = open_webui_workflow(steps=150)
     workflow["5"]["inputs"] |= {"width": 128, "height": 128}
-    prompt_id = httpx.post(f"{url}/prompt", json={"prompt": workflow}, headers=auth).json()[
-        "prompt_id"
-    ]
-    running = wait_for(
-        lambda: httpx.get(f"{url}/queue", headers=auth).json()["queue_running"],
-        timeout=60, message="the prompt to run",
-    )  # fmt: skip
-    assert running[0][1] == prompt_id and running[0][4] == ["9"]
-    assert httpx.post(f"{url}/interrupt", headers=auth).status_code == 200
-    item = wait_for(
-        lambda: httpx.get(f"{url}/history/{prompt_id}", headers=auth).json().get(prompt_id),
-        timeout=60, message="the interrupted prompt in /history",
-    )  # fmt: skip
+    ws_url = url.replace("http://", "ws://") + "/ws?clientId=stopper"
+    with connect(ws_url, additional_headers=auth) as socket:
+        socket.recv(timeout=10)  # status
+        body = {"prompt": workflow, "client_id": "stopper"}
+        prompt_id = httpx.post(f"{url}/prompt", json=body, headers=auth).json()["prompt_id"]
+        while not (isinstance(m := socket.recv(timeout=60), str) and '"progress"' in m):
+            pass  # until the first step
+        running = httpx.get(f"{url}/queue", headers=auth).json()
+        assert running["queue_pending"] == []
+        assert running["queue_running"][0][1:2] == [prompt_id]
+        assert running["queue_running"][0][3:] == [{"client_id": "stopper"}, ["9"]]
+        assert httpx.post(f"{url}/interrupt", headers=auth).status_code == 200
+        texts, _ = messages_until_done(socket, prompt_id)
+    assert [m["type"] for m in texts][-2:] == ["execution_interrupted", "executing"]
+    assert texts[-2]["data"]["node_id"] == "3"
+    item = httpx.get(f"{url}/history/{prompt_id}", headers=auth).json()[prompt_id]
     assert item["status"]["status_str"] == "error" and not item["status"]["completed"]
     assert item["status"]["messages"][-1][0] == "execution_interrupted"
+    assert item["outputs"] == {}
     assert GenerationSession.objects.get().status == Status.CANCELLED
     assert httpx.get(f"{url}/queue", headers=auth).json() == {
         "queue_running": [], "queue_pending": [],
