@@ -481,5 +481,5 @@ class ComfyPrompt(models.Model):
         if first.batch_id is None:
             return [first]
         return list(
-            GenerationSession.objects.filter(batch_id=first.batch_id).order_by("seed", "created_at")
+            GenerationSession.objects.filter(batch_id=first.batch_id).order_by("created_at")
         )

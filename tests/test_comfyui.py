@@ -85,7 +85,7 @@ def test_open_webui_s_engine_socket_prompt_history_and_view(server, api_key):
             "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id},
         }
         # Open WebUI's urllib request: the JSON body with no Content-Type of its own.
-        body = json.dumps({"prompt": open_webui_workflow(seed=SEED), "client_id": client_id})
+        body = json.dumps({"prompt": open_webui_workflow(seed=SEED, n=2), "client_id": client_id})
         answer = httpx.post(f"{server.url}/comfyui/prompt", content=body.encode(), headers=auth)
         assert answer.status_code == 200, answer.text
         queued = answer.json()
@@ -103,7 +103,7 @@ def test_open_webui_s_engine_socket_prompt_history_and_view(server, api_key):
     assert texts[0]["data"] == {"status": {"exec_info": {"queue_remaining": 1}}}
     progress = [m["data"] for m in texts if m["type"] == "progress"]
     assert [p["value"] for p in progress] == sorted({p["value"] for p in progress})
-    assert progress[-1]["value"] == progress[-1]["max"] == 4
+    assert progress[-1]["value"] == progress[-1]["max"] == 8  # 4 steps of each of 2 jobs
     assert {(p["node"], p["prompt_id"]) for p in progress} == {("3", prompt_id)}
     # The last progress comes before the sampler's successors run, before `node: null`.
     last = max(i for i, m in enumerate(texts) if m["type"] == "progress")
@@ -125,16 +125,19 @@ def test_open_webui_s_engine_socket_prompt_history_and_view(server, api_key):
     assert entry["prompt"][:2] == [queued["number"], prompt_id]
     assert entry["prompt"][2]["3"]["inputs"]["seed"] == used_seed(SEED)  # the seed used
     images = entry["outputs"]["9"]["images"]
-    assert images == executed["output"]["images"] and len(images) == 1
+    assert images == executed["output"]["images"] and len(images) == 2
     assert images[0]["type"] == "output" and not images[0]["subfolder"].startswith("/")
     # Open WebUI builds /view's query with urlencode and fetches it with its key.
-    image = httpx.get(f"{server.url}/comfyui/view", params=images[0], headers=auth)
-    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-    with Image.open(io.BytesIO(image.content)) as png:
-        assert png.size == (64, 64)
-        assert f"Seed: {used_seed(SEED)}," in png.text["parameters"]
-    session = GenerationSession.objects.get()
-    assert (session.seed, session.owner.username) == (SEED % (MAX_SEED + 1), "tool")
+    for n, image_entry in enumerate(images):
+        image = httpx.get(f"{server.url}/comfyui/view", params=image_entry, headers=auth)
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(image.content)) as png:
+            assert png.size == (64, 64)
+            assert f"Seed: {(used_seed(SEED) + n) % (MAX_SEED + 1)}," in png.text["parameters"]
+    sessions = GenerationSession.objects.order_by("created_at")
+    assert [s.seed for s in sessions] == [MAX_SEED, 0]  # 2**53 - 1 is MAX_SEED modulo 2**32
+    assert {s.owner.username for s in sessions} == {"tool"}
+    session = sessions[0]
     assert (session.scheduler, session.guidance_scale, session.steps) == ("Euler", 8.0, 4)
     # Another key's user sees neither the entry nor the image.
     _, other = issue_key(user_for("someone else"), "tests")
