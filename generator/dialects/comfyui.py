@@ -55,15 +55,16 @@ MAX_HISTORY = 200
 """The most entries GET /history answers (newest first), whatever `max_items` asks."""
 
 
-def error(message: str, kind: str = "invalid_request", details: str = "") -> dict:
-    return comfyui_error_body(message, kind, details)
+def error(message: str, kind: str = "invalid_request", details: str = "", field=None) -> dict:
+    return comfyui_error_body(message, kind, details, field=field)
 
 
 keyed = require_key(lambda message: error(message, "unauthorized"))
 
 
-def bad_request(message: str, kind: str = "invalid_request", details: str = "") -> JsonResponse:
-    return JsonResponse(error(message, kind, details), status=400)
+def bad_request(message: str, kind: str = "invalid_request", field=None) -> JsonResponse:
+    """A 400 in ComfyUI's shape; `field`: the request's field at fault, if any."""
+    return JsonResponse(error(message, kind, field=field or ""), status=400)
 
 
 def owner_id_of(request) -> int | None:
@@ -111,14 +112,24 @@ def read_prompt_body(request) -> tuple[dict, JsonResponse | None]:
     try:
         body = load_object(request.body)
     except BodyError as problem:
-        return {}, bad_request(f"The body is not valid JSON: {problem.message}", "invalid_json")
+        return {}, body_error(problem)
     client_id = body.get("client_id")
     if client_id is None and isinstance(body.get("extra_data"), dict):
         client_id = body["extra_data"].get("client_id")
     if client_id is not None and not isinstance(client_id, str):
-        return {}, bad_request("client_id must be a string.", "invalid_prompt")
+        return {}, bad_request("client_id must be a string.", "invalid_prompt", "client_id")
     body["client_id"] = (client_id or "")[:200]
     return body, None
+
+
+def body_error(problem: BodyError) -> JsonResponse:
+    """A body JSON refuses (NaN, 1e400, a lone surrogate, too deep): the node's input when it
+    is in one (`prompt.<node>.inputs.<input>`), else the body's field."""
+    where = problem.path
+    if len(where) >= 4 and where[0] == "prompt" and where[2] == "inputs":
+        refused = node_error({}, str(where[1]), str(where[3]), problem.message)
+        return JsonResponse(refused.body, status=400)
+    return bad_request(problem.message, "invalid_json", problem.field or "__all__")
 
 
 def prompt_id_of(body: dict) -> tuple[uuid.UUID, JsonResponse | None]:
@@ -129,7 +140,7 @@ def prompt_id_of(body: dict) -> tuple[uuid.UUID, JsonResponse | None]:
     try:
         return uuid.UUID(str(given)), None
     except ValueError:
-        return uuid.uuid4(), bad_request("prompt_id must be a UUID.", "invalid_prompt")
+        return uuid.uuid4(), bad_request("prompt_id must be a UUID.", "invalid_prompt", "prompt_id")
 
 
 def queue_workflow(request) -> JsonResponse:
@@ -173,7 +184,7 @@ def queue_workflow(request) -> JsonResponse:
     except IntegrityError:  # a prompt_id already used: the jobs go, the client is told
         for session in sessions:
             session_cancel(session.pk)
-        return bad_request("This prompt_id is taken.", "invalid_prompt")
+        return bad_request("This prompt_id is taken.", "invalid_prompt", "prompt_id")
     return JsonResponse(
         {"prompt_id": str(prompt.prompt_id), "number": prompt.number, "node_errors": {}}
     )
@@ -281,7 +292,7 @@ def history(request):
     try:
         most = min(int(request.GET.get("max_items") or MAX_HISTORY), MAX_HISTORY)
     except ValueError:
-        return bad_request("max_items must be a number.")
+        return bad_request("max_items must be a number.", field="max_items")
     prompts = own_prompts(request).order_by("-number")[: max(most, 0) + 50]
     entries = history_of(prompts)
     return JsonResponse(dict(list(entries.items())[:most]))
@@ -291,12 +302,12 @@ def forget(request) -> JsonResponse:
     try:
         body = load_object(request.body)
     except BodyError as problem:
-        return bad_request(problem.message, "invalid_json")
+        return body_error(problem)
     if body.get("clear") is True:
         own_prompts(request).delete()
     ids = body.get("delete") or []
     if not isinstance(ids, list):
-        return bad_request("delete must be a list of prompt ids.")
+        return bad_request("delete must be a list of prompt ids.", field="delete")
     own_prompts(request).filter(prompt_id__in=valid_ids(ids)).delete()
     return JsonResponse({})
 
@@ -334,7 +345,7 @@ def queue_view(request):
         try:
             body = load_object(request.body)
         except BodyError as problem:
-            return bad_request(problem.message, "invalid_json")
+            return body_error(problem)
         wanted = set(valid_ids(body.get("delete") or [])) if body.get("clear") is not True else None
         for prompt in unfinished:
             if wanted is None or prompt.prompt_id in wanted:
@@ -408,14 +419,14 @@ def upload_image(request):
     of that name replaces the first, as ComfyUI's `overwrite`)."""
     upload = request.FILES.get("image")
     if upload is None:
-        return bad_request("Send the image as the multipart field `image`.")
+        return bad_request("Send the image as the multipart field `image`.", field="image")
     name = upload_name(os.path.basename(upload.name or ""))
     if name is None:
-        return bad_request("The image needs a file name.")
+        return bad_request("The image needs a file name.", field="image")
     try:
         image = open_upload(upload)
     except ValidationError as problem:
-        return bad_request(" ".join(problem.messages), "invalid_image")
+        return bad_request(" ".join(problem.messages), "invalid_image", "image")
     stored = f"{upload_folder(owner_id_of(request))}/{name}"
     default_storage.delete(stored)
     default_storage.save(stored, ContentFile(as_png(image.convert("RGB"))))

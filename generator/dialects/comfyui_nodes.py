@@ -22,14 +22,16 @@ from ..pipelines.checkpoints import display_name, offered_models, scan
 from ..pipelines.loras import available as available_loras
 from ..prompts import MAX_WEIGHT
 from ..web.api_errors import comfyui_error_body
+from ..web.json_body import MAX_INTEGER
 
 MAX_NODES = 64
 """The most nodes a workflow may have (the graphs sdsite takes have 7 to a dozen)."""
 MAX_LORAS = 8
-COMFYUI_SEED_MAX = 2**64 - 1
-"""ComfyUI's own bound for KSampler's seed; sdsite's seeds stop at MAX_SEED (2**32 - 1):
-a larger one is used modulo 2**32 (`used_seed`), and the job, its metadata and the history
-show the seed used."""
+COMFYUI_SEED_MAX = MAX_INTEGER
+"""The largest KSampler seed taken: 2**63 - 1, the largest integer a request body may carry
+(ComfyUI's own bound is 2**64 - 1; its clients pick seeds up to 2**53). sdsite's seeds stop at
+MAX_SEED (2**32 - 1): a larger one is used modulo 2**32 (`used_seed`), and the job, its
+metadata and the history show the seed used."""
 
 SAMPLERS = {
     "euler": "Euler",
@@ -205,13 +207,17 @@ class WorkflowError(Exception):
         self.body = body
 
 
-def refuse(kind: str, message: str, details: str = "", node_errors=None) -> WorkflowError:
-    return WorkflowError(comfyui_error_body(message, kind, details, node_errors))
+def refuse(
+    kind: str, message: str, details: str = "", node_errors=None, field: str = "prompt"
+) -> WorkflowError:
+    return WorkflowError(comfyui_error_body(message, kind, details, node_errors, field))
 
 
-def node_error(workflow: dict, node_id: str, input_name: str, message: str, save: str = ""):
+def node_error(workflow, node_id: str, input_name: str, message: str, save: str = ""):
     """ComfyUI's `prompt_outputs_failed_validation`, for one input of one node."""
-    class_type = workflow.get(node_id, {}).get("class_type", "")
+    node = workflow.get(node_id) if isinstance(workflow, dict) else None
+    class_type = node.get("class_type", "") if isinstance(node, dict) else ""
+    class_type = class_type if isinstance(class_type, str) else ""
     errors = {
         node_id: {
             "errors": [
@@ -231,6 +237,7 @@ def node_error(workflow: dict, node_id: str, input_name: str, message: str, save
         "Prompt outputs failed validation",
         f"{class_type} (node {node_id}).{input_name}: {message}",
         errors,
+        field=None,
     )
 
 
@@ -400,12 +407,13 @@ def plan_of(workflow) -> Plan:
     latent = read.link(sampler, "latent_image", ("EmptyLatentImage", "VAEEncode"), 0)
     nodes["latent"] = latent
     data = plan.data
+    denoise = read.value(sampler, "denoise", (int, float), 1.0)  # checked in either graph
     if workflow[latent]["class_type"] == "VAEEncode":
         nodes["encode"] = latent
         nodes["load_image"] = read.link(latent, "pixels", ("LoadImage",), 0)
         loaders.append(read.link(latent, "vae", ("CheckpointLoaderSimple",), 2))
         plan.image_name = read.value(nodes["load_image"], "image", str)
-        data["strength"] = read.value(sampler, "denoise", (int, float), 1.0)
+        data["strength"] = denoise  # from text, sdsite always denoises fully
     else:
         data["width"] = read.value(latent, "width", int)
         data["height"] = read.value(latent, "height", int)

@@ -76,12 +76,14 @@ def openai_error_body(message: str, param: str | None = None, code: str | None =
 
 
 def comfyui_error_body(
-    message: str, kind: str = "invalid_request", details: str = "", node_errors=None
+    message: str, kind: str = "invalid_request", details: str = "", node_errors=None, field=None
 ) -> dict:
     """ComfyUI's error: `{"error": {"type", "message", "details", "extra_info"}, "node_errors"}`
-    (`node_errors`: {node id: {"errors": [...], "class_type", "dependent_outputs"}})."""
+    (`node_errors`: {node id: {"errors": [...], "class_type", "dependent_outputs"}}); a field of
+    the request at fault that is no node's input is named in `extra_info.field`."""
+    extra_info = {"field": field} if field else {}
     return {
-        "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
+        "error": {"type": kind, "message": message, "details": details, "extra_info": extra_info},
         "node_errors": node_errors or {},
     }
 
