@@ -477,9 +477,28 @@ class ComfyPrompt(models.Model):
 
     def sessions(self) -> list:
         """Its jobs, in their batch's order."""
-        first = self.session
-        if first.batch_id is None:
-            return [first]
-        return list(
-            GenerationSession.objects.filter(batch_id=first.batch_id).order_by("created_at")
+        return prompt_sessions([self])[self.pk]
+
+
+PROMPT_SESSION_FIELDS = (
+    "id", "status", "image", "error", "batch_id", "created_at", "started_at", "finished_at",
+)  # fmt: skip
+"""What ComfyUI's answers read of a prompt's jobs: reading only these halves a /history."""
+
+
+def prompt_sessions(prompts) -> dict:
+    """{prompt number: its jobs in their batch's order} for ComfyPrompts read with their first
+    session (`select_related("session")`): one query for all their batches."""
+    batches = {prompt.session.batch_id for prompt in prompts if prompt.session.batch_id}
+    members: dict = {}
+    if batches:
+        rows = (
+            GenerationSession.objects.filter(batch_id__in=batches)
+            .only(*PROMPT_SESSION_FIELDS)
+            .order_by("created_at")
         )
+        for session in rows:
+            members.setdefault(session.batch_id, []).append(session)
+    return {
+        prompt.pk: members.get(prompt.session.batch_id) or [prompt.session] for prompt in prompts
+    }

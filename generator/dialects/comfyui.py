@@ -28,7 +28,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .. import __version__
 from ..images import as_png, open_upload
-from ..models import FINISHED_STATUSES, ComfyPrompt, Status
+from ..models import (
+    FINISHED_STATUSES,
+    PROMPT_SESSION_FIELDS,
+    ComfyPrompt,
+    Status,
+    prompt_sessions,
+)
 from ..pipelines import checkpoints
 from ..pipelines.embeddings import listing as embeddings_listing
 from ..pipelines.loras import available as available_loras
@@ -51,8 +57,11 @@ from .common import own_sessions, queue, require_key
 
 UPLOADS = "comfyui-inputs"
 """The media folder of LoadImage's inputs, one folder per owner."""
+HISTORY = 64
+"""The entries GET /history answers without `max_items` (newest first): SillyTavern polls it
+every 100 ms for its newest prompt (bench/comfyui_history.py times it)."""
 MAX_HISTORY = 200
-"""The most entries GET /history answers (newest first), whatever `max_items` asks."""
+"""The most entries GET /history answers, whatever `max_items` asks."""
 
 
 def error(message: str, kind: str = "invalid_request", details: str = "", field=None) -> dict:
@@ -74,7 +83,10 @@ def owner_id_of(request) -> int | None:
 def own_prompts(request):
     """The caller's prompts: its key's user's, or with no key (SD_API_AUTH=off) nobody's."""
     owner = owner_id_of(request)
-    prompts = ComfyPrompt.objects.select_related("session")
+    prompts = ComfyPrompt.objects.select_related("session").only(
+        "number", "prompt_id", "client_id", "nodes", "workflow", "owner_id", "session_id",
+        *(f"session__{name}" for name in PROMPT_SESSION_FIELDS),
+    )  # fmt: skip
     if owner is None:
         return prompts.filter(owner__isnull=True)
     return prompts.filter(owner_id=owner)
@@ -254,9 +266,8 @@ def stamp(moment) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def history_entry(prompt: ComfyPrompt) -> dict | None:
-    """A prompt's /history entry once every job of it has ended; None before."""
-    sessions = prompt.sessions()
+def history_entry(prompt: ComfyPrompt, sessions: list) -> dict | None:
+    """A prompt's /history entry once every job of it (`sessions`) has ended; None before."""
     if not all(session.status in FINISHED_STATUSES for session in sessions):
         return None
     status_str, messages = status_messages(prompt, sessions)
@@ -273,9 +284,12 @@ def history_entry(prompt: ComfyPrompt) -> dict | None:
 
 
 def history_of(prompts) -> dict:
+    """The entries of those of `prompts` (read with their first session) that have ended."""
+    prompts = [p for p in prompts if p.session.status in FINISHED_STATUSES]
+    sessions = prompt_sessions(prompts)
     found = {}
     for prompt in prompts:
-        entry = history_entry(prompt)
+        entry = history_entry(prompt, sessions[prompt.pk])
         if entry is not None:
             found[str(prompt.prompt_id)] = entry
     return found
@@ -285,12 +299,13 @@ def history_of(prompts) -> dict:
 @require_http_methods(["GET", "POST"])
 @keyed
 def history(request):
-    """GET: the caller's finished prompts, newest first (at most `max_items`, MAX_HISTORY).
+    """GET: the caller's finished prompts, newest first (`max_items`, default HISTORY, at
+    most MAX_HISTORY).
     POST `{"delete": [ids]}` or `{"clear": true}`: forget entries (their jobs stay)."""
     if request.method == "POST":
         return forget(request)
     try:
-        most = min(int(request.GET.get("max_items") or MAX_HISTORY), MAX_HISTORY)
+        most = min(int(request.GET.get("max_items") or HISTORY), MAX_HISTORY)
     except ValueError:
         return bad_request("max_items must be a number.", field="max_items")
     prompts = own_prompts(request).order_by("-number")[: max(most, 0) + 50]
@@ -354,8 +369,9 @@ def queue_view(request):
                         session_cancel(session.pk)
         return JsonResponse({})
     running, pending = [], []
+    batches = prompt_sessions(unfinished)
     for prompt in unfinished:
-        sessions = prompt.sessions()
+        sessions = batches[prompt.pk]
         is_running = any(s.status == Status.RUNNING for s in sessions)
         (running if is_running else pending).append(queue_item(prompt))
     return JsonResponse({"queue_running": running, "queue_pending": pending})
