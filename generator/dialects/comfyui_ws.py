@@ -31,7 +31,7 @@ from django.db.models import Q
 from django.http.request import split_domain_port
 
 from ..apikeys import key_in_header
-from ..models import ComfyPrompt, GenerationSession, Status
+from ..models import ComfyPrompt, GenerationSession, Status, prompt_sessions
 from ..web.api_errors import comfyui_error_body
 from ..web.hub import BatchedReads, ProgressHub, get_hub
 from ..web.lean_route import host_allowed
@@ -59,40 +59,33 @@ class Followed:
 
 def read_prompts(keys) -> dict:
     """{(owner id, client id, after): ([Followed...], the highest number seen)}, in one
-    query. `after` None (a socket that just opened): the unfinished prompts, and the
-    highest number of any; else the prompts numbered after it."""
+    query. `after` None (a socket that just opened): the unfinished prompts, up to the highest
+    number of any (read first: a prompt made meanwhile is the next look's); else the prompts
+    numbered after it."""
+    highest = ComfyPrompt.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     query = Q(pk__in=[])
     for owner_id, client_id, after in keys:
         mine = Q(owner__isnull=True) if owner_id is None else Q(owner_id=owner_id)
         mine &= Q(client_id="") | Q(client_id=client_id)
-        query |= mine & (Q(session__status__in=UNFINISHED) if after is None else Q(pk__gt=after))
+        if after is None:
+            query |= mine & Q(session__status__in=UNFINISHED, pk__lte=highest)
+        else:
+            query |= mine & Q(pk__gt=after)
     rows = list(ComfyPrompt.objects.filter(query).select_related("session").order_by("pk")[:200])
-    batches = {row.session.batch_id for row in rows if row.session.batch_id}
-    members: dict = {}
-    for session_id, batch_id in (
-        GenerationSession.objects.filter(batch_id__in=batches)
-        .order_by("created_at")
-        .values_list("pk", "batch_id")
-    ):
-        members.setdefault(batch_id, []).append(session_id)
-    highest = ComfyPrompt.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    members = prompt_sessions(rows)
     found = {}
     for key in keys:
         owner_id, client_id, after = key
         followed = [
-            Followed(
-                row.pk,
-                str(row.prompt_id),
-                tuple(members.get(row.session.batch_id, [row.session_id])),
-                row.nodes,
-            )  # fmt: skip
+            Followed(row.pk, str(row.prompt_id), tuple(s.pk for s in members[row.pk]), row.nodes)
             for row in rows
             if row.owner_id == owner_id
             and row.client_id in ("", client_id)
-            and (after is None or row.pk > after)
+            and (row.pk <= highest if after is None else row.pk > after)
+            and (after is not None or row.session.status in UNFINISHED)
         ]
         last = max([f.number for f in followed], default=after or 0)
-        found[key] = (followed, max(last, highest) if after is None else last)
+        found[key] = (followed, highest if after is None else last)
     return found
 
 
