@@ -224,14 +224,23 @@ def test_img2img_with_a_lora_from_an_uploaded_image(server, api_key):
 
     workflow = fixture("img2img_lora.json")["workflow"]
     workflow["2"]["inputs"]["image"] = "start.png"
-    answer = httpx.post(f"{url}/prompt", json={"prompt": workflow}, headers=auth)
-    assert answer.status_code == 200, answer.text
-    prompt_id = answer.json()["prompt_id"]
-    item = wait_for(
-        lambda: httpx.get(f"{url}/history/{prompt_id}", headers=auth).json().get(prompt_id),
-        timeout=120, message="the img2img prompt to finish",
-    )  # fmt: skip
+    # Posted with no client_id: the owner's sockets follow it all the same (ComfyUI sends
+    # such prompts to every socket).
+    ws_url = url.replace("http://", "ws://") + "/ws?clientId=any"
+    with connect(ws_url, additional_headers=auth) as socket:
+        socket.recv(timeout=10)  # status
+        answer = httpx.post(f"{url}/prompt", json={"prompt": workflow}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        prompt_id = answer.json()["prompt_id"]
+        texts, _ = messages_until_done(socket, prompt_id)
+    executing = [m["data"]["node"] for m in texts if m["type"] == "executing"]
+    assert executing == ["1", "10", "6", "7", "2", "3", "4", "8", "9", None]
+    progress = [m["data"] for m in texts if m["type"] == "progress"]
+    assert progress[-1]["value"] == progress[-1]["max"] == 2  # 0.5 of 4 steps
+    item = httpx.get(f"{url}/history/{prompt_id}", headers=auth).json()[prompt_id]
     assert item["status"]["status_str"] == "success", item["status"]
+    executed = next(m["data"] for m in texts if m["type"] == "executed")
+    assert executed["output"]["images"] == item["outputs"]["9"]["images"]
     session = GenerationSession.objects.get()
     assert session.prompt == "a circle <lora:demo-swap:1>"
     assert (session.strength, session.total_steps, session.init_image.name != "") == (0.5, 2, True)
