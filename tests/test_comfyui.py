@@ -19,6 +19,7 @@ from generator.apikeys import issue_key, user_for
 from generator.dialects.comfyui_nodes import used_seed
 from generator.models import ComfyPrompt, GenerationSession, Status
 from generator.params import MAX_SEED
+from generator.services import session_delete
 from tests.support.processes import Nginx, WebServer, server_and_worker, wait_for
 
 # The prompts, their jobs and the owners' checks go through the database: CI runs this on
@@ -301,18 +302,24 @@ def test_a_key_is_required_on_every_route_and_the_socket(server):
     assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
+def start_a_long_prompt(socket, url: str, auth: dict, client_id: str) -> str:
+    """Post a 150-step prompt and read the socket until its first step: its prompt_id."""
+    socket.recv(timeout=10)  # status
+    workflow = open_webui_workflow(steps=150)
+    workflow["5"]["inputs"] |= {"width": 128, "height": 128}
+    body = {"prompt": workflow, "client_id": client_id}
+    prompt_id = httpx.post(f"{url}/prompt", json=body, headers=auth).json()["prompt_id"]
+    while not (isinstance(m := socket.recv(timeout=60), str) and '"progress"' in m):
+        pass
+    return prompt_id
+
+
 def test_queue_and_interrupt_over_the_socket(server, api_key):
     auth = {"Authorization": f"Bearer {api_key}"}
     url = f"{server.url}/comfyui"
-    workflow = open_webui_workflow(steps=150)
-    workflow["5"]["inputs"] |= {"width": 128, "height": 128}
     ws_url = url.replace("http://", "ws://") + "/ws?clientId=stopper"
     with connect(ws_url, additional_headers=auth) as socket:
-        socket.recv(timeout=10)  # status
-        body = {"prompt": workflow, "client_id": "stopper"}
-        prompt_id = httpx.post(f"{url}/prompt", json=body, headers=auth).json()["prompt_id"]
-        while not (isinstance(m := socket.recv(timeout=60), str) and '"progress"' in m):
-            pass  # until the first step
+        prompt_id = start_a_long_prompt(socket, url, auth, "stopper")
         running = httpx.get(f"{url}/queue", headers=auth).json()
         assert running["queue_pending"] == []
         assert running["queue_running"][0][1:2] == [prompt_id]
@@ -329,6 +336,23 @@ def test_queue_and_interrupt_over_the_socket(server, api_key):
     assert httpx.get(f"{url}/queue", headers=auth).json() == {
         "queue_running": [], "queue_pending": [],
     }  # fmt: skip
+
+
+def test_a_job_deleted_while_it_runs_ends_its_prompt_with_execution_error(server, api_key):
+    auth = {"Authorization": f"Bearer {api_key}"}
+    url = f"{server.url}/comfyui"
+    ws_url = url.replace("http://", "ws://") + "/ws?clientId=deleter"
+    with connect(ws_url, additional_headers=auth) as socket:
+        prompt_id = start_a_long_prompt(socket, url, auth, "deleter")
+        session_delete(GenerationSession.objects.get())  # as the admin's delete action does
+        texts, _ = messages_until_done(socket, prompt_id)
+    error = texts[-2]
+    assert error["type"] == "execution_error"
+    assert error["data"]["exception_message"] == "The session was deleted."
+    assert (error["data"]["node_id"], error["data"]["node_type"]) == ("3", "KSampler")
+    # The prompt goes with its job.
+    assert httpx.get(f"{url}/history/{prompt_id}", headers=auth).json() == {}
+    assert not ComfyPrompt.objects.exists()
 
 
 def test_the_socket_through_the_documented_nginx_block(server, api_key, tmp_path):
