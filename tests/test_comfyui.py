@@ -3,6 +3,7 @@ engine replayed with the `websockets` client (its socket, then /prompt, /history
 SillyTavern's flow (a text/plain body, no client id, /history polled), and the workflows
 those clients send (tests/fixtures/comfyui/, each naming the client it comes from)."""
 
+import contextlib
 import io
 import json
 import struct
@@ -302,24 +303,26 @@ def test_a_key_is_required_on_every_route_and_the_socket(server):
     assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
-def start_a_long_prompt(socket, url: str, auth: dict, client_id: str) -> str:
-    """Post a 150-step prompt and read the socket until its first step: its prompt_id."""
-    socket.recv(timeout=10)  # status
-    workflow = open_webui_workflow(steps=150)
-    workflow["5"]["inputs"] |= {"width": 128, "height": 128}
-    body = {"prompt": workflow, "client_id": client_id}
-    prompt_id = httpx.post(f"{url}/prompt", json=body, headers=auth).json()["prompt_id"]
-    while not (isinstance(m := socket.recv(timeout=60), str) and '"progress"' in m):
-        pass
-    return prompt_id
+@contextlib.contextmanager
+def a_long_prompt(server, api_key: str, client_id: str):
+    """A socket for `client_id`, and a 150-step prompt posted for it, read up to its first
+    step: (socket, the API's URL, the headers, the prompt_id)."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    url = f"{server.url}/comfyui"
+    ws_url = url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
+    with connect(ws_url, additional_headers=auth) as socket:
+        socket.recv(timeout=10)  # status
+        workflow = open_webui_workflow(steps=150)
+        workflow["5"]["inputs"] |= {"width": 128, "height": 128}
+        body = {"prompt": workflow, "client_id": client_id}
+        prompt_id = httpx.post(f"{url}/prompt", json=body, headers=auth).json()["prompt_id"]
+        while not (isinstance(m := socket.recv(timeout=60), str) and '"progress"' in m):
+            pass
+        yield socket, url, auth, prompt_id
 
 
 def test_queue_and_interrupt_over_the_socket(server, api_key):
-    auth = {"Authorization": f"Bearer {api_key}"}
-    url = f"{server.url}/comfyui"
-    ws_url = url.replace("http://", "ws://") + "/ws?clientId=stopper"
-    with connect(ws_url, additional_headers=auth) as socket:
-        prompt_id = start_a_long_prompt(socket, url, auth, "stopper")
+    with a_long_prompt(server, api_key, "stopper") as (socket, url, auth, prompt_id):
         running = httpx.get(f"{url}/queue", headers=auth).json()
         assert running["queue_pending"] == []
         assert running["queue_running"][0][1:2] == [prompt_id]
@@ -339,11 +342,7 @@ def test_queue_and_interrupt_over_the_socket(server, api_key):
 
 
 def test_a_job_deleted_while_it_runs_ends_its_prompt_with_execution_error(server, api_key):
-    auth = {"Authorization": f"Bearer {api_key}"}
-    url = f"{server.url}/comfyui"
-    ws_url = url.replace("http://", "ws://") + "/ws?clientId=deleter"
-    with connect(ws_url, additional_headers=auth) as socket:
-        prompt_id = start_a_long_prompt(socket, url, auth, "deleter")
+    with a_long_prompt(server, api_key, "deleter") as (socket, url, auth, prompt_id):
         session_delete(GenerationSession.objects.get())  # as the admin's delete action does
         texts, _ = messages_until_done(socket, prompt_id)
     error = texts[-2]
