@@ -231,9 +231,16 @@ def test_img2img_with_a_lora_from_an_uploaded_image(server, api_key):
     ws_url = url.replace("http://", "ws://") + "/ws?clientId=any"
     with connect(ws_url, additional_headers=auth) as socket:
         socket.recv(timeout=10)  # status
-        answer = httpx.post(f"{url}/prompt", json={"prompt": workflow}, headers=auth)
+        # Newer ComfyUI takes the client's own prompt_id; once only.
+        body = {"prompt": workflow, "prompt_id": str(uuid.uuid4())}
+        answer = httpx.post(f"{url}/prompt", json=body, headers=auth)
         assert answer.status_code == 200, answer.text
         prompt_id = answer.json()["prompt_id"]
+        assert prompt_id == body["prompt_id"]
+        again = httpx.post(f"{url}/prompt", json=body, headers=auth)
+        assert again.status_code == 400 and again.json()["error"]["extra_info"] == {
+            "field": "prompt_id"
+        }
         texts, _ = messages_until_done(socket, prompt_id)
     executing = [m["data"]["node"] for m in texts if m["type"] == "executing"]
     assert executing == ["1", "10", "6", "7", "2", "3", "4", "8", "9", None]

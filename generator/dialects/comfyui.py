@@ -163,6 +163,8 @@ def queue_workflow(request) -> JsonResponse:
     prompt_id, refused = prompt_id_of(body)
     if refused:
         return refused
+    if ComfyPrompt.objects.filter(prompt_id=prompt_id).exists():
+        return bad_request("This prompt_id is taken.", "invalid_prompt", "prompt_id")
     workflow = body.get("prompt")
     try:
         plan = plan_of(workflow)
@@ -193,7 +195,7 @@ def queue_workflow(request) -> JsonResponse:
                 prompt_id=prompt_id, session=sessions[0], owner_id=owner_id_of(request),
                 client_id=body["client_id"], nodes=plan.nodes, workflow=workflow,
             )  # fmt: skip
-    except IntegrityError:  # a prompt_id already used: the jobs go, the client is told
+    except IntegrityError:  # the prompt_id taken meanwhile: the jobs go, the client is told
         for session in sessions:
             session_cancel(session.pk)
         return bad_request("This prompt_id is taken.", "invalid_prompt", "prompt_id")

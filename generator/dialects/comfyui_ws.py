@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import struct
 import uuid
 import weakref
@@ -45,6 +46,10 @@ PREVIEW = 1
 JPEG = 1
 """ComfyUI's image type of a JPEG preview (2 is PNG)."""
 UNFINISHED = (Status.PENDING, Status.RUNNING)
+DENIALS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+"""The error type of a refused handshake, by its status."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ class ComfySocket:
     async def deny(self, status: int, message: str) -> None:
         """Answer the handshake with an HTTP error (where the server can), else close."""
         if "websocket.http.response" in self.scope.get("extensions", {}):
-            body = json.dumps(comfyui_error_body(message, "unauthorized")).encode()
+            kind = DENIALS.get(status, "invalid_request")
+            body = json.dumps(comfyui_error_body(message, kind)).encode()
             headers = [(b"content-type", b"application/json")]
             if status == 401:
                 headers.append((b"www-authenticate", b'Bearer realm="sdsite"'))
@@ -193,7 +199,11 @@ class ComfySocket:
             asyncio.ensure_future(self.follow_prompts(hub)),
         ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                problem = None if task.cancelled() else task.exception()
+                if problem is not None and not isinstance(problem, OSError):  # OSError: gone
+                    logger.error("ComfyUI socket failed", exc_info=problem)
         finally:
             for task in tasks:
                 task.cancel()
