@@ -4,7 +4,7 @@ A key is shown once, when it is made; the database keeps its SHA-256 and its
 first characters (to list and revoke it). A request carries it as
 `Authorization: Bearer <key>`, or as HTTP Basic with the username and the key
 as password (Open WebUI and webuiapi send Basic). On the API routes (`/api/`,
-`/sdapi/`, `/v1/`) such a request acts for the key's user and needs no CSRF token:
+`/sdapi/`, `/v1/`, `/comfyui/`) such a request acts for the key's user and needs no CSRF token:
 a cross-site page cannot set that header. Everywhere else (the admin, /ops, the
 pages) a key opens nothing.
 """
@@ -88,7 +88,8 @@ def user_for(username: str):
     return user
 
 
-API_PREFIXES = ("/api/", "/sdapi/", "/v1/")  # and /mcp, whose ASGI route checks its key
+# And /mcp, whose ASGI route checks its key itself.
+API_PREFIXES = ("/api/", "/sdapi/", "/v1/", "/comfyui/")
 """The routes a key opens. Never the admin, /ops or any page of the cookie session: there
 a key header is ignored (a login is asked for, CSRF applies)."""
 

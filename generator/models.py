@@ -446,3 +446,59 @@ def percentage(current_step: int, total_steps: int) -> int:
     if total_steps <= 0:
         return 0
     return min(100, current_step * 100 // total_steps)
+
+
+class ComfyPrompt(models.Model):
+    """A workflow posted to ComfyUI's API (`dialects/comfyui.py`): the job it queued (with its
+    batch), and what ComfyUI's clients read back: the prompt's id and number, the client that
+    listens for it on the WebSocket, and the ids of the workflow's nodes by their role."""
+
+    number = models.BigAutoField(primary_key=True)
+    prompt_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(
+        GenerationSession,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The first job it queued; the others share its batch.",
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+    )
+    client_id = models.CharField(max_length=200, blank=True, db_index=True)
+    nodes = models.JSONField(default=dict, help_text="{role: node id}: sampler, save, ...")
+    workflow = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "ComfyUI prompt"
+
+    def __str__(self):
+        return f"ComfyUI prompt {self.number}"
+
+    def sessions(self) -> list:
+        """Its jobs, in their batch's order."""
+        return prompt_sessions([self])[self.pk]
+
+
+PROMPT_SESSION_FIELDS = (
+    "id", "status", "image", "error", "batch_id", "created_at", "started_at", "finished_at",
+)  # fmt: skip
+"""What ComfyUI's answers read of a prompt's jobs: reading only these halves a /history."""
+
+
+def prompt_sessions(prompts) -> dict:
+    """{prompt number: its jobs in their batch's order} for ComfyPrompts read with their first
+    session (`select_related("session")`): one query for all their batches."""
+    batches = {prompt.session.batch_id for prompt in prompts if prompt.session.batch_id}
+    members: dict = {}
+    if batches:
+        rows = (
+            GenerationSession.objects.filter(batch_id__in=batches)
+            .only(*PROMPT_SESSION_FIELDS)
+            .order_by("created_at")
+        )
+        for session in rows:
+            members.setdefault(session.batch_id, []).append(session)
+    return {
+        prompt.pk: members.get(prompt.session.batch_id) or [prompt.session] for prompt in prompts
+    }

@@ -1,5 +1,6 @@
 """The ASGI entry point uvicorn serves: Django, with request bodies capped, the client's
-address read past trusted proxies, the progress stream on its lean route, and MCP at /mcp."""
+address read past trusted proxies, the progress stream on its lean route, MCP at /mcp and
+ComfyUI's WebSocket."""
 
 import os
 
@@ -10,12 +11,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 django_application = get_asgi_application()
 
 from generator.addresses import with_client_address  # noqa: E402
+from generator.dialects.comfyui_ws import websocket_app  # noqa: E402
 from generator.dialects.mcp_asgi import is_mcp_request, mcp_app  # noqa: E402
 from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
 
 async def route(scope, receive, send):
+    # WebSockets (ComfyUI's /comfyui/ws) are served in front of Django, which takes none.
+    if scope["type"] == "websocket":
+        return await websocket_app(scope, receive, send)
     # Long-lived progress streams skip Django's request handling, which holds a
     # thread per open request; everything else is plain Django.
     if is_progress_request(scope):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from generator.apikeys import issue_key, user_for
 from generator.models import GenerationSession, Status
-from tests.support.processes import WebServer, WorkerProcess, wait_for
+from tests.support.processes import WebServer, server_and_worker, wait_for
 
 # The dialects queue, wait on, cancel and list jobs through the database: CI runs them on
 # both engines.
@@ -25,12 +25,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, django_db_setup, django_db_blocker):
     """One web server and one worker for the module: the tests' rows come and go under them."""
-    tmp_path = tmp_path_factory.mktemp("dialects")
-    with django_db_blocker.unblock():
-        web, worker = WebServer(tmp_path), WorkerProcess(tmp_path)
-    yield web
-    worker.stop()
-    web.stop()
+    with server_and_worker(tmp_path_factory.mktemp("dialects"), django_db_blocker) as web:
+        yield web
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
-"""Malformed requests to every route of the three APIs (sdsite's, A1111's, OpenAI's), sent over
-real HTTP to a real uvicorn server: each is a 4xx JSON body in that API's own error shape
+"""Malformed requests to every route of the APIs (sdsite's, A1111's, OpenAI's, ComfyUI's), sent
+over real HTTP to a real uvicorn server: each is a 4xx JSON body in that API's own error shape
 naming the field at fault, never a 5xx, never HTML, and never a job."""
 
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -186,6 +187,74 @@ OPENAI = [
 ]  # fmt: skip
 
 
+COMFY_WORKFLOW = json.loads(
+    (Path(__file__).parent / "fixtures" / "comfyui" / "open_webui_txt2img.json").read_text()
+)["workflow"]
+"""Open WebUI's default ComfyUI workflow; `comfy()` changes one input of it."""
+
+
+def comfy(node: str, name: str, value) -> dict:
+    workflow = json.loads(json.dumps(COMFY_WORKFLOW))
+    workflow["4"]["inputs"]["ckpt_name"] = "demo"
+    workflow[node]["inputs"][name] = value
+    return {"prompt": workflow}
+
+
+def comfy_raw(node: str, name: str, text: str) -> bytes:
+    """The workflow with one input written as is (NaN, 1e400, a lone surrogate)."""
+    return json.dumps(comfy(node, name, "@@")).replace('"@@"', text).encode()
+
+
+# Node inputs are named `<node id>.<input>`; a field of the request outside the workflow by name.
+COMFYUI = [
+    ("POST", "/comfyui/prompt", comfy_raw("3", "cfg", "NaN"), 400, "3.cfg"),
+    ("POST", "/comfyui/prompt", comfy_raw("3", "steps", "1e400"), 400, "3.steps"),
+    ("POST", "/comfyui/prompt", comfy_raw("3", "seed", HUGE), 400, "3.seed"),
+    ("POST", "/comfyui/prompt", comfy_raw("6", "text", '"a \\ud800 fox"'), 400, "6.text"),
+    ("POST", "/comfyui/prompt", comfy("3", "seed", -1), 400, "3.seed"),
+    ("POST", "/comfyui/prompt", comfy("3", "steps", "20"), 400, "3.steps"),
+    ("POST", "/comfyui/prompt", comfy("3", "steps", 0), 400, "3.steps"),
+    ("POST", "/comfyui/prompt", comfy("3", "cfg", True), 400, "3.cfg"),
+    ("POST", "/comfyui/prompt", comfy("3", "cfg", 1000), 400, "3.cfg"),
+    ("POST", "/comfyui/prompt", comfy("3", "sampler_name", 5), 400, "3.sampler_name"),
+    ("POST", "/comfyui/prompt", comfy("3", "sampler_name", "nope"), 400, "3.sampler_name"),
+    ("POST", "/comfyui/prompt", comfy("3", "denoise", "1"), 400, "3.denoise"),
+    ("POST", "/comfyui/prompt", comfy("3", "model", "4"), 400, "3.model"),
+    ("POST", "/comfyui/prompt", comfy("3", "positive", ["99", 0]), 400, "3.positive"),
+    ("POST", "/comfyui/prompt", comfy("5", "width", 100), 400, "5.width"),
+    ("POST", "/comfyui/prompt", comfy("5", "width", [512]), 400, "5.width"),
+    ("POST", "/comfyui/prompt", comfy("5", "batch_size", 0), 400, "5.batch_size"),
+    ("POST", "/comfyui/prompt", comfy("5", "batch_size", 1000), 400, "5.batch_size"),
+    ("POST", "/comfyui/prompt", comfy("6", "text", {"a": 1}), 400, "6.text"),
+    ("POST", "/comfyui/prompt", comfy("6", "text", LORA_1E23), 400, "6.text"),
+    ("POST", "/comfyui/prompt", comfy("7", "text", ATTENTION_1E40), 400, "7.text"),
+    ("POST", "/comfyui/prompt", comfy("4", "ckpt_name", "nope"), 400, "4.ckpt_name"),
+    ("POST", "/comfyui/prompt", comfy("4", "ckpt_name", "../../etc/passwd"), 400,
+     "4.ckpt_name"),
+    ("POST", "/comfyui/prompt", comfy("9", "images", ["8", 1]), 400, "9.images"),
+    ("POST", "/comfyui/prompt", {"prompt": {"1": {"class_type": "CheckpointLoader",
+                                                  "inputs": {}}}}, 400, "1"),
+    ("POST", "/comfyui/prompt", raw(f'{{"prompt": {DEEP}}}'), 400, "prompt"),
+    ("POST", "/comfyui/prompt", {"prompt": "a fox"}, 400, "prompt"),
+    ("POST", "/comfyui/prompt", {"prompt": {}}, 400, "prompt"),
+    ("POST", "/comfyui/prompt", {"prompt": None}, 400, "prompt"),
+    ("POST", "/comfyui/prompt", {**comfy("3", "seed", 1), "client_id": 5}, 400, "client_id"),
+    ("POST", "/comfyui/prompt", {**comfy("3", "seed", 1), "prompt_id": "x"}, 400, "prompt_id"),
+    ("POST", "/comfyui/prompt", [], 400, "__all__"),
+    ("POST", "/comfyui/prompt", raw("{"), 400, "__all__"),
+    ("POST", "/comfyui/upload/image", {"image": "x"}, 400, "image"),
+    ("GET", "/comfyui/history?max_items=many", None, 400, "max_items"),
+    ("POST", "/comfyui/history", {"delete": "all"}, 400, "delete"),
+    ("POST", "/comfyui/queue", raw("[" * 40), 400, "__all__"),
+    ("GET", "/comfyui/view?filename=../../etc/passwd&type=output", None, 404, None),
+    ("GET", "/comfyui/view?filename=x.png&subfolder=/etc&type=temp", None, 404, None),
+    ("DELETE", "/comfyui/prompt", None, 405, None),
+    ("GET", "/comfyui/upload/image", None, 405, None),
+    ("GET", "/comfyui/models/secrets", None, 404, None),
+    ("GET", "/comfyui/no-such-route", None, 404, None),
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, django_db_setup, django_db_blocker):
     """One web server for the module, and no worker: nothing here may be queued."""
@@ -221,13 +290,25 @@ def named_fields(dialect: str, body: dict) -> tuple[str | None, ...]:
         assert all(item["type"] and item["msg"] for item in body["detail"])
         assert all(item["loc"][0] == "body" for item in body["detail"])
         return tuple(".".join(item["loc"][1:]) or "__all__" for item in body["detail"])
+    if dialect == "comfyui":
+        error = body["error"]
+        assert error["type"] and error["message"] and isinstance(body["node_errors"], dict)
+        named = [
+            f"{node}.{item['extra_info']['input_name']}"
+            if "input_name" in item["extra_info"] else node
+            for node, errors in body["node_errors"].items()
+            for item in errors["errors"]
+        ]  # fmt: skip
+        return (*named, error["extra_info"].get("field"))
     error = body["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     return (error["param"] or ("__all__" if error["param"] is None else None),)
 
 
 def cases():
-    for dialect, table in (("native", NATIVE), ("a1111", A1111), ("openai", OPENAI)):
+    for dialect, table in (
+        ("native", NATIVE), ("a1111", A1111), ("openai", OPENAI), ("comfyui", COMFYUI),
+    ):  # fmt: skip
         for method, path, body, status, field in table:
             shown = body if not isinstance(body, bytes) else body[:60]
             yield pytest.param(

@@ -1,11 +1,12 @@
-"""Every error under /api/, /sdapi/ and /v1/ answers JSON, in that API's own shape.
+"""Every error under /api/, /sdapi/, /comfyui/ and /v1/ answers JSON, in that API's own shape.
 
 Views answer their own 4xx as JSON already; this catches the rest: Django's
 404 and 500 pages (an unknown route under a prefix), a 405 from a method
 decorator, and the CSRF failure page, so an API client never has to parse HTML.
-The three shapes are defined here, once: sdsite's `{"message", "errors"}`,
+The shapes are defined here, once: sdsite's `{"message", "errors"}`,
 A1111's (its HTTPException's `{"error", "detail", "errors"}`, and FastAPI's 422
-`{"detail": [{"loc", "msg", "type"}]}` for fields), OpenAI's `{"error": {...}}`.
+`{"detail": [{"loc", "msg", "type"}]}` for fields), OpenAI's `{"error": {...}}`,
+ComfyUI's `{"error": {"type", "message", "details", "extra_info"}, "node_errors"}`.
 """
 
 import logging
@@ -74,8 +75,22 @@ def openai_error_body(message: str, param: str | None = None, code: str | None =
     }
 
 
+def comfyui_error_body(
+    message: str, kind: str = "invalid_request", details: str = "", node_errors=None, field=None
+) -> dict:
+    """ComfyUI's error: `{"error": {"type", "message", "details", "extra_info"}, "node_errors"}`
+    (`node_errors`: {node id: {"errors": [...], "class_type", "dependent_outputs"}}); a field of
+    the request at fault that is no node's input is named in `extra_info.field`."""
+    extra_info = {"field": field} if field else {}
+    return {
+        "error": {"type": kind, "message": message, "details": details, "extra_info": extra_info},
+        "node_errors": node_errors or {},
+    }
+
+
 PREFIXES = (
     ("/sdapi/", a1111_error_body),
+    ("/comfyui/", comfyui_error_body),
     ("/v1/", openai_error_body),
     (API_PREFIX, error_body),
 )

@@ -1,5 +1,6 @@
 """Real processes for the tests: a uvicorn web server and runworker workers."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -136,6 +137,19 @@ class WebServer(Process):
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+@contextlib.contextmanager
+def server_and_worker(tmp_path: Path, django_db_blocker, **worker_env):
+    """One web server and one worker, for a module whose tests' rows come and go under them
+    (a module-scoped fixture yields from this)."""
+    with django_db_blocker.unblock():
+        web, worker = WebServer(tmp_path), WorkerProcess(tmp_path, **worker_env)
+    try:
+        yield web
+    finally:
+        worker.stop()
+        web.stop()
 
 
 class WorkerProcess(Process):
