@@ -446,3 +446,18 @@ def percentage(current_step: int, total_steps: int) -> int:
     if total_steps <= 0:
         return 0
     return min(100, current_step * 100 // total_steps)
+
+
+class SiteRecord(models.Model):
+    """A fact one process states for the others, by key: the web's media settings, which
+    each worker compares with its own at its start (generator.media_storage)."""
+
+    key = models.CharField(max_length=50, primary_key=True)
+    value = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "site record"
+
+    def __str__(self):
+        return self.key

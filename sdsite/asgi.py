@@ -2,6 +2,7 @@
 address read past trusted proxies, and the progress stream on its lean route."""
 
 import os
+import threading
 
 from django.core.asgi import get_asgi_application
 
@@ -10,6 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 django_application = get_asgi_application()
 
 from generator.addresses import with_client_address  # noqa: E402
+from generator.media_storage import record_site_settings  # noqa: E402
 from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
@@ -25,3 +27,14 @@ async def route(scope, receive, send):
 # Bodies over SD_MAX_BODY_MB are refused while they stream, on every route; every route
 # sees the client's address, not a proxy's (SD_TRUSTED_PROXIES, generator.addresses).
 application = limit_bodies(with_client_address(route))
+
+
+def _record_site_settings() -> None:
+    """The web's media settings, for the workers to compare at their start: on a thread of
+    its own, as uvicorn imports this module with its event loop running."""
+    recorder = threading.Thread(target=record_site_settings, name="site-settings", daemon=True)
+    recorder.start()
+    recorder.join(timeout=10)
+
+
+_record_site_settings()
