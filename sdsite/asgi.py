@@ -11,7 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsite.settings")
 django_application = get_asgi_application()
 
 from generator.addresses import with_client_address  # noqa: E402
-from generator.media_storage import record_site_settings  # noqa: E402
+from generator.media_storage import record_site_settings, storage_problem  # noqa: E402
 from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
@@ -29,12 +29,15 @@ async def route(scope, receive, send):
 application = limit_bodies(with_client_address(route))
 
 
-def _record_site_settings() -> None:
-    """The web's media settings, for the workers to compare at their start: on a thread of
-    its own, as uvicorn imports this module with its event loop running."""
+def _at_start() -> None:
+    """The web's media settings, for the workers to compare at their start (on a thread of
+    its own: uvicorn imports this module with its event loop running); then, not waited
+    for, the media bucket's client is made and checked once, so the first /readyz does not
+    pay for it."""
     recorder = threading.Thread(target=record_site_settings, name="site-settings", daemon=True)
     recorder.start()
     recorder.join(timeout=10)
+    threading.Thread(target=storage_problem, name="storage-check", daemon=True).start()
 
 
-_record_site_settings()
+_at_start()
