@@ -120,18 +120,23 @@ _usage = {"bytes": 0, "at": float("-inf")}
 _usage_lock = threading.Lock()
 
 
+def media_usage() -> int:
+    """media_bytes(), read again at most every 10 s (a bucket's listing is many requests);
+    a bucket away keeps the last size (its saves fail on their own, told)."""
+    with _usage_lock:
+        if time.monotonic() - _usage["at"] > QUOTA_CACHE_SECONDS:
+            with contextlib.suppress(StorageUnavailable):
+                _usage["bytes"] = media_bytes()
+            _usage["at"] = time.monotonic()
+        return _usage["bytes"]
+
+
 def check_media_quota() -> None:
     """Raise MediaQuotaExceeded when media/ is over quota (the size is re-read every 10 s)."""
     quota = settings.SD_MEDIA_QUOTA_GB
     if not quota:
         return
-    with _usage_lock:
-        if time.monotonic() - _usage["at"] > QUOTA_CACHE_SECONDS:
-            # A bucket away keeps the last size: its saves fail on their own, told.
-            with contextlib.suppress(StorageUnavailable):
-                _usage["bytes"] = media_bytes()
-            _usage["at"] = time.monotonic()
-        used = _usage["bytes"]
+    used = media_usage()
     if used > quota * 1024**3:
         raise MediaQuotaExceeded(
             f"The server's image storage is full ({used / 1024**3:.2f} GB of "

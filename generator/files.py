@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
-from .media_storage import StorageUnavailable
+from .media_storage import StorageUnavailable, is_remote
 from .models import GenerationSession
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ def save_whole(name: str, data: bytes) -> str:
     bucket, the object exists only once its PUT succeeded (S3 writes are whole); the caller
     names it in a row only after this returns.
     """
+    if is_remote():  # a PUT stores the whole object or nothing
+        return default_storage.save(name, ContentFile(data))
     final = default_storage.get_available_name(name)
     try:
         return default_storage.save(final, ContentFile(data))

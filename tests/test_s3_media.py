@@ -13,12 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.core.management import call_command
 from django.template.defaultfilters import filesizeformat
 from PIL import Image
 
 from generator.models import SiteRecord
 from tests.support.processes import ROOT, WebServer, process_env, wait_for
-from tests.support.s3 import S3Server
+from tests.support.s3 import CREDENTIALS, S3Server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,6 +189,69 @@ def test_the_bucket_away_fails_the_job_readably_refuses_uploads_and_comes_back(
     session = finished(client, queued.json()["session_id"])
     assert session["status"] == "completed", session["error"]
     assert httpx.get(client.get(session["image_url"]).headers["location"]).status_code == 200
+
+
+@pytest.fixture
+def in_bucket(s3, settings, monkeypatch):
+    """This process's media in the bucket under the prefix "local-test" (a web's settings)."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    env = s3.env("local-test")
+    settings.SD_MEDIA_STORAGE, settings.SD_S3_BUCKET = "s3", env["SD_S3_BUCKET"]
+    settings.SD_S3_PREFIX, settings.SD_S3_ENDPOINT_URL = "local-test", env["SD_S3_ENDPOINT_URL"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "generator.s3_storage.MediaS3Storage",
+            "OPTIONS": {"bucket_name": s3.bucket, "endpoint_url": s3.url, "location": "local-test"},
+        },
+    }
+    yield s3
+    if not s3.running:
+        s3.start()
+    for key in s3.objects("local-test"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+
+
+def test_prune_orphans_and_the_quota_count_only_the_objects_under_the_sites_prefix(
+    in_bucket, make_session, monkeypatch
+):
+    from generator import disk, retention
+    from generator.files import save_whole
+    from generator.models import GenerationSession
+
+    kept = make_session()
+    name = save_whole("images/kept.png", b"kept")
+    GenerationSession.objects.filter(pk=kept.pk).update(image=name)
+    save_whole("previews/orphan.jpg", b"left by a crash")
+    in_bucket.client.put_object(Bucket=in_bucket.bucket, Key="other-site/images/x.png", Body=b"x")
+    assert disk.media_bytes() == len(b"kept") + len(b"left by a crash")
+
+    monkeypatch.setattr(retention, "ORPHAN_MIN_AGE", 0.0)  # every file is old enough
+    out = io.StringIO()
+    call_command("prune", "--orphans", stdout=out)
+
+    assert out.getvalue() == "Deleted 1 orphaned files, 15\xa0bytes.\n"
+    assert list(in_bucket.objects("local-test")) == ["local-test/images/kept.png"]
+    assert list(in_bucket.objects("other-site")) == ["other-site/images/x.png"]
+    in_bucket.client.delete_object(Bucket=in_bucket.bucket, Key="other-site/images/x.png")
+
+
+def test_the_storage_away_is_told_in_a_few_words_and_a_read_of_a_missing_file_is_not_found(
+    in_bucket,
+):
+    from django.core.files.storage import default_storage
+
+    from generator.media_storage import StorageUnavailable, storage_problem
+
+    with pytest.raises(FileNotFoundError):
+        default_storage.open("images/none.png")
+    assert default_storage.url("images/a.png") == "/media/images/a.png"  # never signed
+    in_bucket.stop()
+    with pytest.raises(StorageUnavailable) as away:
+        default_storage.save("images/a.png", io.BytesIO(b"a"))
+    assert str(away.value) == UNAVAILABLE
+    assert storage_problem() == UNAVAILABLE
 
 
 def test_a_worker_whose_media_settings_disagree_with_the_webs_refuses_to_start(

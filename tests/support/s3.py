@@ -6,6 +6,8 @@ refused, as from a bucket host that went away) and `start()` again on the same p
 find the bucket and its objects as they were.
 """
 
+import logging
+
 import boto3
 from moto.server import ThreadedMotoServer
 
@@ -24,6 +26,7 @@ class S3Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.bucket = bucket
         self._server = None
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request
         self.start()
         self.client = boto3.client(
             "s3",
