@@ -18,6 +18,7 @@ not a network's latency or a disk's; add the round trips of a real bucket's dist
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -57,11 +58,43 @@ def run_block(kind: str, env: dict, jobs: int, steps: int, image, logs: Path) ->
     return seconds
 
 
+def storage_operations(samples: int) -> dict:
+    """Median seconds of what a job does with its files, on the storage now in force: a
+    preview written (a 2 KB JPEG, and the one it replaces deleted), the image written (a
+    50 KB PNG), the input read."""
+    from django.core.files.storage import default_storage
+
+    from generator.files import save_whole
+
+    rng = random.Random(0)
+    preview = bytes(rng.getrandbits(8) for _ in range(2_000))
+    image = bytes(rng.getrandbits(8) for _ in range(50_000))
+    times = {"preview write + delete": [], "image write": [], "input read": []}
+    for index in range(samples):
+        began = time.perf_counter()
+        name = save_whole(f"previews/bench-{index}.jpg", preview)
+        default_storage.delete(name)
+        wrote = time.perf_counter()
+        name = save_whole(f"images/bench-{index}.png", image)
+        saved = time.perf_counter()
+        with default_storage.open(name) as file:
+            file.read()
+        read = time.perf_counter()
+        default_storage.delete(name)
+        times["preview write + delete"].append(wrote - began)
+        times["image write"].append(saved - wrote)
+        times["input read"].append(read - saved)
+    return {what: statistics.median(values) for what, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=6, help="timed jobs per block (6)")
     parser.add_argument("--rounds", type=int, default=2, help="local/s3 rounds (2)")
     parser.add_argument("--steps", type=int, default=10, help="steps per job (10)")
+    parser.add_argument(
+        "--samples", type=int, default=50, help="storage operations timed per storage (50)"
+    )
     args = parser.parse_args()
 
     data_dir = django_on_scratch_data(
@@ -80,21 +113,13 @@ def main() -> None:
         "s3": {"DATA_DIR": data_dir, **s3.env("bench")},
     }
     times = {kind: [] for kind in kinds}
+    operations = {}
     started = time.monotonic()
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for kind, env in kinds.items():
-            if kind == "s3":
-                from django.test import override_settings
-
-                with override_settings(
-                    SD_MEDIA_STORAGE="s3",
-                    SD_S3_BUCKET=s3.bucket,
-                    SD_S3_ENDPOINT_URL=s3.url,
-                    SD_S3_PREFIX="bench",
-                    STORAGES=s3_storages(s3),
-                ):
-                    times[kind] += run_block(kind, env, args.jobs, args.steps, image, logs)
-            else:
+            with storage_of(kind, s3):
+                if round_ == 0:
+                    operations[kind] = storage_operations(args.samples)
                 times[kind] += run_block(kind, env, args.jobs, args.steps, image, logs)
     print(machine_line())
     print(
@@ -112,24 +137,44 @@ def main() -> None:
             f"(min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
         )
     print(f"s3 - local: {remote - local:+.3f} s per job ({(remote / local - 1) * 100:+.1f} %)")
+    print(f"storage operations in this process, median of {args.samples}, ms:")
+    for what in operations["local"]:
+        print(
+            f"  {what:>22}: local {operations['local'][what] * 1000:7.2f}, "
+            f"s3 {operations['s3'][what] * 1000:7.2f}"
+        )
 
 
-def s3_storages(s3) -> dict:
+def storage_of(kind: str, s3):
+    """This process's storage (it stores the inputs, as the web would): the settings' own,
+    or the bucket's."""
+    import contextlib
+
     from django.conf import settings
+    from django.test import override_settings
 
+    if kind == "local":
+        return contextlib.nullcontext()
+    return override_settings(
+        SD_MEDIA_STORAGE="s3",
+        SD_S3_BUCKET=s3.bucket,
+        SD_S3_ENDPOINT_URL=s3.url,
+        SD_S3_PREFIX="bench",
+        STORAGES={**settings.STORAGES, "default": s3_storage(s3)},
+    )
+
+
+def s3_storage(s3) -> dict:
     return {
-        "default": {
-            "BACKEND": "generator.s3_storage.MediaS3Storage",
-            "OPTIONS": {
-                "bucket_name": s3.bucket,
-                "endpoint_url": s3.url,
-                "location": "bench",
-                "default_acl": None,
-                "file_overwrite": False,
-                "querystring_auth": True,
-            },
+        "BACKEND": "generator.s3_storage.MediaS3Storage",
+        "OPTIONS": {
+            "bucket_name": s3.bucket,
+            "endpoint_url": s3.url,
+            "location": "bench",
+            "default_acl": None,
+            "file_overwrite": False,
+            "querystring_auth": True,
         },
-        "staticfiles": settings.STORAGES["staticfiles"],
     }
 
 
