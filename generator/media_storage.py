@@ -49,6 +49,20 @@ class StorageUnavailable(OSError):
         return self.args[0]
 
 
+_last_failure = {"at": float("-inf")}
+
+
+def note_unavailable() -> None:
+    """The storage just failed a request (`s3_storage` calls it)."""
+    _last_failure["at"] = time.monotonic()
+
+
+def recently_unavailable(within: float = STORAGE_CHECK_SECONDS) -> bool:
+    """The storage failed a request in the last `within` seconds: what can wait (a live
+    preview for the progress streams) is not asked for meanwhile."""
+    return time.monotonic() - _last_failure["at"] < within
+
+
 def listing():
     """(name, size, modified as Unix time) of every kept file, in the bucket or media/."""
     if is_remote():

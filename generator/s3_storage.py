@@ -15,7 +15,7 @@ from botocore.config import Config
 from django.conf import settings
 from storages.backends.s3 import S3Storage
 
-from .media_storage import StorageUnavailable
+from .media_storage import StorageUnavailable, note_unavailable
 
 
 def short_reason(exc: BaseException) -> str:
@@ -59,8 +59,10 @@ def _told(method):
         except boto.ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 raise FileNotFoundError("No such file in the media storage.") from None
+            note_unavailable()
             raise StorageUnavailable(short_reason(exc)) from exc
         except boto.BotoCoreError as exc:
+            note_unavailable()
             raise StorageUnavailable(short_reason(exc)) from exc
 
     return wrapper

@@ -145,7 +145,9 @@ def test_the_bucket_away_fails_the_job_readably_refuses_uploads_and_comes_back(
     s3, tmp_path, start_worker, request
 ):
     web_env = machine(s3, tmp_path, "web", "outage", SD_API_AUTH="off")
-    worker_env = machine(s3, tmp_path, "worker", "outage", SD_MEDIA_RETRY_SECONDS=4)
+    worker_env = machine(
+        s3, tmp_path, "worker", "outage", SD_MEDIA_RETRY_SECONDS=4, SD_PREVIEW_INTERVAL=0
+    )
     web = WebServer(tmp_path, **web_env)
     request.addfinalizer(web.stop)
     worker = start_worker(**worker_env)
@@ -159,7 +161,10 @@ def test_the_bucket_away_fails_the_job_readably_refuses_uploads_and_comes_back(
     assert queued.status_code == 202  # nothing stored yet: the worker saves its image
     session = finished(client, queued.json()["session_id"])
     assert (session["status"], session["error"]) == ("failed", UNAVAILABLE)
-    assert "trying again in" in worker.log()  # retried with back-off first
+    assert session["current_step"] == 3  # the previews it could not write were skipped
+    assert "Could not write the preview" in worker.log()
+    assert "trying again in" in worker.log()  # the image's save was retried with back-off
+    assert session["preview_url"] is None
 
     upload = client.post(
         "/api/generate",

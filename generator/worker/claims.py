@@ -24,7 +24,7 @@ from ..db import (
     until_database_answers,
 )
 from ..files import save_whole
-from ..media_storage import save_with_retries
+from ..media_storage import recently_unavailable, save_with_retries
 from ..metadata import png_info
 from ..models import (
     WORKER_STOPPED,
@@ -112,7 +112,7 @@ class ClaimedJob:
             "step_seconds": list(step_seconds),
             "eta_seconds": eta_seconds,
         }
-        if preview is None:
+        if preview is None or recently_unavailable():  # no preview waits on a bucket away
             return self._update(**fields)
         # Each preview gets a new file, so a reader never sees one half-written;
         # the one it replaces goes once the row points at the new one.
