@@ -185,15 +185,21 @@ def test_the_bucket_away_fails_the_job_readably_refuses_uploads_and_comes_back(
 
     s3.start()
     wait_for(lambda: client.get("/readyz").status_code == 200, timeout=20, message="ready")
-    queued = client.post(
-        "/api/generate",
-        data={"prompt": "a fox", "steps": 4, "strength": 0.5},
-        files={"init_image": ("in.png", png(), "image/png")},
+    # An upload again, through A1111's API, which answers the image's bytes, as on disk.
+    drawn = client.post(
+        "/sdapi/v1/img2img",
+        json={
+            "prompt": "a fox",
+            "steps": 4,
+            "denoising_strength": 0.5,
+            "init_images": [base64.b64encode(png()).decode()],
+        },
+        timeout=180,
     )
-    assert queued.status_code == 202, queued.text
-    session = finished(client, queued.json()["session_id"])
-    assert session["status"] == "completed", session["error"]
-    assert httpx.get(client.get(session["image_url"]).headers["location"]).status_code == 200
+    assert drawn.status_code == 200, drawn.text
+    images = [key for key in s3.objects("outage") if key.startswith("outage/images/")]
+    assert len(images) == 1
+    assert base64.b64decode(drawn.json()["images"][0]) == s3.read(images[0])
 
 
 @pytest.fixture
