@@ -57,7 +57,8 @@ def _told(method):
         try:
             return method(*args, **kwargs)
         except boto.ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 and exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
                 raise FileNotFoundError("No such file in the media storage.") from None
             note_unavailable()
             raise StorageUnavailable(short_reason(exc)) from exc
@@ -116,11 +117,14 @@ class MediaS3Storage(S3Storage):
         return super().url(name)
 
     @_told
-    def objects(self):
-        """(name, size, modified as Unix time) of every object under the prefix."""
+    def objects(self) -> list[tuple[str, int, float]]:
+        """(name, size, modified as Unix time) of every object under the prefix (listed
+        whole here, so a failure midway is told as any other)."""
         prefix = f"{self.location}/" if self.location else ""
-        for entry in self.bucket.objects.filter(Prefix=prefix):
-            yield entry.key[len(prefix) :], entry.size, entry.last_modified.timestamp()
+        return [
+            (entry.key[len(prefix) :], entry.size, entry.last_modified.timestamp())
+            for entry in self.bucket.objects.filter(Prefix=prefix)
+        ]
 
     @_told
     def check(self) -> None:

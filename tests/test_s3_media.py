@@ -253,16 +253,24 @@ def test_the_storage_away_is_told_in_a_few_words_and_a_read_of_a_missing_file_is
 ):
     from django.core.files.storage import default_storage
 
-    from generator.media_storage import StorageUnavailable, storage_problem
+    from generator import disk
+    from generator.media_storage import StorageUnavailable, listing, storage_problem
 
     with pytest.raises(FileNotFoundError):
         default_storage.open("images/none.png")
     assert default_storage.url("images/a.png") == "/media/images/a.png"  # never signed
+    default_storage.save("images/b.png", io.BytesIO(b"bb"))
+    disk.forget_media_usage()
+    assert disk.media_usage() == 2
     in_bucket.stop()
     with pytest.raises(StorageUnavailable) as away:
         default_storage.save("images/a.png", io.BytesIO(b"a"))
     assert str(away.value) == UNAVAILABLE
     assert storage_problem() == UNAVAILABLE
+    with pytest.raises(StorageUnavailable):
+        list(listing())
+    disk.forget_media_usage()
+    assert disk.media_usage() == 2  # the last size known, never an error on a POST
 
 
 def test_a_worker_whose_media_settings_disagree_with_the_webs_refuses_to_start(
