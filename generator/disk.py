@@ -1,5 +1,8 @@
 """Room on the disks: the database's (SQLite in DATA_DIR) and the media's (MEDIA_ROOT).
 
+With the media in a bucket (SD_MEDIA_STORAGE=s3) the media disk has no floor here, and
+SD_MEDIA_QUOTA_GB counts the objects under the bucket's prefix.
+
 New work is refused while either disk has less free space than its floor
 (SD_DB_MIN_FREE_MB, SD_MEDIA_MIN_FREE_MB) or media/ is over SD_MEDIA_QUOTA_GB: a
 POST answers 507 before it writes anything, and a worker neither claims a job it
@@ -11,7 +14,6 @@ told as what it is: users read which disk by its role, operators (logs,
 
 import contextlib
 import errno
-import os
 import shutil
 import threading
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, connections
+
+from .media_storage import StorageUnavailable, is_remote, listing
 
 FULL_BYTES = 1024 * 1024
 """Under this, a disk whose write just failed is taken for full, whatever its floor."""
@@ -67,8 +71,8 @@ def minimum_bytes(role: str) -> int:
 
 def folder_of(role: str) -> Path | None:
     """The folder whose disk holds the role's files; None for a database on a server."""
-    if role == "media":
-        return Path(settings.MEDIA_ROOT)
+    if role == "media":  # in a bucket, the files take no room on this machine
+        return None if is_remote() else Path(settings.MEDIA_ROOT)
     database = connections["default"].settings_dict
     name = str(database["NAME"])
     if database["ENGINE"] != "django.db.backends.sqlite3" or name.startswith((":", "file:")):
@@ -104,13 +108,8 @@ def room_problem(roles=("database", "media")) -> DiskFull | None:
 
 
 def media_bytes() -> int:
-    """Bytes of all files under MEDIA_ROOT."""
-    total = 0
-    for folder, _, files in os.walk(settings.MEDIA_ROOT):
-        for name in files:
-            with contextlib.suppress(OSError):  # gone meanwhile
-                total += os.stat(os.path.join(folder, name)).st_size
-    return total
+    """Bytes of all kept files: under MEDIA_ROOT, or under the bucket's prefix."""
+    return sum(size for _, size, _ in listing())
 
 
 class MediaQuotaExceeded(Exception):
@@ -121,15 +120,23 @@ _usage = {"bytes": 0, "at": float("-inf")}
 _usage_lock = threading.Lock()
 
 
+def media_usage() -> int:
+    """media_bytes(), read again at most every 10 s (a bucket's listing is many requests);
+    a bucket away keeps the last size (its saves fail on their own, told)."""
+    with _usage_lock:
+        if time.monotonic() - _usage["at"] > QUOTA_CACHE_SECONDS:
+            with contextlib.suppress(StorageUnavailable):
+                _usage["bytes"] = media_bytes()
+            _usage["at"] = time.monotonic()
+        return _usage["bytes"]
+
+
 def check_media_quota() -> None:
     """Raise MediaQuotaExceeded when media/ is over quota (the size is re-read every 10 s)."""
     quota = settings.SD_MEDIA_QUOTA_GB
     if not quota:
         return
-    with _usage_lock:
-        if time.monotonic() - _usage["at"] > QUOTA_CACHE_SECONDS:
-            _usage.update(bytes=media_bytes(), at=time.monotonic())
-        used = _usage["bytes"]
+    used = media_usage()
     if used > quota * 1024**3:
         raise MediaQuotaExceeded(
             f"The server's image storage is full ({used / 1024**3:.2f} GB of "

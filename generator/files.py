@@ -5,6 +5,7 @@ the last session that uses them.
 """
 
 import contextlib
+import logging
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -12,7 +13,10 @@ from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
+from .media_storage import StorageUnavailable, is_remote
 from .models import GenerationSession
+
+logger = logging.getLogger(__name__)
 
 
 def file_names(session: GenerationSession) -> list[str]:
@@ -26,7 +30,10 @@ def file_names(session: GenerationSession) -> list[str]:
 
 def delete_files(names) -> None:
     for name in names:
-        default_storage.delete(name)
+        try:
+            default_storage.delete(name)
+        except StorageUnavailable as exc:  # the row is gone: prune --orphans finds the file
+            logger.warning("Could not delete %s: %s", name, exc)
 
 
 @receiver(post_delete, sender=GenerationSession, dispatch_uid="sdsite-delete-session-files")
@@ -40,8 +47,12 @@ def delete_session_files(sender, instance, **kwargs):
 def save_whole(name: str, data: bytes) -> str:
     """Store `data` under `name` (or the free name next to it); nothing is left if it fails.
 
-    A full disk mid-write would otherwise leave a truncated file that no row names.
+    A full disk mid-write would otherwise leave a truncated file that no row names. In a
+    bucket, the object exists only once its PUT succeeded (S3 writes are whole); the caller
+    names it in a row only after this returns.
     """
+    if is_remote():  # a PUT stores the whole object or nothing
+        return default_storage.save(name, ContentFile(data))
     final = default_storage.get_available_name(name)
     try:
         return default_storage.save(final, ContentFile(data))

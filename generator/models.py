@@ -502,3 +502,18 @@ def prompt_sessions(prompts) -> dict:
     return {
         prompt.pk: members.get(prompt.session.batch_id) or [prompt.session] for prompt in prompts
     }
+
+
+class SiteRecord(models.Model):
+    """A fact one process states for the others, by key: the web's media settings, which
+    each worker compares with its own at its start (generator.media_storage)."""
+
+    key = models.CharField(max_length=50, primary_key=True)
+    value = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "site record"
+
+    def __str__(self):
+        return self.key

@@ -4,18 +4,19 @@ The media quota (SD_MEDIA_QUOTA_GB) is watched in disk.py, with the disks' other
 
 `manage.py prune` and the worker's hourly chore (SD_KEEP_DAYS) delete through
 `services.session_delete`, so files go with their rows exactly as when a user
-deletes one. An orphan is a file under media/ that no row names (left by a
+deletes one; with the media in a bucket, its objects go the same way. An orphan is a
+file under media/ (or the bucket's prefix) that no row names (left by a
 crash between writing a file and saving its row); young files are never
 orphans, since a job may be about to save the row that names them.
 """
 
 import time
 from datetime import timedelta
-from pathlib import Path
 
-from django.conf import settings
+from django.core.files.storage import default_storage
 from django.utils import timezone
 
+from .media_storage import listing, size_of
 from .models import FINISHED_STATUSES, GenerationSession
 from .services import session_delete
 
@@ -37,16 +38,9 @@ def ended_before(before, statuses=FINISHED_STATUSES):
     )
 
 
-def file_size(name: str) -> int:
-    try:
-        return (Path(settings.MEDIA_ROOT) / name).stat().st_size
-    except OSError:
-        return 0
-
-
 def session_bytes(session) -> int:
     return sum(
-        file_size(getattr(session, field).name) for field in FILE_FIELDS if getattr(session, field)
+        size_of(getattr(session, field).name) for field in FILE_FIELDS if getattr(session, field)
     )
 
 
@@ -63,23 +57,22 @@ def prune(queryset, dry_run: bool = False, progress=None) -> tuple[int, int]:
     return rows, freed
 
 
-def orphans() -> list[Path]:
-    """Files under media/images, previews and inputs that no session names and are old enough."""
+def orphans() -> list[tuple[str, int]]:
+    """(name, bytes) of the files under images/, previews/ and inputs/ (on disk or in the
+    bucket) that no session names and are old enough."""
     named = set()
     for field in FILE_FIELDS:
         named.update(GenerationSession.objects.exclude(**{field: ""}).values_list(field, flat=True))
-    root = Path(settings.MEDIA_ROOT)
     now = time.time()
-    found = []
-    for folder in MEDIA_FOLDERS:
-        for path in (root / folder).rglob("*"):
-            if not path.is_file():
-                continue
-            name = path.relative_to(root).as_posix()
-            try:
-                young = now - path.stat().st_mtime < ORPHAN_MIN_AGE
-            except OSError:
-                continue
-            if name not in named and not young:
-                found.append(path)
-    return found
+    return [
+        (name, size)
+        for name, size, modified in listing()
+        if name.split("/", 1)[0] in MEDIA_FOLDERS
+        and name not in named
+        and now - modified >= ORPHAN_MIN_AGE
+    ]
+
+
+def delete_orphans(found) -> None:
+    for name, _ in found:
+        default_storage.delete(name)

@@ -3,6 +3,7 @@ address read past trusted proxies, the progress stream on its lean route, MCP at
 ComfyUI's WebSocket."""
 
 import os
+import threading
 
 from django.core.asgi import get_asgi_application
 
@@ -13,6 +14,7 @@ django_application = get_asgi_application()
 from generator.addresses import with_client_address  # noqa: E402
 from generator.dialects.comfyui_ws import websocket_app  # noqa: E402
 from generator.dialects.mcp_asgi import is_mcp_request, mcp_app  # noqa: E402
+from generator.media_storage import record_site_settings, storage_problem  # noqa: E402
 from generator.web.body_limit import limit_bodies  # noqa: E402
 from generator.web.lean_route import is_progress_request, progress_app  # noqa: E402
 
@@ -33,3 +35,17 @@ async def route(scope, receive, send):
 # Bodies over SD_MAX_BODY_MB are refused while they stream, on every route; every route
 # sees the client's address, not a proxy's (SD_TRUSTED_PROXIES, generator.addresses).
 application = limit_bodies(with_client_address(route))
+
+
+def _at_start() -> None:
+    """The web's media settings, for the workers to compare at their start (on a thread of
+    its own: uvicorn imports this module with its event loop running); then, not waited
+    for, the media bucket's client is made and checked once, so the first /readyz does not
+    pay for it."""
+    recorder = threading.Thread(target=record_site_settings, name="site-settings", daemon=True)
+    recorder.start()
+    recorder.join(timeout=10)
+    threading.Thread(target=storage_problem, name="storage-check", daemon=True).start()
+
+
+_at_start()

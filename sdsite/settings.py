@@ -63,7 +63,9 @@ FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 
 def _secret_key() -> str:
-    if key := os.environ.get("SECRET_KEY"):
+    """SECRET_KEY from the environment (the same on every machine of a site), else this
+    host's own, made once in DATA_DIR (one machine only)."""
+    if key := os.environ.get("SECRET_KEY") or os.environ.get("DJANGO_SECRET_KEY"):
         return key
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
@@ -237,6 +239,47 @@ STATIC_ROOT = DATA_DIR / "static"  # collectstatic target, for a front proxy
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "/media/"
+
+# Where kept files live (results, previews, inputs, masks): this machine's media/ (the
+# default), or an S3-compatible bucket (SD_MEDIA_STORAGE=s3: AWS, MinIO, Ceph RGW, R2), so
+# web and workers on different machines share them (docs/deploy.md). boto3 reads
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION (or an instance role)
+# itself. Objects are private: /media/ checks who asks, then redirects to a URL signed for
+# SD_S3_URL_SECONDS. SD_MEDIA_STORAGE, SD_S3_BUCKET and SD_S3_PREFIX must be the same on
+# every machine (a worker that disagrees with the web refuses to start).
+SD_MEDIA_STORAGE = os.environ.get("SD_MEDIA_STORAGE", "local").strip().lower() or "local"
+if SD_MEDIA_STORAGE not in ("local", "s3"):
+    raise ImproperlyConfigured(f"SD_MEDIA_STORAGE={SD_MEDIA_STORAGE!r}: use local or s3.")
+SD_S3_BUCKET = os.environ.get("SD_S3_BUCKET", "").strip()
+SD_S3_ENDPOINT_URL = os.environ.get("SD_S3_ENDPOINT_URL", "").strip() or None
+SD_S3_PREFIX = os.environ.get("SD_S3_PREFIX", "").strip().strip("/")
+SD_S3_URL_SECONDS = int(os.environ.get("SD_S3_URL_SECONDS", "300"))
+# Seconds one request to the bucket may take to connect, and to answer.
+SD_S3_TIMEOUT = env_float("SD_S3_TIMEOUT", 5.0)
+# Seconds a finished job keeps trying to save its image while the storage is away
+# (with back-off, within SD_JOB_TIMEOUT) before it fails.
+SD_MEDIA_RETRY_SECONDS = env_float("SD_MEDIA_RETRY_SECONDS", 120.0)
+if SD_MEDIA_STORAGE == "s3":
+    if not SD_S3_BUCKET:
+        raise ImproperlyConfigured("SD_MEDIA_STORAGE=s3 needs SD_S3_BUCKET (the bucket's name).")
+    MEDIA_STORAGE = {
+        "BACKEND": "generator.s3_storage.MediaS3Storage",
+        "OPTIONS": {
+            "bucket_name": SD_S3_BUCKET,
+            "endpoint_url": SD_S3_ENDPOINT_URL,
+            "location": SD_S3_PREFIX,
+            "default_acl": None,
+            "file_overwrite": False,
+            "querystring_auth": True,
+            "querystring_expire": SD_S3_URL_SECONDS,
+        },
+    }
+else:
+    MEDIA_STORAGE = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": MEDIA_STORAGE,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 LOGGING = {
     "version": 1,

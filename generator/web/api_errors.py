@@ -17,6 +17,7 @@ from django.http import JsonResponse
 from django.views.csrf import csrf_failure as html_csrf_failure
 
 from ..disk import MediaQuotaExceeded, full_disk_of
+from ..media_storage import StorageUnavailable
 from .limits import TooManyRequests
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ class JsonApiErrorsMiddleware:
 
         Media over SD_MEDIA_QUOTA_GB, or a disk without room (under its floor, or a write
         refused: SQLite's "database or disk is full", ENOSPC): 507, on every API in its own
-        shape, naming the disk by its role; the log names its path."""
+        shape, naming the disk by its role; the log names its path. The media storage (S3)
+        away: 503 with Retry-After, its short reason."""
         shape = shape_of(request.path) or error_body
         if isinstance(exception, MediaQuotaExceeded):
             return JsonResponse(shape(str(exception)), status=507)
@@ -153,6 +155,11 @@ class JsonApiErrorsMiddleware:
         if full is not None:
             logger.warning("Refused %s %s: %s", request.method, request.path, full.for_operator())
             return JsonResponse(shape(full.user_message), status=507)
+        if isinstance(exception, StorageUnavailable):  # an upload or an image not stored
+            logger.warning("Refused %s %s: %s", request.method, request.path, exception)
+            response = JsonResponse(shape(f"{exception}: try again in a few seconds."), status=503)
+            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         if isinstance(exception, TooManyRequests):
             response = JsonResponse(shape(str(exception)), status=429)
             response["Retry-After"] = str(exception.retry_after)

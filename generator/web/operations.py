@@ -15,7 +15,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.utils import floatToGoString
 
-from ..disk import media_bytes, media_problem, room_problem
+from ..disk import media_problem, media_usage, room_problem
 from ..models import FINISHED_STATUSES, GenerationSession, Status, WorkerRecord
 
 JOB_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -112,7 +112,7 @@ def snapshot() -> dict:
         "workers": workers(),
         "queue": queue_summary(),
         "last_hour": last_hour(),
-        "media_bytes": media_bytes(),
+        "media_bytes": media_usage(),
         "disk_problem": disk_problem(),
     }
 

@@ -11,6 +11,7 @@ from django.core.files.storage import default_storage
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from ..estimates import queue_place
+from ..media_storage import recently_unavailable
 from ..models import (
     FINISHED_STATUSES,
     GenerationSession,
@@ -175,7 +176,7 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
 
 def preview_data_url(name: str) -> str | None:
     """The preview file as a data: URL (None if there is none, or it was replaced meanwhile)."""
-    if not name:
+    if not name or recently_unavailable():  # a bucket away or slow holds up no stream
         return None
     try:
         return _read_preview(name)

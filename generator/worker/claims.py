@@ -6,6 +6,8 @@ nothing: the writes are the transitions of `states`, called with the token. No
 transaction is held across a denoising step: each write stands alone.
 """
 
+import contextlib
+import functools
 import io
 import logging
 import time
@@ -22,6 +24,7 @@ from ..db import (
     until_database_answers,
 )
 from ..files import save_whole
+from ..media_storage import recently_unavailable, save_with_retries
 from ..metadata import png_info
 from ..models import (
     WORKER_STOPPED,
@@ -109,30 +112,39 @@ class ClaimedJob:
             "step_seconds": list(step_seconds),
             "eta_seconds": eta_seconds,
         }
-        if preview is None:
+        if preview is None or recently_unavailable():  # no preview waits on a bucket away
             return self._update(**fields)
         # Each preview gets a new file, so a reader never sees one half-written;
         # the one it replaces goes once the row points at the new one.
         try:
             name = save_whole(preview_name(self.session.pk, step), preview)
-        except OSError:  # a full disk, say: previews are a nicety, the step is not
-            logger.warning("Could not write the preview of session %s", self.session.pk)
+        except OSError as exc:  # a full disk, the storage away: previews are a nicety
+            logger.warning("Could not write the preview of session %s: %s", self.session.pk, exc)
             return self._update(**fields)
         written = self._update(**fields, preview=name, preview_step=preview_step or step)
         stale, self.preview_name = (
             (self.preview_name, name) if written else (name, self.preview_name)
         )
         if stale:
-            default_storage.delete(stale)
+            with contextlib.suppress(OSError):  # the storage away: left for prune --orphans
+                default_storage.delete(stale)
         return written
 
-    def complete(self, image, **metadata) -> bool:
-        """Save the image, with `metadata` (model_hash, lora_hashes) in its PNG text."""
+    def complete(self, image, deadline: float | None = None, **metadata) -> bool:
+        """Save the image, with `metadata` (model_hash, lora_hashes) in its PNG text.
+
+        A media storage that is away is tried again with back-off until
+        SD_MEDIA_RETRY_SECONDS or `deadline` (the job's timeout, time.monotonic()), then its
+        StorageUnavailable fails the job. The row names the file only once it is whole."""
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=png_info(self.session, **metadata))
-        name = save_whole(
-            GenerationSession.image.field.generate_filename(None, f"{self.session.pk}.png"),
-            buffer.getvalue(),
+        name = save_with_retries(
+            functools.partial(
+                save_whole,
+                GenerationSession.image.field.generate_filename(None, f"{self.session.pk}.png"),
+                buffer.getvalue(),
+            ),
+            deadline=deadline,
         )
         # A cancel that arrives after the last step loses to the finished image.
         # The image is kept through a database outage: the write waits for it.

@@ -19,6 +19,7 @@ from ..db import OUTAGE_ERRORS, until_database_answers
 from ..disk import media_problem, short_of_room
 from ..estimates import measured_timing
 from ..images import blurred_mask, fitted
+from ..media_storage import StorageUnavailable
 from ..models import WorkerRecord, model_key
 from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
@@ -304,7 +305,7 @@ class Worker:
                     "model_hash": model_hash(session.model),
                     "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
                 }
-                if run.job.complete(image, **metadata):
+                if run.job.complete(image, deadline=self.job_deadline, **metadata):
                     logger.info("Completed session %s", session.pk)
         except Unbatchable:
             # Prompts of different lengths: nothing ran yet; one job at a time.
@@ -518,7 +519,7 @@ def describe_error(exc: BaseException) -> str:
     """The error as a job's page shows it: its type and message, without server paths (a
     setup problem's message says it all: no type)."""
     message = without_paths(str(exc).strip())
-    if isinstance(exc, SetupError):
+    if isinstance(exc, SetupError | StorageUnavailable):
         return message
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if is_out_of_memory(exc):

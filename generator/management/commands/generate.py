@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from generator.forms import GenerateForm
+from generator.media_storage import is_remote
 from generator.models import GenerationSession, Status, WorkerRecord
 from generator.params import PARAMETERS
 from generator.services import START_WORKER, session_cancel, session_create_batch
@@ -165,14 +166,14 @@ class Command(BaseCommand):
         return True
 
     def deliver(self, session: GenerationSession, index: int, options) -> str:
-        source = Path(session.image.path)
-        if not options["output"]:
-            return str(source)
+        if not options["output"]:  # where it is: its file here, or its name in the bucket
+            return str(Path(session.image.path)) if not is_remote() else session.image.name
         target = Path(options["output"])
         if options["count"] > 1:
             target = target.with_name(f"{target.stem}-{index}{target.suffix or '.png'}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        with session.image.open("rb") as source, open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
         return str(target)
 
     def offer_to_cancel(self, sessions, inline: bool) -> bool:

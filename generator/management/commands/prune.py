@@ -57,10 +57,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} {rows} sessions, {filesizeformat(freed)} of files.")
         if orphans:
             found = retention.orphans()
-            freed = 0
-            for path in found:
-                freed += path.stat().st_size
-                if not dry_run:
-                    path.unlink(missing_ok=True)
+            freed = sum(size for _, size in found)
+            if not dry_run:
+                retention.delete_orphans(found)
             self.stdout.write(f"{verb} {len(found)} orphaned files, {filesizeformat(freed)}.")
         disk.forget_media_usage()

@@ -2,8 +2,10 @@ import logging
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from generator.db import until_database_answers
+from generator.media_storage import settings_mismatch
 from generator.worker.heartbeat import new_worker_id, register_worker
 
 
@@ -55,6 +57,14 @@ class Command(BaseCommand):
         # Say "a worker is starting" before the worker's libraries load, so the
         # page and the CLI do not report that no worker runs meanwhile. A database that
         # cannot take the row (away, its disk full) is waited for, and said so, not a crash.
+        # A worker that would write files where the web cannot read them (another storage,
+        # bucket or prefix) or with another SECRET_KEY stops here, with one line.
+        try:
+            mismatch = until_database_answers(settings_mismatch, what="the media settings' check")
+        except DatabaseError:  # no table yet (migrations to apply): nothing recorded
+            mismatch = None
+        if mismatch:
+            raise CommandError(mismatch)
         worker_id = new_worker_id()
         serves = {"models": models or [], "backends": backends or []}
         until_database_answers(register_worker, worker_id, serves, ready=False, what="registration")
