@@ -384,7 +384,7 @@ def extras_errors(body: dict) -> dict:
 def extras_data(body: dict) -> dict:
     """An upscale job's form data from A1111's extras fields: `resize_mode` 1 upscales to
     `upscaling_resize_w` x `_h` (A1111's 512 each unless given), 0 by `upscaling_resize`."""
-    data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.needs == "upscale"}
+    data = {p.name: body.get(p.a1111_api) for p in PARAMETERS if p.needs == "upscale"}
     data = {k: v for k, v in data.items() if v is not None} | {"job": "upscale"}
     if body.get("resize_mode") == 1:
         data.setdefault("upscaling_resize_w", 512)

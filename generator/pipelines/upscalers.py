@@ -12,6 +12,7 @@ web never imports torch. A file that cannot be used is listed with its reason.
 
 import functools
 import math
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -92,12 +93,18 @@ def listing() -> list[dict]:
             "model_name": None if file is None else model_family(file),
             "model_path": None if file is None else file.name,
             "model_url": None,
-            "scale": 4 if file is not None else None,
+            "scale": None if file is None else scale_of(file.stem),
         }
         if file is not None and file.problem:
             entry["unusable"] = file.problem
         entries.append(entry)
     return entries
+
+
+def scale_of(stem: str) -> int:
+    """The scale a model's name gives (`4x-UltraSharp`, `RealESRGAN_x2plus`), else A1111's 4."""
+    found = re.search(r"(?:^|[^a-z0-9])x?(\d)x?(?:[^a-z0-9]|plus|$)", stem.lower())
+    return int(found.group(1)) if found else 4
 
 
 def model_family(file: ModelFile) -> str:
