@@ -336,3 +336,18 @@ def test_extras_upscale_jobs_run_on_a_real_worker_with_owner_progress_history_an
     finally:
         worker.stop()
         web.stop()
+
+
+@pytest.mark.any_database
+def test_the_page_has_a_hires_fix_section_and_an_upscale_action_with_the_usable_upscalers(
+    folders,
+):
+    page = Client().get("/").content.decode()
+    assert '<details id="hires-fix">' in page
+    assert 'name="enable_hr"' in page and 'type="checkbox"' in page
+    assert 'name="hr_upscaler"' in page and '<option value="Latent (bicubic)"' in page
+    upscale = page[page.index('<select id="upscale-with">') :].split("</select>")[0]
+    assert '<option value="2x-Tiny">' in upscale and '<option value="Lanczos">' in upscale
+    assert "Broken" not in upscale and '"None"' not in upscale and "Latent" not in upscale
+    assert 'id="upscale-button"' in page
+    assert 'name="upscaler_1"' not in page  # an upscale job's fields: set by the action
