@@ -44,6 +44,8 @@ FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent noise"}
 # (latent upscale), which sdsite does as just resize.
 RESIZES = {0: RESIZE_MODES[0], 1: RESIZE_MODES[1], 2: RESIZE_MODES[2], 3: RESIZE_MODES[0]}
 """A1111 >= 1.9 names the schedule apart: `DPM++ 2M` with `scheduler: Karras`."""
+SAME_SAMPLER = "Use same sampler"
+"""A1111's `hr_sampler_name` for the first pass's sampler (sdsite's blank)."""
 IGNORED_IF_SET = (
     "restore_faces",
     "tiling",
@@ -201,6 +203,8 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
         fill = body.get("inpainting_fill")
         data["inpainting_fill"] = FILLS[1 if fill is None else fill]
         data["resize_mode"] = RESIZES[body.get("resize_mode") or 0]
+    if data.get("hr_sampler_name") == SAME_SAMPLER:
+        data["hr_sampler_name"] = ""
     if not image_mode and not data.get("enable_hr"):  # txt2img's is the hires fix's
         data.pop("strength", None)
     if image_mode:
