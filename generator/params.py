@@ -14,7 +14,7 @@ from django.core.validators import MaxLengthValidator, MaxValueValidator, MinVal
 
 from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULE_TYPE_CHOICES, SCHEDULER_CHOICES
 from .pipelines.sources import text_encoder_depth
-from .pipelines.upscalers import hires_size, second_pass_schedule
+from .pipelines.upscalers import hires_size
 
 MAX_SEED = 2**32 - 1
 
@@ -599,9 +599,3 @@ def hires_plan(values: dict) -> tuple[tuple[int, int], int]:
         values["width"], values["height"], get("hr_scale"), get("hr_resize_x"), get("hr_resize_y")
     )
     return size, get("hr_second_pass_steps") or get("steps")
-
-
-def hires_schedule(values: dict) -> int:
-    """The `num_inference_steps` of the second pass that runs exactly its steps."""
-    _, steps = hires_plan(values)
-    return second_pass_schedule(steps, values.get("strength", HIRES_STRENGTH))
