@@ -116,25 +116,6 @@ def test_the_upscaler_routes_answer_a1111s_shapes_with_each_file_by_stem_and_the
 
 
 @pytest.mark.any_database
-def test_sd_webui_dir_gives_the_upscaler_kinds_a1111s_folders_and_sd_upscaler_dir_its_own(
-    tmp_path,
-):
-    code = (
-        "from django.conf import settings; import django; django.setup(); "
-        "print([str(getattr(settings, k)) for k in ('SD_ESRGAN_DIR', 'SD_REALESRGAN_DIR', "
-        "'SD_SWINIR_DIR', 'SD_DAT_DIR', 'SD_UPSCALER_DIR')])"
-    )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "sdsite.settings", "DATA_DIR": str(tmp_path)}
-    env.update(SD_WEBUI_DIR=str(tmp_path / "webui"), SD_UPSCALER_DIR=str(tmp_path / "mine"))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    models = tmp_path / "webui/models"
-    assert out.stdout.strip() == str(
-        [str(models / "ESRGAN"), str(models / "RealESRGAN"), str(models / "SwinIR"),
-         str(models / "DAT"), str(tmp_path / "mine")]
-    ), out.stderr  # fmt: skip
-
-
-@pytest.mark.any_database
 def test_a_model_upscales_tile_by_tile_to_the_exact_size_and_reports_every_tile(folders, settings):
     settings.SD_UPSCALE_TILE = 16
     image = picture(40, 24)  # 3 x 2 tiles of 16
