@@ -332,3 +332,21 @@ def test_the_page_has_a_hires_fix_section_and_an_upscale_action_with_the_usable_
     assert "Broken" not in upscale and '"None"' not in upscale and "Latent" not in upscale
     assert 'id="upscale-button"' in page
     assert 'name="upscaler_1"' not in page  # an upscale job's fields: set by the action
+
+
+@pytest.mark.any_database
+def test_an_upscale_to_a_size_of_another_shape_covers_it_and_keeps_the_middle_as_a1111_crops():
+    from generator.pipelines.base import GenerationRequest, upscale_job
+
+    image = picture(40, 24)
+    steps = []
+    request = GenerationRequest(
+        "x", "", 1, 7.5, 64, 64, 0, job="upscale", init_image=image, upscaler_1="Lanczos",
+        upscaling_resize_w=48, upscaling_resize_h=48,
+    )  # fmt: skip
+    out = upscale_job(request, "cpu", lambda *step: steps.append(step) or True)
+    covered = image.resize((80, 48), Image.Resampling.LANCZOS)  # 48 high covers 48 x 48
+    assert out.tobytes() == covered.crop((16, 0, 64, 48)).tobytes()
+    assert steps == [(1, 1, None)]  # no model, no tiles: one step
+    assert upscalers.cover_size((64, 64), (96, 80), multiple=8) == (96, 96)
+    assert upscalers.cover_size((512, 320), (1024, 640), multiple=8) == (1024, 640)

@@ -12,6 +12,8 @@ from .schedulers import make_scheduler
 from .upscalers import (
     LATENT_MODES,
     NONE,
+    center_crop,
+    cover_size,
     hires_size,
     second_pass_schedule,
     target_size,
@@ -281,16 +283,20 @@ class PipelineBackend(ABC):
                 output_type="latent" if latent else "pil",
             )
             on_phase("upscaling")
+            # A size of another shape: upscaled to cover it, the middle kept (as A1111).
+            cover = cover_size((request.width, request.height), size, multiple=8)
             if latent:
-                image = upscale_latents(result.images, request.hr_upscaler, size)
+                image = upscale_latents(result.images, request.hr_upscaler, cover)
+                image = center_crop(image, (size[0] // 8, size[1] // 8))
             else:
 
                 def on_tile(done: int, tiles: int) -> None:
                     on_phase(f"upscaling: tile {done} of {tiles}")
 
                 image = upscale(
-                    result.images[0], request.hr_upscaler, size, self.upscale_device(), on_tile
+                    result.images[0], request.hr_upscaler, cover, self.upscale_device(), on_tile
                 )
+                image = center_crop(image, size)
             second = replace(
                 request,
                 width=size[0],
@@ -384,6 +390,7 @@ def upscale_job(request: GenerationRequest, device: str, on_step: StepHook):
         image.width, image.height, request.upscaling_resize,
         request.upscaling_resize_w, request.upscaling_resize_h,
     )  # fmt: skip
+    final, size = size, cover_size(image.size, size)  # both sides given: cropped to them
     names = [request.upscaler_1]
     if request.upscaler_2 != NONE and request.extras_upscaler_2_visibility > 0:
         names.append(request.upscaler_2)
@@ -400,4 +407,4 @@ def upscale_job(request: GenerationRequest, device: str, on_step: StepHook):
         result = Image.blend(result, other, request.extras_upscaler_2_visibility)
     if not sum(counts) and not on_step(1, 1, None):
         raise GenerationInterrupted
-    return result
+    return center_crop(result, final)

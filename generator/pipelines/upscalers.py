@@ -137,6 +137,28 @@ def target_size(
     return tuple(max(multiple, int(side) // multiple * multiple) for side in target)
 
 
+def cover_size(start: tuple, size: tuple, multiple: int = 1) -> tuple:
+    """The smallest size of `start`'s shape that covers `size` (rounded up to `multiple`):
+    where A1111 upscales to before it crops to a size of another shape."""
+    scale = max(size[0] / start[0], size[1] / start[1])
+    return tuple(
+        max(want, math.ceil(round(side * scale, 6) / multiple) * multiple)
+        for side, want in zip(start, size, strict=True)
+    )
+
+
+def center_crop(picture, size: tuple):
+    """The middle `size` (w, h) of a PIL image, or of latents (N, C, h, w)."""
+    if hasattr(picture, "crop"):
+        if picture.size == tuple(size):
+            return picture
+        left, top = (picture.width - size[0]) // 2, (picture.height - size[1]) // 2
+        return picture.crop((left, top, left + size[0], top + size[1]))
+    height, width = picture.shape[-2:]
+    left, top = (width - size[0]) // 2, (height - size[1]) // 2
+    return picture[..., top : top + size[1], left : left + size[0]]
+
+
 def second_pass_schedule(steps: int, strength: float) -> int:
     """The `num_inference_steps` that makes an image-to-image pipeline at `strength` run
     exactly `steps` steps (A1111's hires steps: it schedules steps / strength and runs the
