@@ -272,7 +272,9 @@ def run_tiled(model, image, device: str, tile: int | None = None, on_tile=None):
     scale = model.scale
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     _, height, width = pixels.shape
-    out = torch.zeros((3, height * scale, width * scale), dtype=torch.float32)
+    # The picture is assembled in bytes (3 a pixel): past a tile's activations, that is
+    # all the memory that grows with the image.
+    out = torch.zeros((3, height * scale, width * scale), dtype=torch.uint8)
     cores = tiles(width, height, tile)
     half = device.startswith("cuda") and model.supports_half
     with torch.inference_mode():
@@ -280,15 +282,15 @@ def run_tiled(model, image, device: str, tile: int | None = None, on_tile=None):
             px0, py0 = max(x0 - TILE_OVERLAP, 0), max(y0 - TILE_OVERLAP, 0)
             px1, py1 = min(x1 + TILE_OVERLAP, width), min(y1 + TILE_OVERLAP, height)
             piece = pixels[:, py0:py1, px0:px1].unsqueeze(0).to(device)
-            result = model(piece.half() if half else piece).float().clamp(0, 1)[0].cpu()
+            result = model(piece.half() if half else piece).float().clamp(0, 1)[0]
             left, top = (x0 - px0) * scale, (y0 - py0) * scale
-            out[:, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
-                :, top : top + (y1 - y0) * scale, left : left + (x1 - x0) * scale
-            ]
+            core = result[:, top : top + (y1 - y0) * scale, left : left + (x1 - x0) * scale]
+            out[:, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = (
+                (core * 255.0).round().to(torch.uint8).cpu()
+            )
             if on_tile is not None:
                 on_tile(done, len(cores))
-    array = (out.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(array)
+    return Image.fromarray(out.permute(1, 2, 0).contiguous().numpy())
 
 
 class NotAnUpscaler(ValueError):
