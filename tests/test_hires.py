@@ -17,6 +17,7 @@ from generator.forms import GenerateForm
 from generator.metadata import a1111_parameters, from_a1111_text, read_parameters
 from generator.models import GenerationSession, Status
 from generator.pipelines.upscalers import hires_size, second_pass_schedule
+from tests.conftest import tell_logs_if_failed
 from tests.sse_client import iter_events
 from tests.support.processes import WebServer, WorkerProcess
 from tests.tiny_models import esrgan
@@ -46,7 +47,10 @@ def test_the_hires_size_is_a1111s_in_multiples_of_8():
     assert hires_size(64, 64, 2.0, 320, 192) == (320, 192)
 
 
-def test_a_hires_job_on_the_demo_runs_6_then_4_steps_on_one_bar_and_the_png_says_so(tmp_path):
+@pytest.mark.timeout(900)  # two hires jobs: about 100 s on a quiet 2-core CPU, more when shared
+def test_a_hires_job_on_the_demo_runs_6_then_4_steps_on_one_bar_and_the_png_says_so(
+    request, tmp_path
+):
     """Through a real web server and worker: the stream's progress goes 0 to 10 and never
     back, with the whole total from its first message; the worker timed exactly 10 steps."""
     webui = tmp_path / "webui"
@@ -54,6 +58,7 @@ def test_a_hires_job_on_the_demo_runs_6_then_4_steps_on_one_bar_and_the_png_says
     env = {"SD_WEBUI_DIR": webui, "SD_STEP_WRITE_INTERVAL": 0, "SD_API_AUTH": "off"}
     web = WebServer(tmp_path, **env)
     worker = WorkerProcess(tmp_path, **env)
+    request.addfinalizer(lambda: tell_logs_if_failed(request, [web, worker]))
     client = httpx.Client(base_url=web.url, timeout=300)
     try:
         token = client.get("/").cookies["csrftoken"]

@@ -20,6 +20,7 @@ from generator.apikeys import issue_key, user_for
 from generator.metadata import read_parameters
 from generator.models import GenerationSession, Status
 from generator.pipelines import upscalers
+from tests.conftest import tell_logs_if_failed
 from tests.tiny_models import esrgan
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -250,14 +251,16 @@ def upload(image: Image.Image):
     return SimpleUploadedFile("in.png", buffer.getvalue(), content_type="image/png")
 
 
+@pytest.mark.timeout(600)
 def test_extras_upscale_jobs_run_on_a_real_worker_with_owner_progress_history_and_metadata(
-    folders, tmp_path
+    request, folders, tmp_path
 ):
     from tests.support.processes import WebServer, WorkerProcess
 
     env = {"SD_WEBUI_DIR": folders, "SD_UPSCALE_TILE": 32, "SD_STEP_WRITE_INTERVAL": 0}
     web = WebServer(tmp_path, **env)
     worker = WorkerProcess(tmp_path, **env)
+    request.addfinalizer(lambda: tell_logs_if_failed(request, [web, worker]))
     try:
         user = user_for("tool")
         _, key = issue_key(user, "tests")
