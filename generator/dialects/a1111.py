@@ -369,7 +369,7 @@ EXTRAS_FIELDS = {
 }
 EXTRAS_RANGES = {"resize_mode": (0, 1)}
 EXTRAS_NAMES = {p.name: p.a1111_api for p in PARAMETERS if p.needs == "upscale"}
-EXTRAS_NAMES |= {"init_image": "image", "job": "image"}
+EXTRAS_NAMES |= {"init_image": "image"}
 
 
 def extras_errors(body: dict) -> dict:
