@@ -6,11 +6,22 @@ from django.core.exceptions import ValidationError
 
 from .images import output_size, read_upload
 from .models import Backend
-from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
+from .params import (
+    BY_NAME,
+    HIRES_STRENGTH,
+    PARAMETERS,
+    Parameter,
+    hires_plan,
+    steps_to_run,
+    unused,
+)
 from .pipelines.checkpoints import model_choices, offered_models
 from .pipelines.loras import UnknownLora, loras_of
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
 from .pipelines.sources import local_folder
+from .pipelines.upscalers import available as available_upscalers
+from .pipelines.upscalers import problem_of as upscaler_problem
+from .pipelines.upscalers import target_size
 from .prompts import weight_problem
 from .services import default_size
 from .webhooks import check_callback_url
@@ -20,7 +31,10 @@ FORM_FIELDS = {
     "int": forms.IntegerField,
     "float": forms.FloatField,
     "choice": forms.ChoiceField,
+    "bool": forms.BooleanField,
 }
+UPSCALER_FIELDS = {"hr_upscaler": True, "upscaler_1": False, "upscaler_2": False}
+"""The fields naming an upscaler: {field: whether a latent mode is one}."""
 
 
 def form_field(parameter: Parameter) -> forms.Field:
@@ -28,7 +42,7 @@ def form_field(parameter: Parameter) -> forms.Field:
     options = {
         "label": parameter.label,
         "help_text": parameter.help,
-        "required": parameter.name == "prompt",
+        "required": False,  # the prompt: checked in `clean` (an upscale job needs none)
         "validators": parameter.validators(),
         "initial": parameter.default,
     }
@@ -39,6 +53,13 @@ def form_field(parameter: Parameter) -> forms.Field:
         if parameter.name == "prompt":
             attrs["placeholder"] = "a lighthouse at dawn, oil painting"
         options["widget"] = forms.Textarea(attrs=attrs)
+    elif parameter.kind == "bool":
+        options.pop("validators")
+    elif parameter.name in UPSCALER_FIELDS:
+        # The upscalers are the folders' files: `clean` checks the name, naming it.
+        options["widget"] = forms.Select()
+        options["max_length"] = 200
+        return forms.CharField(**options)
     elif parameter.kind == "choice":
         options["choices"] = parameter.choices
     else:
@@ -78,6 +99,10 @@ class GenerateForm(forms.Form):
             folder = local_folder(model)
             offered |= family_samplers(model_scheduler_class(str(folder) if folder else None))
         self.fields["scheduler"].widget.choices = [(name, name) for name in offered]
+        for name, latent in UPSCALER_FIELDS.items():
+            self.fields[name].widget.choices = [
+                (each.name, each.name) for each in available_upscalers(latent) if not each.problem
+            ]
         self.fields["backend"].choices = Backend.choices
         self.fields["backend"].initial = settings.SD_BACKEND
         self.fields["count"] = forms.IntegerField(
@@ -99,7 +124,7 @@ class GenerateForm(forms.Form):
     @property
     def group(self) -> dict:
         """The bound fields the page shows together: {"prompt": [...], "advanced", "image"}."""
-        groups = {"prompt": [], "advanced": [], "image": []}
+        groups = {"prompt": [], "advanced": [], "image": [], "hires": [], "extras": []}
         for parameter in PARAMETERS:
             groups[parameter.group].append(self[parameter.name])
         groups["advanced"].append(self["count"])
@@ -129,15 +154,16 @@ class GenerateForm(forms.Form):
         data = super().clean()
         image, mask = self.images.get("init_image"), self.images.get("mask_image")
         image_failed = "init_image" in self.errors
+        if data.get("job") == "upscale":
+            return self._clean_upscale(data, image, image_failed)
+        if not data.get("prompt") and "prompt" not in self.errors:
+            self.add_error("prompt", forms.Field.default_error_messages["required"])
         if data.get("mask_image") and not data.get("init_image") and not image_failed:
             self.add_error("mask_image", "A mask needs an image to paint on (init_image).")
         width, height = data.get("width"), data.get("height")
-        if width and height and width * height > settings.SD_MAX_PIXELS:
-            self.add_error(
-                "width",
-                f"{width}x{height} is {width * height:,} pixels; this server allows at most "
-                f"{settings.SD_MAX_PIXELS:,} (SD_MAX_PIXELS), e.g. 1024x1024.",
-            )
+        self._check_pixels("width", width, height)
+        if data.get("enable_hr"):
+            self._check_hires(data, image)
         self._check_loras(data)
         self._check_sampler(data)
         self._check_model_limits(data)
@@ -165,6 +191,60 @@ class GenerateForm(forms.Form):
                     "strength",
                     f"Strength {strength:g} of {steps} steps runs no step: raise either.",
                 )
+        return data
+
+    def _check_pixels(self, field: str, width, height, what: str = "") -> None:
+        """SD_MAX_PIXELS, of the final image."""
+        if width and height and width * height > settings.SD_MAX_PIXELS:
+            self.add_error(
+                field,
+                f"{what}{width}x{height} is {width * height:,} pixels; this server allows at "
+                f"most {settings.SD_MAX_PIXELS:,} (SD_MAX_PIXELS), e.g. 1024x1024.",
+            )
+
+    def _check_upscaler(self, field: str, data: dict) -> None:
+        name = data.get(field) or BY_NAME[field].default
+        problem = upscaler_problem(name, latent=UPSCALER_FIELDS[field])
+        if problem and field not in self.errors:
+            self.add_error(field, problem)
+
+    def _check_hires(self, data: dict, image) -> None:
+        """The hires fix: text to image only, a known upscaler, a final size within
+        SD_MAX_PIXELS; its strength is A1111's 0.7 unless given."""
+        if image is not None or "init_image" in self.errors:
+            self.add_error("enable_hr", "The hires fix is for text to image: send no init_image.")
+            return
+        self._check_upscaler("hr_upscaler", data)
+        if data.get("strength") is None:
+            data["strength"] = HIRES_STRENGTH
+        if "width" in self.errors or "height" in self.errors:
+            return
+        values = {k: v for k, v in data.items() if k in BY_NAME and v not in (None, "")}
+        side = default_size(data.get("model") or settings.SD_MODEL)
+        values.setdefault("width", side)
+        values.setdefault("height", side)
+        (width, height), _ = hires_plan(values)
+        self._check_pixels("hr_scale", width, height, "The hires size ")
+
+    def _clean_upscale(self, data: dict, image, image_failed: bool) -> dict:
+        """An upscale job: an input image, known upscalers, a final size within
+        SD_MAX_PIXELS. Its prompt (shown in the history) says what it is, unless given."""
+        if image is None:
+            if not image_failed:
+                self.add_error("init_image", "An upscale job needs an image (init_image).")
+            return data
+        if data.get("mask_image"):
+            self.add_error("mask_image", "An upscale job takes no mask.")
+        for field in ("upscaler_1", "upscaler_2"):
+            self._check_upscaler(field, data)
+        get = lambda name: data.get(name) or BY_NAME[name].default  # noqa: E731
+        size = target_size(
+            image.width, image.height, get("upscaling_resize"),
+            get("upscaling_resize_w"), get("upscaling_resize_h"),
+        )  # fmt: skip
+        self._check_pixels("upscaling_resize", *size, "The upscaled size ")
+        if not data.get("prompt"):
+            data["prompt"] = f"Upscale of {image.width}x{image.height}"
         return data
 
     def _check_sampler(self, data: dict) -> None:
@@ -246,6 +326,10 @@ class GenerateForm(forms.Form):
             if self.cleaned_data.get(p.name) not in (None, "")
         }
         values["negative_prompt"] = self.cleaned_data.get("negative_prompt", "")
-        if "init_image" not in self.images:
-            values = {k: v for k, v in values.items() if k not in IMAGE_ONLY}
-        return values
+        left_out = unused(
+            image="init_image" in self.images,
+            mask="mask_image" in self.images,
+            hires=bool(values.get("enable_hr")),
+            upscale=values.get("job") == "upscale",
+        )
+        return {k: v for k, v in values.items() if k not in left_out}

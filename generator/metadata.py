@@ -36,7 +36,7 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
         lines.append(f"Negative prompt: {values['negative_prompt']}")
     settings = {}
     for parameter in PARAMETERS:
-        if parameter.name == "width":  # A1111 writes the two sides as one setting
+        if parameter.name == "width" and "width" in values:  # the two sides as one setting
             settings["Size"] = f"{values['width']}x{values['height']}"
         if parameter.name == "model" and model_hash:
             settings["Model hash"] = model_hash
@@ -58,6 +58,12 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
             continue  # written beside the sampler
         if parameter.name == "model":
             value = display_name(value)  # A1111's `Model: name`, never a server path
+        if parameter.name == "hr_scale":
+            if values["hr_resize_x"] or values["hr_resize_y"]:
+                # A1111 writes the size asked for instead of the scale.
+                settings["Hires resize"] = f"{values['hr_resize_x']}x{values['hr_resize_y']}"
+                continue
+            value = f"{value:g}"  # `Hires upscale: 2`, as A1111's slider gives it
         settings[parameter.a1111] = value
     if lora_hashes:
         settings["Lora hashes"] = lora_hashes
@@ -157,6 +163,9 @@ def from_a1111_text(text: str) -> dict:
         if value is not None and parameter.kind in kinds:
             with contextlib.suppress(ValueError):
                 found[parameter.name] = kinds[parameter.kind](value)
+        elif value is not None and parameter.needs in ("hires", "upscale"):
+            found[parameter.name] = value  # an upscaler, a sampler, a prompt: as written
+    found |= hires_of(read)
     if "Sampler" in read:
         scheduler = from_a1111(read["Sampler"], read.get("Schedule type"))
         if scheduler:
@@ -169,6 +178,22 @@ def from_a1111_text(text: str) -> dict:
     if SIZE.fullmatch(size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))
     return {k: v for k, v in found.items() if v not in ("", None)}
+
+
+def hires_of(read: dict) -> dict:
+    """The hires fix from A1111's settings: on where any `Hires` setting is, its size from
+    `Hires resize: 320x192`, its sampler only where it is one."""
+    from .pipelines.schedulers import from_a1111
+
+    if not any(key.startswith("Hires ") for key in read):
+        return {}
+    found = {"enable_hr": True}
+    size = read.get("Hires resize", "")
+    if SIZE.fullmatch(size):
+        found["hr_resize_x"], found["hr_resize_y"] = (int(side) for side in size.split("x"))
+    if "Hires sampler" in read:
+        found["hr_sampler_name"] = from_a1111(read["Hires sampler"], None) or ""
+    return found
 
 
 class MetadataTooLarge(ValueError):

@@ -24,7 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .params import IMAGE_ONLY, IN_JSON, MASK_ONLY, NAMES, check_json
+from .params import IN_JSON, NAMES, check_json, unused
 from .params import parameter as P
 from .states import (  # noqa: F401 (re-exported: the rows' states are read everywhere)
     FINISHED_STATUSES,
@@ -251,9 +251,15 @@ class GenerationSession(models.Model):
     def parameter_values(self) -> dict:
         """What was asked for: the API, the PNG metadata and the CLI describe it alike."""
         values = {name: getattr(self, name) for name in NAMES}
-        # Image settings mean nothing without an image, mask settings without a mask.
-        unused = () if self.mask_image else IMAGE_ONLY if not self.init_image else MASK_ONLY
-        return {name: value for name, value in values.items() if name not in unused}
+        # Image settings mean nothing without an image, mask settings without a mask, the
+        # hires fix's with it off, generation settings in an upscale job.
+        left_out = unused(
+            image=bool(self.init_image),
+            mask=bool(self.mask_image),
+            hires=values["enable_hr"],
+            upscale=values["job"] == "upscale",
+        )
+        return {name: value for name, value in values.items() if name not in left_out}
 
     def parameter_items(self) -> list[tuple[str, object]]:
         """(label, value) of each parameter but the prompt, for the history and the page."""
@@ -265,7 +271,9 @@ class GenerationSession(models.Model):
 
     @property
     def mode(self) -> str:
-        """`txt2img`, `img2img` or `inpaint`."""
+        """`txt2img`, `img2img`, `inpaint` or `upscale`."""
+        if self.job == "upscale":
+            return "upscale"
         if self.mask_image:
             return "inpaint"
         return "img2img" if self.init_image else "txt2img"

@@ -14,6 +14,7 @@ from django.core.validators import MaxLengthValidator, MaxValueValidator, MinVal
 
 from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULE_TYPE_CHOICES, SCHEDULER_CHOICES
 from .pipelines.sources import text_encoder_depth
+from .pipelines.upscalers import hires_size
 
 MAX_SEED = 2**32 - 1
 
@@ -38,7 +39,7 @@ class Parameter:
     name: str
     label: str
     kind: str
-    """`text`, `int`, `float` or `choice`."""
+    """`text`, `int`, `float`, `choice` or `bool`."""
     help: str = ""
     default: object = None
     """None: required (the prompt) or decided when the session is made (size, seed, model)."""
@@ -56,9 +57,11 @@ class Parameter:
     a1111_api: str = ""
     """The field in A1111's API (`cfg_scale`), which sd-parsers also reads; empty: none."""
     group: str = "advanced"
-    """Where the page shows it: `prompt`, `advanced` or `image` (image-to-image, inpainting)."""
+    """Where the page shows it: `prompt`, `advanced`, `image` (image-to-image, inpainting),
+    `hires` (the hires fix) or `extras` (an upscale job's)."""
     needs: str = ""
-    """`image` or `mask`: it means something only with an input image, or a mask."""
+    """`image`, `mask`, `hires` or `upscale`: it means something only with an input image,
+    a mask, the hires fix on, or in an upscale job."""
     request: bool = True
     """Whether the pipeline gets it (the model and backend choose the pipeline instead)."""
     cli: str = ""
@@ -104,7 +107,7 @@ class Parameter:
     def clean(self, value):
         """The value, checked against the spec: ValidationError naming what is wrong."""
         wanted = (int, float) if self.kind == "float" else self.python_type
-        if isinstance(value, bool) or not isinstance(value, wanted):
+        if isinstance(value, bool) != (self.kind == "bool") or not isinstance(value, wanted):
             raise ValidationError(f"{self.name}: must be {self.kind}.", code="invalid")
         if self.choices and value not in dict(self.choices):
             raise ValidationError(f"{self.name}: {value!r} is no choice.", code="invalid_choice")
@@ -124,7 +127,7 @@ class Parameter:
         return options
 
 
-PYTHON_TYPES = {"text": str, "choice": str, "int": int, "float": float}
+PYTHON_TYPES = {"text": str, "choice": str, "int": int, "float": float, "bool": bool}
 
 
 PARAMETERS: tuple[Parameter, ...] = (
@@ -311,14 +314,218 @@ PARAMETERS: tuple[Parameter, ...] = (
         backends=("pytorch",),
         model_maximum=text_encoder_depth,
     ),
+    # A1111's hires fix: generate, upscale, then an image-to-image pass of the upscaled
+    # picture (at `strength`, A1111's denoising_strength, 0.7 unless given).
+    Parameter(
+        "enable_hr",
+        "Hires fix",
+        "bool",
+        help="Text to image: upscale the picture, then refine it with a second pass.",
+        default=False,
+        group="hires",
+        a1111_api="enable_hr",
+        backends=("pytorch",),
+    ),
+    Parameter(
+        "hr_scale",
+        "Upscale by",
+        "float",
+        help="The hires size: this many times the first pass's (unless resized to a size).",
+        default=2.0,
+        minimum=1,
+        maximum=4,
+        step=0.05,
+        a1111="Hires upscale",
+        group="hires",
+        needs="hires",
+        a1111_api="hr_scale",
+    ),
+    Parameter(
+        "hr_resize_x",
+        "Resize width to",
+        "int",
+        help="The hires width in pixels (0: by the scale, or in proportion to the height).",
+        default=0,
+        minimum=0,
+        maximum=4096,
+        group="hires",
+        needs="hires",
+        a1111_api="hr_resize_x",
+    ),
+    Parameter(
+        "hr_resize_y",
+        "Resize height to",
+        "int",
+        help="The hires height in pixels (0: by the scale, or in proportion to the width).",
+        default=0,
+        minimum=0,
+        maximum=4096,
+        group="hires",
+        needs="hires",
+        a1111_api="hr_resize_y",
+    ),
+    Parameter(
+        "hr_second_pass_steps",
+        "Hires steps",
+        "int",
+        help="Steps of the second pass, whatever the strength (0: the first pass's).",
+        default=0,
+        minimum=0,
+        maximum=150,
+        a1111="Hires steps",
+        a1111_omit_default=True,
+        group="hires",
+        needs="hires",
+        a1111_api="hr_second_pass_steps",
+    ),
+    Parameter(
+        "hr_upscaler",
+        "Upscaler",
+        "choice",
+        help="How the first pass is enlarged: a latent mode, Lanczos, or an upscaler model.",
+        default="Latent",
+        a1111="Hires upscaler",
+        group="hires",
+        needs="hires",
+        a1111_api="hr_upscaler",
+    ),
+    Parameter(
+        "hr_sampler_name",
+        "Hires sampler",
+        "choice",
+        help="The second pass's sampler (blank: the first pass's).",
+        default="",
+        choices=(("", "Same as the first pass"), *SCHEDULER_CHOICES),
+        a1111="Hires sampler",
+        a1111_omit_default=True,
+        group="hires",
+        needs="hires",
+        a1111_api="hr_sampler_name",
+    ),
+    Parameter(
+        "hr_prompt",
+        "Hires prompt",
+        "text",
+        help="The second pass's prompt (blank: the prompt).",
+        default="",
+        max_length=1000,
+        a1111="Hires prompt",
+        a1111_omit_default=True,
+        group="hires",
+        needs="hires",
+        a1111_api="hr_prompt",
+    ),
+    Parameter(
+        "hr_negative_prompt",
+        "Hires negative prompt",
+        "text",
+        help="The second pass's negative prompt (blank: the negative prompt).",
+        default="",
+        max_length=1000,
+        a1111="Hires negative prompt",
+        a1111_omit_default=True,
+        group="hires",
+        needs="hires",
+        a1111_api="hr_negative_prompt",
+    ),
+    # An upscale job (A1111's Extras): the input image upscaled, no model run.
+    Parameter(
+        "job",
+        "Job",
+        "choice",
+        help="generate, or upscale the input image (A1111's Extras).",
+        default="generate",
+        choices=(("generate", "Generate"), ("upscale", "Upscale")),
+        group="extras",
+    ),
+    Parameter(
+        "upscaler_1",
+        "Upscaler",
+        "choice",
+        help="Upscale job: the upscaler (None: none).",
+        default="None",
+        a1111="Postprocess upscaler",
+        group="extras",
+        needs="upscale",
+        a1111_api="upscaler_1",
+    ),
+    Parameter(
+        "upscaler_2",
+        "Second upscaler",
+        "choice",
+        help="Upscale job: a second upscaler blended over the first (None: none).",
+        default="None",
+        a1111="Postprocess upscaler 2",
+        a1111_omit_default=True,
+        group="extras",
+        needs="upscale",
+        a1111_api="upscaler_2",
+    ),
+    Parameter(
+        "extras_upscaler_2_visibility",
+        "Second upscaler visibility",
+        "float",
+        help="Upscale job: how much of the second upscaler's picture shows (0 to 1).",
+        default=0.0,
+        minimum=0,
+        maximum=1,
+        step=0.05,
+        group="extras",
+        needs="upscale",
+        a1111_api="extras_upscaler_2_visibility",
+    ),
+    Parameter(
+        "upscaling_resize",
+        "Upscale by",
+        "float",
+        help="Upscale job: this many times the image's size (unless a size is given).",
+        default=2.0,
+        minimum=1,
+        maximum=8,
+        step=0.05,
+        a1111="Postprocess upscale by",
+        group="extras",
+        needs="upscale",
+        a1111_api="upscaling_resize",
+    ),
+    Parameter(
+        "upscaling_resize_w",
+        "Upscale to width",
+        "int",
+        help="Upscale job: the width in pixels (0: by the scale, or in proportion).",
+        default=0,
+        minimum=0,
+        maximum=8192,
+        group="extras",
+        needs="upscale",
+        a1111_api="upscaling_resize_w",
+    ),
+    Parameter(
+        "upscaling_resize_h",
+        "Upscale to height",
+        "int",
+        help="Upscale job: the height in pixels (0: by the scale, or in proportion).",
+        default=0,
+        minimum=0,
+        maximum=8192,
+        group="extras",
+        needs="upscale",
+        a1111_api="upscaling_resize_h",
+    ),
 )
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 NAMES = tuple(BY_NAME)
 REQUEST_NAMES = tuple(p.name for p in PARAMETERS if p.request)
-IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.needs)
+IMAGE_ONLY = tuple(p.name for p in PARAMETERS if p.needs in ("image", "mask"))
 """Parameters that mean something only with an input image."""
 MASK_ONLY = tuple(p.name for p in PARAMETERS if p.needs == "mask")
+HIRES_ONLY = tuple(p.name for p in PARAMETERS if p.needs == "hires")
+UPSCALE_ONLY = tuple(p.name for p in PARAMETERS if p.needs == "upscale")
+HIRES_STRENGTH = 0.7
+"""The hires fix's denoising strength unless one is given (A1111's)."""
+UPSCALE_JOB_KEEPS = ("prompt", "model", "backend")
+"""What an upscale job keeps of the generation parameters besides its own."""
 BATCH_KEY = tuple(p.name for p in PARAMETERS if not p.per_image)
 """What jobs must agree on to share one pipeline call (SD_WORKER_BATCH)."""
 
@@ -363,3 +570,32 @@ def steps_to_run(
     if not image or (mask and inpainting_fill == "latent noise"):
         return steps
     return min(int(steps * strength), steps)
+
+
+def unused(*, image: bool, mask: bool, hires: bool, upscale: bool) -> tuple[str, ...]:
+    """The parameters that mean nothing for such a job (left out of what it stores and
+    describes): image settings without an image, mask settings without a mask, the hires
+    fix's when it is off (its denoising strength is `strength`), and in an upscale job
+    everything but its own and UPSCALE_JOB_KEEPS."""
+    if upscale:
+        return tuple(
+            name for name in NAMES if name not in UPSCALE_ONLY + UPSCALE_JOB_KEEPS + ("job",)
+        )
+    left_out = list(UPSCALE_ONLY)
+    if not hires:
+        left_out += HIRES_ONLY
+    if not image:
+        left_out += [name for name in IMAGE_ONLY if not (hires and name == "strength")]
+    elif not mask:
+        left_out += MASK_ONLY
+    return tuple(left_out)
+
+
+def hires_plan(values: dict) -> tuple[tuple[int, int], int]:
+    """((width, height) of the second pass, its steps) of a job's values (defaults for
+    those absent): A1111's size, and `hr_second_pass_steps`, 0 meaning the first's."""
+    get = lambda name: values.get(name, BY_NAME[name].default)  # noqa: E731
+    size = hires_size(
+        values["width"], values["height"], get("hr_scale"), get("hr_resize_x"), get("hr_resize_y")
+    )
+    return size, get("hr_second_pass_steps") or get("steps")

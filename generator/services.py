@@ -21,7 +21,15 @@ from .models import (
     Status,
     WorkerRecord,
 )
-from .params import FAMILY_MARKERS, MAX_SEED, PARAMETERS, family_defaults, steps_to_run
+from .params import (
+    FAMILY_MARKERS,
+    HIRES_STRENGTH,
+    MAX_SEED,
+    PARAMETERS,
+    family_defaults,
+    hires_plan,
+    steps_to_run,
+)
 from .pipelines import demo
 from .pipelines.schedulers import default_sampler, model_scheduler_class
 from .pipelines.sources import DEMO_MODEL, local_folder, native_size
@@ -97,6 +105,8 @@ def session_create(
     values.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
     if parameters.get("scheduler") is None:
         values["scheduler"] = default_sampler_of(values["model"])
+    if values["enable_hr"] and parameters.get("strength") is None:
+        values["strength"] = HIRES_STRENGTH
     total_steps = steps_to_run(
         values["steps"],
         values["strength"],
@@ -104,6 +114,10 @@ def session_create(
         mask=bool(mask_image),
         inpainting_fill=values["inpainting_fill"],
     )
+    if values["enable_hr"]:  # both passes on one bar, known from the start
+        total_steps += hires_plan(values)[1]
+    if values["job"] == "upscale":
+        total_steps = 0  # its tiles: counted by the worker
     session = GenerationSession(
         owner=owner,
         owner_key=owner_key,

@@ -50,6 +50,16 @@ SD_CHECKPOINT_DIR = _model_dir("SD_CHECKPOINT_DIR", "models/Stable-diffusion")
 SD_VAE_DIR = _model_dir("SD_VAE_DIR", "models/VAE")
 SD_EMBEDDINGS_DIR = _model_dir("SD_EMBEDDINGS_DIR", "embeddings")
 SD_ESRGAN_DIR = _model_dir("SD_ESRGAN_DIR", "models/ESRGAN")
+# A1111's other upscaler folders (generator/pipelines/upscalers.py), and one folder of
+# upscaler models of sdsite's own (any architecture spandrel recognises).
+SD_REALESRGAN_DIR = _model_dir("SD_REALESRGAN_DIR", "models/RealESRGAN")
+SD_SWINIR_DIR = _model_dir("SD_SWINIR_DIR", "models/SwinIR")
+SD_DAT_DIR = _model_dir("SD_DAT_DIR", "models/DAT")
+SD_UPSCALER_DIR = (
+    Path(os.environ["SD_UPSCALER_DIR"]).expanduser().resolve()
+    if os.environ.get("SD_UPSCALER_DIR")
+    else None
+)
 SD_CONTROLNET_DIR = _model_dir("SD_CONTROLNET_DIR", "models/ControlNet")
 SD_LORA_DIR = _model_dir("SD_LORA_DIR", "models/Lora", (DATA_DIR / "loras").resolve())
 for folder in (DATA_DIR, MEDIA_ROOT, MODELS_DIR, DATA_DIR / "static"):
@@ -362,6 +372,9 @@ SD_MAX_PIXELS = int(
     os.environ.get("SD_MAX_PIXELS")
     or (1024 * 1024 if os.environ.get("SD_DEVICE", "cpu") in ("cpu", "") else 2048 * 2048)
 )
+# Upscaler models run on tiles of this many pixels a side (with 8 pixels of overlap), so
+# an upscale's memory stays bounded whatever the image's size (A1111's ESRGAN tile).
+SD_UPSCALE_TILE = int(os.environ.get("SD_UPSCALE_TILE", "192"))
 SD_OPENVINO_PRECISION = os.environ.get("SD_OPENVINO_PRECISION", "fp32")
 SD_OPENVINO_COMPILED_SIZES = int(os.environ.get("SD_OPENVINO_COMPILED_SIZES", "3"))
 # torch.compile for the PyTorch backend's UNet and VAE decoder: off, default,

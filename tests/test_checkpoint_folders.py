@@ -144,17 +144,20 @@ def test_sd_webui_dir_gives_each_kind_its_a1111_folder_unless_the_kind_has_its_o
     code = (
         "from django.conf import settings; import django; django.setup(); "
         "print([str(getattr(settings, k)) for k in ('SD_CHECKPOINT_DIR', 'SD_VAE_DIR', "
-        "'SD_LORA_DIR', 'SD_EMBEDDINGS_DIR', 'SD_ESRGAN_DIR', 'SD_CONTROLNET_DIR')])"
+        "'SD_LORA_DIR', 'SD_EMBEDDINGS_DIR', 'SD_ESRGAN_DIR', 'SD_CONTROLNET_DIR', "
+        "'SD_REALESRGAN_DIR', 'SD_SWINIR_DIR', 'SD_DAT_DIR', 'SD_UPSCALER_DIR')])"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "sdsite.settings", "DATA_DIR": str(tmp_path)}
     env.update(SD_WEBUI_DIR=str(tmp_path / "webui"), SD_VAE_DIR=str(tmp_path / "vaes"))
+    env.update(SD_UPSCALER_DIR=str(tmp_path / "upscalers"))  # A1111 has no such folder
     env.pop("SD_CHECKPOINT_DIR", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     webui = tmp_path / "webui"
     assert out.stdout.strip() == str(
         [str(webui / "models/Stable-diffusion"), str(tmp_path / "vaes"),
          str(webui / "models/Lora"), str(webui / "embeddings"), str(webui / "models/ESRGAN"),
-         str(webui / "models/ControlNet")]
+         str(webui / "models/ControlNet"), str(webui / "models/RealESRGAN"),
+         str(webui / "models/SwinIR"), str(webui / "models/DAT"), str(tmp_path / "upscalers")]
     ), out.stderr  # fmt: skip
 
 

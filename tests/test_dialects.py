@@ -59,7 +59,7 @@ def random_image(size=(64, 64), seed=0) -> Image.Image:
 def test_webuiapi_txt2img_batches_with_consecutive_seeds_for_the_key_s_user(a1111):
     result = a1111.txt2img(
         prompt="a fox", steps=3, width=64, height=64, seed=5, batch_size=2, cfg_scale=7,
-        sampler_name="DPM++ 2M", scheduler="Karras", enable_hr=True,
+        sampler_name="DPM++ 2M", scheduler="Karras", restore_faces=True,
     )  # fmt: skip
 
     assert [image.size for image in result.images] == [(64, 64), (64, 64)]
@@ -67,7 +67,7 @@ def test_webuiapi_txt2img_batches_with_consecutive_seeds_for_the_key_s_user(a111
     # As A1111 1.9 answers: the sampler and its schedule type apart.
     assert (result.info["sampler_name"], result.info["scheduler"]) == ("DPM++ 2M", "Karras")
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in result.info["infotexts"][0]
-    assert result.info["ignored"] == ["enable_hr"]
+    assert result.info["ignored"] == ["restore_faces"]
     assert "Steps: 3" in result.info["infotexts"][0]
     sessions = GenerationSession.objects.filter(owner__username="tool")
     assert sorted(sessions.values_list("seed", flat=True)) == [5, 6]

@@ -127,3 +127,22 @@ def sd3() -> Path:
         )
 
     return _built("tiny-sd3", build)
+
+
+def esrgan(folder: Path, name: str = "2x-Tiny", scale: int = 2) -> Path:
+    """A random-weights ESRGAN (RRDBNet: 8 filters, 1 block) in A1111's key layout, which
+    spandrel recognises, saved as `<folder>/<name>.safetensors` (a few hundred kB)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from generator.pipelines.upscalers import import_spandrel
+
+    import_spandrel()  # spandrel without torchvision (upscalers.py), before its modules
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, path)
+    return path

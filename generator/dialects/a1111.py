@@ -2,9 +2,9 @@
 
 Field names and shapes follow A1111's `modules/api/models.py`: the request
 models ignore keys they do not know (clients rely on it: SillyTavern sends its
-own `url` and `auth`), and what sdsite cannot do (hires fix, face restoration,
-scripts) is ignored as A1111 ignores what it cannot do, and listed in the
-answer's `info` under `ignored`. Unlike A1111's, `progress`, `interrupt` and
+own `url` and `auth`), and what sdsite cannot do (face restoration, scripts) is
+ignored as A1111 ignores what it cannot do, and listed in the answer's `info` under
+`ignored`. Unlike A1111's, `progress`, `interrupt` and
 `skip` are per key: a caller sees and stops only its own jobs.
 
 Each image of a batch is a job of its own: `interrupt` cancels the caller's running
@@ -16,6 +16,7 @@ kept in the history until SD_KEEP_DAYS.
 """
 
 import json
+from html import escape
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -34,6 +35,8 @@ from ..pipelines.checkpoints import display_name
 from ..pipelines.loras import available as available_loras
 from ..pipelines.model_hashes import known_sha256
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
+from ..pipelines.upscalers import LATENT_MODES
+from ..pipelines.upscalers import listing as upscaler_listing
 from ..services import session_cancel
 from ..web.api_errors import a1111_error_body, a1111_validation_body
 from ..web.json_body import BodyError, load_object, type_problem
@@ -48,8 +51,9 @@ FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent noise"}
 # (latent upscale), which sdsite does as just resize.
 RESIZES = {0: RESIZE_MODES[0], 1: RESIZE_MODES[1], 2: RESIZE_MODES[2], 3: RESIZE_MODES[0]}
 """A1111 >= 1.9 names the schedule apart: `DPM++ 2M` with `scheduler: Karras`."""
+SAME_SAMPLER = "Use same sampler"
+"""A1111's `hr_sampler_name` for the first pass's sampler (sdsite's blank)."""
 IGNORED_IF_SET = (
-    "enable_hr",
     "restore_faces",
     "tiling",
     "script_name",
@@ -251,8 +255,12 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
         fill = body.get("inpainting_fill")
         data["inpainting_fill"] = FILLS[1 if fill is None else fill]
         data["resize_mode"] = RESIZES[body.get("resize_mode") or 0]
-    if not image_mode:  # txt2img's denoising_strength is the hires fix's, which sdsite lacks
+    if data.get("hr_sampler_name") == SAME_SAMPLER:
+        data["hr_sampler_name"] = ""
+    if not image_mode and not data.get("enable_hr"):  # txt2img's is the hires fix's
         data.pop("strength", None)
+    if image_mode:
+        data.pop("enable_hr", None)  # A1111's img2img has no hires fix
     return {k: v for k, v in data.items() if v is not None}, files, ignored, errors
 
 
@@ -349,7 +357,8 @@ def progress(request):
         "skipped": False,
         "interrupted": False,
         "job": "",
-        "job_count": len(unfinished),
+        # A1111 counts a hires job's passes as two jobs of its state.
+        "job_count": sum(2 if is_hires(s) else 1 for s in unfinished),
         "job_timestamp": timezone.now().strftime("%Y%m%d%H%M%S"),
         "job_no": 0,
         "sampling_step": 0,
@@ -366,6 +375,16 @@ def progress(request):
         "sampling_step": running.current_step,
         "sampling_steps": running.total_steps,
     }
+    if is_hires(running):  # each pass's own steps, as A1111's state has them
+        first = running.steps
+        second = max(running.total_steps - first, 0)
+        in_second = running.current_step >= first and running.phase != "denoising"
+        in_second = in_second or running.current_step > first
+        state |= {
+            "job_no": 1 if in_second else 0,
+            "sampling_step": running.current_step - first if in_second else running.current_step,
+            "sampling_steps": second if in_second else first,
+        }
     image = None
     if request.GET.get("skip_current_image", "false").lower() != "true" and running.preview:
         url = preview_data_url(running.preview.name)
@@ -380,6 +399,125 @@ def progress(request):
             "current_task": str(running.pk),
         }
     )
+
+
+def is_hires(session) -> bool:
+    return session.enable_hr and session.mode == "txt2img"
+
+
+@require_GET
+@keyed
+def upscalers(request):
+    """A1111's list (None, Lanczos, Nearest, each model file by stem); `model_path` is the
+    file's name in its folder, `unusable` the reason a file cannot be used."""
+    return JsonResponse(upscaler_listing(), safe=False)
+
+
+@require_GET
+@keyed
+def latent_upscale_modes(request):
+    return JsonResponse([{"name": name} for name in LATENT_MODES], safe=False)
+
+
+EXTRAS_FIELDS = {
+    **{p.a1111_api: p.kind for p in PARAMETERS if p.needs == "upscale"},
+    "resize_mode": "int",
+    "image": "image",
+    "imageList": "list",
+}
+EXTRAS_RANGES = {"resize_mode": (0, 1)}
+EXTRAS_NAMES = {p.name: p.a1111_api for p in PARAMETERS if p.needs == "upscale"}
+EXTRAS_NAMES |= {"init_image": "image"}
+
+
+def extras_errors(body: dict) -> dict:
+    errors = {}
+    for key, kind in EXTRAS_FIELDS.items():
+        value = body.get(key)
+        if value is not None and (problem := type_problem(kind, value)):
+            errors[key] = [problem]
+        elif key in EXTRAS_RANGES and value is not None:
+            low, high = EXTRAS_RANGES[key]
+            if not low <= value <= high:
+                errors[key] = [f"Must be from {low} to {high}."]
+    return errors
+
+
+def extras_data(body: dict) -> dict:
+    """An upscale job's form data from A1111's extras fields: `resize_mode` 1 upscales to
+    `upscaling_resize_w` x `_h` (A1111's 512 each unless given), 0 by `upscaling_resize`."""
+    data = {p.name: body.get(p.a1111_api) for p in PARAMETERS if p.needs == "upscale"}
+    data = {k: v for k, v in data.items() if v is not None} | {"job": "upscale"}
+    if body.get("resize_mode") == 1:
+        data.setdefault("upscaling_resize_w", 512)
+        data.setdefault("upscaling_resize_h", 512)
+    else:
+        data.pop("upscaling_resize_w", None)
+        data.pop("upscaling_resize_h", None)
+    return data
+
+
+def queue_extras(request, body: dict, images: list) -> tuple[list, dict]:
+    """One upscale job per image (each a job like the others: owner, progress, history)."""
+    errors = extras_errors(body)
+    if errors:
+        return [], errors
+    data, sessions = extras_data(body), []
+    for index, image in enumerate(images):
+        if not isinstance(image, str) or not image:
+            return [], {"imageList": [f"imageList[{index}]: send an image (base64)."]}
+        files = {"init_image": decode_image(image, "init_image")}
+        queued, errors = queue(request, data, files, 1)
+        if errors:
+            return [], {EXTRAS_NAMES.get(k, k): v for k, v in errors.items()}
+        sessions += queued
+    return sessions, {}
+
+
+async def extras(request, images_of) -> JsonResponse | tuple:
+    body, errors = body_of(request)
+    images = [] if errors else images_of(body)
+    if not errors and not images:
+        errors = {"image": ["Send an image (base64)."]}
+    if errors:
+        return invalid(errors)
+    sessions, errors = await sync_to_async(queue_extras)(request, body, images)
+    if errors:
+        return invalid(errors)
+    finished = await wait([session.pk for session in sessions])
+    failed = [s.error for s in finished if s.status != Status.COMPLETED]
+    if failed:
+        return JsonResponse(error(failed[0] or "The upscale was cancelled."), status=500)
+    finished.sort(key=lambda s: [x.pk for x in sessions].index(s.pk))
+    encoded = [await sync_to_async(image_base64)(session) for session in finished]
+    info = await sync_to_async(a1111_parameters)(finished[0])
+    return encoded, f"<p>{escape(info.splitlines()[-1])}</p>"
+
+
+@csrf_exempt
+@require_POST
+@keyed
+async def extra_single_image(request):
+    answer = await extras(request, lambda body: [body["image"]] if body.get("image") else [])
+    if isinstance(answer, JsonResponse):
+        return answer
+    images, html_info = answer
+    return JsonResponse({"html_info": html_info, "image": images[0]})
+
+
+@csrf_exempt
+@require_POST
+@keyed
+async def extra_batch_images(request):
+    def images_of(body: dict) -> list:
+        listed = body.get("imageList") if isinstance(body.get("imageList"), list) else []
+        return [each.get("data") if isinstance(each, dict) else None for each in listed]
+
+    answer = await extras(request, images_of)
+    if isinstance(answer, JsonResponse):
+        return answer
+    images, html_info = answer
+    return JsonResponse({"html_info": html_info, "images": images})
 
 
 def stop(request, whole_batch: bool) -> JsonResponse:
@@ -542,8 +680,10 @@ urlpatterns = [
     path("options", options),
     path("samplers", samplers),
     path("schedulers", schedulers),
-    path("upscalers", empty_list),
-    path("latent-upscale-modes", empty_list),
+    path("upscalers", upscalers),
+    path("latent-upscale-modes", latent_upscale_modes),
+    path("extra-single-image", extra_single_image),
+    path("extra-batch-images", extra_batch_images),
     path("hypernetworks", empty_list),
     path("face-restorers", empty_list),
     path("prompt-styles", empty_list),

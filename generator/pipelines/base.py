@@ -3,12 +3,25 @@ pipeline call for a batch of jobs with their own seeds, and the image inputs."""
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..images import filled, pasted_back
 from ..prompts import extract_loras
 from . import prompt_embeds
 from .schedulers import make_scheduler
+from .upscalers import (
+    LATENT_MODES,
+    NONE,
+    center_crop,
+    cover_size,
+    hires_size,
+    second_pass_schedule,
+    target_size,
+    tile_total,
+    torch_device,
+    upscale,
+    upscale_latents,
+)
 
 StepHook = Callable[..., bool]
 """on_step(step, total_steps, latents) -> whether to go on."""
@@ -38,13 +51,47 @@ class GenerationRequest:
     mask_blur: int = 4
     inpainting_fill: str = "original"
     clip_skip: int = 1
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_sampler_name: str = ""
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    job: str = "generate"
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 0
+    upscaling_resize_h: int = 0
     init_image: object = None
     """A PIL image, already at the output size (image-to-image and inpainting)."""
     mask_image: object = None
     """A PIL "L" image at the output size, already blurred: white is repainted."""
 
     @property
+    def hires(self) -> bool:
+        """The hires fix: a second, image-to-image pass of the upscaled first."""
+        return self.enable_hr and self.mode == "txt2img"
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        return hires_size(
+            self.width, self.height, self.hr_scale, self.hr_resize_x, self.hr_resize_y
+        )
+
+    @property
+    def hires_steps(self) -> int:
+        """The steps the second pass runs (0: the first pass's)."""
+        return self.hr_second_pass_steps or self.steps
+
+    @property
     def mode(self) -> str:
+        if self.job == "upscale":
+            return "upscale"
         if self.mask_image is not None:
             return "inpaint"
         return "img2img" if self.init_image is not None else "txt2img"
@@ -143,9 +190,12 @@ class PipelineBackend(ABC):
         first = requests[0]
         if len(requests) > 1 and (
             first.mode != "txt2img"
+            or first.hires
             or len({self.prompt_windows(request) for request in requests}) > 1
         ):
             raise Unbatchable
+        if first.hires:
+            return [self.generate_hires(first, on_step, on_phase, on_start)]
         pipe = self.pipeline_for(first, on_phase, batch=len(requests))
         pipe.scheduler = make_scheduler(first.scheduler, self.scheduler_config, first.schedule_type)
         self.apply_loras(first)  # a batch has none (the worker's claim sees to it)
@@ -176,6 +226,102 @@ class PipelineBackend(ABC):
             # Outside the mask the result is the original, exactly (as A1111 does).
             images = [pasted_back(images[0], first.init_image, first.mask_image)]
         return images
+
+    def upscale_device(self) -> str:
+        """The PyTorch device upscaler models run on: the backend's own."""
+        return torch_device(self.device)
+
+    def generate_hires(
+        self,
+        request: GenerationRequest,
+        on_step: StepHook,
+        on_phase: PhaseHook,
+        on_start: Callable[[], None] | None = None,
+    ):
+        """A1111's hires fix: the first pass at the request's size, upscaled (its latents
+        by a latent mode, else the decoded picture by an image upscaler, encoded again),
+        then an image-to-image pass at `strength` that runs exactly `hires_steps` steps.
+
+        One progress bar: `on_step` counts over both passes (first steps, then the
+        second's after them), with the whole total from the first step on; the upscale is
+        a phase (`upscaling`, with its tiles done where a model runs)."""
+        import torch
+
+        first_steps, second_steps = request.steps, request.hires_steps
+        total = first_steps + second_steps
+        reached = [0]
+
+        def counted(offset: int, steps: int):
+            def report(step: int, pass_total: int, latents=None) -> bool:
+                # A second-order sampler calls back more often than it has steps: scaled.
+                done = offset + (step * steps) // max(pass_total, 1)
+                reached[0] = max(reached[0], done)
+                return on_step(reached[0], total, latents)
+
+            return report
+
+        latent = request.hr_upscaler in LATENT_MODES
+        pipe = self.pipeline_for(request, on_phase)
+        pipe.scheduler = make_scheduler(
+            request.scheduler, self.scheduler_config, request.schedule_type
+        )
+        self.apply_loras(request)
+        self.apply_embeddings([request])
+        size = request.hires_size
+        with torch.inference_mode():
+            text = text_inputs(pipe, request)
+            if on_start is not None:
+                on_start()
+            result = pipe(
+                **text,
+                num_inference_steps=first_steps,
+                guidance_scale=request.guidance_scale,
+                width=request.width,
+                height=request.height,
+                generator=self.random_generator(request.seed),
+                callback_on_step_end=step_callback(counted(0, first_steps)),
+                output_type="latent" if latent else "pil",
+            )
+            on_phase("upscaling")
+            # A size of another shape: upscaled to cover it, the middle kept (as A1111).
+            cover = cover_size((request.width, request.height), size, multiple=8)
+            if latent:
+                image = upscale_latents(result.images, request.hr_upscaler, cover)
+                image = center_crop(image, (size[0] // 8, size[1] // 8))
+            else:
+
+                def on_tile(done: int, tiles: int) -> None:
+                    on_phase(f"upscaling: tile {done} of {tiles}")
+
+                image = upscale(
+                    result.images[0], request.hr_upscaler, cover, self.upscale_device(), on_tile
+                )
+                image = center_crop(image, size)
+            second = replace(
+                request,
+                width=size[0],
+                height=size[1],
+                prompt=request.hr_prompt or request.prompt,
+                negative_prompt=request.hr_negative_prompt or request.negative_prompt,
+                scheduler=request.hr_sampler_name or request.scheduler,
+                init_image=image,
+                enable_hr=False,
+            )
+            pipe = self.pipeline_for(second, on_phase)
+            pipe.scheduler = make_scheduler(
+                second.scheduler, self.scheduler_config, second.schedule_type
+            )
+            text = text_inputs(pipe, second)
+            result = pipe(
+                **text,
+                image=image,
+                strength=request.strength,
+                num_inference_steps=second_pass_schedule(second_steps, request.strength),
+                guidance_scale=request.guidance_scale,
+                generator=self.random_generator(request.seed),
+                callback_on_step_end=step_callback(counted(first_steps, second_steps)),
+            )
+        return result.images[0]
 
 
 class Unbatchable(Exception):
@@ -227,3 +373,38 @@ def image_inputs(request: GenerationRequest) -> dict:
         elif request.inpainting_fill == "latent noise":
             inputs["strength"] = 1.0  # the masked area starts from pure noise
     return inputs
+
+
+def upscale_job(request: GenerationRequest, device: str, on_step: StepHook):
+    """An upscale job (A1111's Extras): `init_image` upscaled by `upscaler_1` to its
+    `upscaling_resize` times (or `upscaling_resize_w` x `_h`), with `upscaler_2`'s picture
+    blended over it at `extras_upscaler_2_visibility`. `upscaler_1` None: the image as it
+    is (as A1111). `on_step` counts the tiles of both, known before the first."""
+    from PIL import Image
+
+    image = request.init_image
+    if request.upscaler_1 == NONE:
+        on_step(1, 1, None)
+        return image
+    size = target_size(
+        image.width, image.height, request.upscaling_resize,
+        request.upscaling_resize_w, request.upscaling_resize_h,
+    )  # fmt: skip
+    final, size = size, cover_size(image.size, size)  # both sides given: cropped to them
+    names = [request.upscaler_1]
+    if request.upscaler_2 != NONE and request.extras_upscaler_2_visibility > 0:
+        names.append(request.upscaler_2)
+    counts = [tile_total(name, image.size, size, device) for name in names]
+    total = sum(counts) or 1
+
+    def on_tile(done: int, _: int) -> None:
+        if not on_step(done, total, None):
+            raise GenerationInterrupted
+
+    result = upscale(image, names[0], size, device, on_tile)
+    if len(names) > 1:
+        other = upscale(image, names[1], size, device, on_tile, done=counts[0])
+        result = Image.blend(result, other, request.extras_upscaler_2_visibility)
+    if not sum(counts) and not on_step(1, 1, None):
+        raise GenerationInterrupted
+    return center_crop(result, final)

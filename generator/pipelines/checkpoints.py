@@ -25,6 +25,10 @@ KINDS = {
     "embedding": ("SD_EMBEDDINGS_DIR", (".safetensors", ".pt", ".bin")),
     "lora": ("SD_LORA_DIR", (".safetensors",)),
     "esrgan": ("SD_ESRGAN_DIR", (".safetensors", ".pth", ".pt")),
+    "realesrgan": ("SD_REALESRGAN_DIR", (".safetensors", ".pth", ".pt")),
+    "swinir": ("SD_SWINIR_DIR", (".safetensors", ".pth", ".pt")),
+    "dat": ("SD_DAT_DIR", (".safetensors", ".pth", ".pt")),
+    "upscaler": ("SD_UPSCALER_DIR", (".safetensors", ".pth", ".pt")),
     "controlnet": ("SD_CONTROLNET_DIR", (".safetensors", ".pth", ".ckpt")),
 }
 

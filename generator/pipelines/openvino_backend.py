@@ -121,6 +121,14 @@ class OpenVINOBackend(PipelineBackend):
             self.compiled.popitem(last=False)
         return pipe
 
+    def generate_hires(self, request, on_step, on_phase, on_start=None):
+        """Refused (the form refuses it first, `enable_hr`'s `backends`): a pipeline here
+        is compiled for one size, and optimum-intel's takes no latents for a second pass."""
+        raise ValueError(
+            "The hires fix needs the pytorch backend: OpenVINO's pipelines are compiled for "
+            "one size and cannot run the second pass."
+        )
+
     def random_generator(self, seed: int):
         import torch
 

@@ -24,9 +24,10 @@ from ..models import WorkerRecord, model_key
 from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
-from ..pipelines.base import Unbatchable
+from ..pipelines.base import Unbatchable, upscale_job
 from ..pipelines.loras import hashes_text
 from ..pipelines.sources import SetupError, model_hash
+from ..pipelines.upscalers import torch_device
 from .chores import Chores
 from .claims import ClaimedJob, claim_companions, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
@@ -281,19 +282,25 @@ class Worker:
         first = jobs[0].session
         self.current_jobs = jobs
         try:
-            try:
-                backend = self.backend_for(first.backend, first.model, on_phase)
-            except GenerationInterrupted:
-                raise
-            except Exception as exc:
-                self.could_not_load(jobs, exc)
-                return
-            images = backend.generate_batch(
-                [request_of(run.job.session) for run in runs],
-                on_step=on_step,
-                on_phase=on_phase,
-                on_start=on_start,
-            )
+            if first.mode == "upscale":  # no diffusion model: the upscaler alone
+                on_phase("upscaling")
+                on_start()
+                request = request_of(first)
+                images = [upscale_job(request, torch_device(self.device), on_step)]
+            else:
+                try:
+                    backend = self.backend_for(first.backend, first.model, on_phase)
+                except GenerationInterrupted:
+                    raise
+                except Exception as exc:
+                    self.could_not_load(jobs, exc)
+                    return
+                images = backend.generate_batch(
+                    [request_of(run.job.session) for run in runs],
+                    on_step=on_step,
+                    on_phase=on_phase,
+                    on_start=on_start,
+                )
             on_phase("saving")
             for run, image in zip(runs, images, strict=True):
                 session = run.job.session
@@ -302,7 +309,7 @@ class Worker:
                         self.settle_interrupted(run.job)
                     continue
                 metadata = {
-                    "model_hash": model_hash(session.model),
+                    "model_hash": None if session.mode == "upscale" else model_hash(session.model),
                     "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
                 }
                 if run.job.complete(image, deadline=self.job_deadline, **metadata):
@@ -483,7 +490,10 @@ def request_of(session) -> GenerationRequest:
         with field.open("rb") as file:
             return fitted(Image.open(file).convert(mode), size, session.resize_mode)
 
-    if session.init_image:
+    if session.mode == "upscale":  # the image as it is: the upscale sets the size
+        with session.init_image.open("rb") as file:
+            values["init_image"] = Image.open(file).convert("RGB")
+    elif session.init_image:
         values["init_image"] = input_image(session.init_image, "RGB")
         if session.mask_image:
             mask = input_image(session.mask_image, "L")

@@ -49,14 +49,13 @@ function revealOutput() {
   }
 }
 
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
+// Queue a job (the form's, or an upscale of a finished image) and follow it.
+async function queueJob(makeBody) {
   showErrors({});
   setStatus("Sending…");
   let response;
   try {
-    const body = new FormData(form);
-    await window.sdsiteInputs.addTo(body);
+    const body = await makeBody();
     response = await fetch(form.action, {
       method: "POST",
       body,
@@ -79,6 +78,31 @@ form.addEventListener("submit", async (event) => {
     const fallback = data.message || `The server answered ${response.status}.`;
     showErrors(data.errors || { __all__: [fallback] });
   }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  queueJob(async () => {
+    const body = new FormData(form);
+    await window.sdsiteInputs.addTo(body);
+    return body;
+  });
+});
+
+// "Upscale" under a finished image queues an upscale job of it (A1111's Extras): a job
+// like the others, with its progress (the upscaler's tiles), history entry and metadata.
+document.getElementById("upscale-button").addEventListener("click", () => {
+  queueJob(async () => {
+    const image = await fetch(document.getElementById("full-size-link").href, {
+      credentials: "same-origin",
+    });
+    const body = new FormData();
+    body.append("job", "upscale");
+    body.append("upscaler_1", document.getElementById("upscale-with").value);
+    body.append("upscaling_resize", "2");
+    body.append("init_image", await image.blob(), "image.png");
+    return body;
+  });
 });
 
 // Ctrl+Enter (Cmd+Enter on a Mac) queues from the prompt, as in A1111 and ComfyUI.

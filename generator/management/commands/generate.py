@@ -1,3 +1,4 @@
+import argparse
 import logging
 import os
 import shutil
@@ -33,6 +34,12 @@ class Command(BaseCommand):
             flags = [f"--{parameter.name.replace('_', '-')}"]
             if parameter.cli:
                 flags.insert(0, parameter.cli)
+            if parameter.kind == "bool":  # --enable-hr / --no-enable-hr
+                parser.add_argument(
+                    *flags, dest=parameter.name, action=argparse.BooleanOptionalAction,
+                    help=parameter.help.replace("%", "%%"),
+                )  # fmt: skip
+                continue
             choices = [value for value, _ in parameter.choices] or None
             number = OPTION_TYPES[parameter.kind]
             bounds = (
