@@ -1,4 +1,4 @@
-"""The root URLs: the admin, the site, the A1111 and OpenAI dialects, and generated images."""
+"""The root URLs: the admin, the site, the dialects (A1111, its ControlNet, OpenAI), the images."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("generator.web.urls")),
     # Other tools' dialects: AUTOMATIC1111's and OpenAI's image APIs.
     path("sdapi/v1/", include("generator.dialects.a1111")),
+    path("controlnet/", include("generator.dialects.controlnet")),
     path("v1/", include("generator.dialects.openai")),
     # Generated images are served by the app itself, DEBUG on or off, so the
     # one-command install needs no separate file server; SD_PRIVATE_MEDIA=1

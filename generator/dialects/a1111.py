@@ -33,6 +33,7 @@ from ..web.json_body import BodyError, load_object, type_problem
 from ..web.snapshots import preview_data_url
 from .common import decode_image, image_base64, own_sessions, queue, require_key
 from .common import wait_for_sessions as wait
+from .controlnet import units_of as control_units
 
 VERSION = "sdsite"
 # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
@@ -46,7 +47,6 @@ IGNORED_IF_SET = (
     "restore_faces",
     "tiling",
     "script_name",
-    "alwayson_scripts",
     "styles",
     "subseed_strength",
     "inpaint_full_res",
@@ -65,6 +65,7 @@ FIELDS = {
     "inpainting_fill": "int",
     "inpainting_mask_invert": "int",
     "callback_url": "text",
+    "alwayson_scripts": "object",
 }
 """The JSON kind of each field sdsite reads (json_body.JSON_TYPES): the parameters' own from
 the spec, under their A1111 names, and A1111's others. Keys it does not read are ignored."""
@@ -84,6 +85,7 @@ NAMES = (
         "init_image": "init_images",
         "mask_image": "mask",
         "count": "batch_size",
+        "controlnet": "alwayson_scripts.controlnet.args",
     }
     | {p.name: f"override_settings.{p.a1111_override}" for p in PARAMETERS if p.a1111_override}
 )
@@ -201,6 +203,11 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
         data["resize_mode"] = RESIZES[body.get("resize_mode") or 0]
     if not image_mode:  # txt2img's denoising_strength is the hires fix's, which sdsite lacks
         data.pop("strength", None)
+    units, unit_ignored, unit_errors = control_units(body, image_mode)
+    ignored += unit_ignored
+    errors |= unit_errors
+    if units:
+        data["controlnet"] = units
     return {k: v for k, v in data.items() if v is not None}, files, ignored, errors
 
 
