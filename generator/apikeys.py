@@ -88,7 +88,7 @@ def user_for(username: str):
     return user
 
 
-API_PREFIXES = ("/api/", "/sdapi/", "/v1/")
+API_PREFIXES = ("/api/", "/sdapi/", "/v1/", "/controlnet/")
 """The routes a key opens. Never the admin, /ops or any page of the cookie session: there
 a key header is ignored (a login is asked for, CSRF applies)."""
 

@@ -186,6 +186,7 @@ CONTROL_UNIT: tuple[Parameter, ...] = (
         "Control image",
         "text",
         help="The picture the unit follows, as stored with the job (inputs/...png).",
+        default="",
         max_length=200,
     ),
     Parameter("module", "Preprocessor", "text", default="none", max_length=100, a1111="Module",

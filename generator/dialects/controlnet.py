@@ -114,7 +114,8 @@ def unit_of(arg: dict, where: str, body: dict, image_mode: bool) -> tuple[dict, 
 def detect_images(body: dict) -> tuple[list, dict]:
     """(base64 PNGs of the detected maps, errors): each input image through the module."""
     module = body.get("controlnet_module", "none")
-    images = body.get("controlnet_input_images")
+    # `controlnet_images`: the extension's older name, which webuiapi still sends.
+    images = body.get("controlnet_input_images", body.get("controlnet_images"))
     errors = {}
     if not isinstance(module, str) or preprocessors.find(module) is None:
         names = ", ".join(preprocessors.available())

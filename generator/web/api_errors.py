@@ -76,6 +76,7 @@ def openai_error_body(message: str, param: str | None = None, code: str | None =
 
 PREFIXES = (
     ("/sdapi/", a1111_error_body),
+    ("/controlnet/", a1111_error_body),  # sd-webui-controlnet's routes, beside A1111's
     ("/v1/", openai_error_body),
     (API_PREFIX, error_body),
 )

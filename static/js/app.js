@@ -3,6 +3,7 @@
 // An ES module: shared.js holds the page's elements and state, progress.js follows one
 // generation, queue.js lists the browser's queue and a batch's tiles.
 
+import { addControlnet } from "./page/controlnet.js";
 import { follow } from "./page/progress.js";
 import { batchLeft, doneText, refreshQueue, showBatch } from "./page/queue.js";
 import {
@@ -57,6 +58,7 @@ form.addEventListener("submit", async (event) => {
   try {
     const body = new FormData(form);
     await window.sdsiteInputs.addTo(body);
+    addControlnet(body);
     response = await fetch(form.action, {
       method: "POST",
       body,
