@@ -7,10 +7,12 @@ Held-out layouts (a seed the training never used): a shape of any kind at one of
 off-centre positions of the demo's world (jittered, of the size a named position has), drawn
 white on black as a sketch would be; its canny edges are the control image. The prompt names
 the colours and the shape, never the position. Each layout is drawn twice with the same seed,
-without and with `demo-canny` (weight 1, Balanced), through the worker's own PyTorch backend
-at 128 px. A hit: the colour around the control shape's position (`world.colour_at`) is the
-prompt's shape colour. Prints both hit rates, and how often the centre shows the background
-(for the corner positions, whose shapes do not reach it).
+without and with `demo-canny` (canny at pixel perfect, weight 1, Balanced), through the
+worker's own PyTorch backend at 128 px. A hit: the colour around the control shape's
+position (`world.colour_at`) is the prompt's shape colour. Prints both hit rates, how often the
+opposite position (mirrored through the centre) shows the background, and how often the
+centre does (for the corner positions, whose shapes do not reach it): the demo alone centres
+a shape so large that it covers every named position.
 """
 
 import argparse
@@ -33,6 +35,17 @@ def layouts(count: int, rng: random.Random):
         shape = rng.choice(world.SHAPES)
         position = positions[index % len(positions)]
         yield shape, colour, background, position
+
+
+def opposite(position: str) -> str:
+    """The named position mirrored through the centre (top left: bottom right)."""
+    from generator.pipelines.demo import world
+
+    x, y = world.POSITIONS[position]
+    mirrored = (round(1 - x, 3), round(1 - y, 3))
+    return next(
+        n for n, (a, b) in world.POSITIONS.items() if (round(a, 3), round(b, 3)) == mirrored
+    )
 
 
 def sketch(shape: str, position: str, rng: random.Random, size: int = 128):
@@ -69,6 +82,7 @@ def main():
     print(machine_line())
     print(f"demo + {CONTROLNET_NAME}, {args.steps} steps, Euler, 128x128, {args.layouts} layouts\n")
     hits = {"without": 0, "with": 0}
+    opposite_clear = {"without": 0, "with": 0}
     centre_kept = {"without": 0, "with": 0}
     corners = 0
     rows = []
@@ -80,7 +94,7 @@ def main():
         row = [control]
         for name, units in (
             ("without", ()),
-            ("with", (ControlUnit(control, CONTROLNET_NAME, "canny"),)),
+            ("with", (ControlUnit(control, CONTROLNET_NAME, "canny", pixel_perfect=True),)),
         ):
             request = GenerationRequest(
                 prompt=prompt, negative_prompt="", steps=args.steps, guidance_scale=7.5,
@@ -89,6 +103,7 @@ def main():
             image = backend.generate(request, lambda *a: True, lambda phase: None)
             row.append(image)
             hits[name] += world.colour_at(image, position) == colour
+            opposite_clear[name] += world.colour_at(image, opposite(position)) == background
             if position in CORNERS:
                 centre_kept[name] += world.colour_at(image, "center") == background
         corners += position in CORNERS
@@ -96,7 +111,8 @@ def main():
     for name in ("without", "with"):
         print(
             f"{name:>7} ControlNet: shape at the control's position {hits[name]}/{args.layouts} "
-            f"({100 * hits[name] / args.layouts:.0f} %), centre left to the background "
+            f"({100 * hits[name] / args.layouts:.0f} %), the opposite position left to the "
+            f"background {opposite_clear[name]}/{args.layouts}, the centre (corner layouts) "
             f"{centre_kept[name]}/{corners}"
         )
     print(f"\n{2 * args.layouts} images in {time.perf_counter() - started:.0f} s")

@@ -272,14 +272,14 @@ def test_pixel_perfect_maps_the_control_image_pixel_for_pixel_as_the_extension_d
     assert controlnet.control_image(unit, (128, 96)).size == (128, 96)
 
 
-def shape_sketch(position: str) -> Image.Image:
+def shape_sketch(position: str, size: int = 64) -> Image.Image:
     """A white square on black at a named off-centre position of the demo's world."""
     from generator.pipelines.demo import world
 
     cx, cy = world.POSITIONS[position]
-    half = 0.2 * 128
-    box = (cx * 128 - half, cy * 128 - half, cx * 128 + half, cy * 128 + half)
-    return square_at(tuple(round(v) for v in box))
+    half = 0.15 * size
+    box = (cx * size - half, cy * size - half, cx * size + half, cy * size + half)
+    return square_at(tuple(round(v) for v in box), size=size)
 
 
 @pytest.mark.any_database
@@ -300,14 +300,18 @@ def test_a_real_worker_draws_the_demo_shape_where_the_canny_control_image_has_it
     prompt = "a red square on a blue background"
     unit = webuiapi.ControlNetUnit(
         image=shape_sketch("top left"), module="canny", model="demo-canny",
-        threshold_a=100, threshold_b=200, resize_mode="Crop and Resize",
+        threshold_a=100, threshold_b=200, resize_mode="Crop and Resize", pixel_perfect=True,
     )  # fmt: skip
-    guided = api.txt2img(prompt=prompt, steps=12, width=128, height=128, seed=5,
+    guided = api.txt2img(prompt=prompt, steps=8, width=64, height=64, seed=5,
                          controlnet_units=[unit])  # fmt: skip
-    plain = api.txt2img(prompt=prompt, steps=12, width=128, height=128, seed=5)
-    assert world.colour_at(guided.image, "top left") == "red"
-    assert world.colour_at(guided.image, "bottom right") == "blue"
-    assert world.colour_at(plain.image, "top left") == "blue"  # the demo alone: centred
+    # A dict of its own: webuiapi's default `alwayson_scripts={}` is one shared dict, which
+    # its first call filled with the unit.
+    plain = api.txt2img(prompt=prompt, steps=8, width=64, height=64, seed=5, alwayson_scripts={})
+    # With the ControlNet the square is at the top left and nowhere else; without, the demo
+    # centres it (and so large that it covers the top left too).
+    where = ("top left", "center", "bottom right")
+    assert [world.colour_at(guided.image, p) for p in where] == ["red", "blue", "blue"]
+    assert world.colour_at(plain.image, "center") == "red"
 
     # The unit is kept with the job: its image stored, its settings in the infotext.
     assert (
@@ -322,8 +326,8 @@ def test_a_real_worker_draws_the_demo_shape_where_the_canny_control_image_has_it
         100,
     )
     with default_storage.open(stored["image"]) as file:
-        assert Image.open(file).size == (128, 128)
-    [shown] = Client().get(f"/api/sessions/{session.pk}").json()["control_images"]
+        assert Image.open(file).size == (64, 64)
+    [shown] = get(f"/api/sessions/{session.pk}", key).json()["control_images"]
     assert shown["module"] == "canny" and shown["image_url"].endswith(".png")
 
 
@@ -369,3 +373,27 @@ def test_the_page_previews_a_preprocessor_and_queues_its_unit_with_the_file_it_s
     with django_capture_on_commit_callbacks(execute=True):
         session.delete()  # the control image goes with its session
     assert not default_storage.exists(unit["image"])
+
+
+@pytest.mark.any_database
+def test_the_control_modes_scale_the_residuals_as_the_extension_does():
+    image = square_at((0, 0, 10, 10))
+    ones = ([torch.ones(2, 1, 2, 2) for _ in range(3)], torch.ones(2, 1, 1, 1))
+    balanced = controlnet.ControlUnit(image, "demo-canny")
+    assert controlnet.layer_scaling_hook(balanced, guided=True) is None
+
+    prompt = controlnet.ControlUnit(image, "demo-canny", control_mode="My prompt is more important")
+    down, mid = controlnet.layer_scaling_hook(prompt, guided=True)(None, (), ones)
+    # 0.825 ** (n - 1 - i) for the n = 4 residuals: the coarsest (mid) at full weight.
+    assert [round(float(r[0, 0, 0, 0]), 4) for r in down] == [0.5615, 0.6806, 0.825]
+    assert float(mid[1, 0, 0, 0]) == 1.0 and float(mid[0, 0, 0, 0]) == 1.0
+
+    strong = controlnet.ControlUnit(
+        image, "demo-canny", control_mode="ControlNet is more important"
+    )
+    down, mid = controlnet.layer_scaling_hook(strong, guided=True)(None, (), ones)
+    # Only the prompt's half of the guidance batch ([negative, prompt]) gets the control.
+    assert float(mid[0].abs().sum()) == 0 and float(mid[1, 0, 0, 0]) == 1.0
+    assert float(down[2][0].abs().sum()) == 0 and round(float(down[2][1, 0, 0, 0]), 3) == 0.825
+    down, mid = controlnet.layer_scaling_hook(strong, guided=False)(None, (), ones)
+    assert float(mid[0, 0, 0, 0]) == 1.0  # no guidance: no negative half to leave out

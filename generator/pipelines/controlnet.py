@@ -17,7 +17,7 @@ unit by unit).
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoints, demo, preprocessors
@@ -182,7 +182,6 @@ class ControlUnit:
     guidance_end: float = 1.0
     control_mode: str = CONTROL_MODES[0]
     pixel_perfect: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def control_image(unit: ControlUnit, size: tuple[int, int]):

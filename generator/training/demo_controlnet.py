@@ -54,7 +54,7 @@ def canny_of(pixels):
 
 
 def train_controlnet(
-    steps: int = 450, batch: int = 12, lr: float = 1e-3, seconds: float = 650, report=None
+    steps: int = 450, batch: int = 12, lr: float = 1e-3, seconds: float = 600, report=None
 ):
     """Train and save it; it stops early (and saves) past `seconds` of wall time."""
     import torch
@@ -114,9 +114,21 @@ def train_controlnet(
         elapsed = time.monotonic() - started
         if step % 25 == 0 or step == steps - 1:
             report("controlnet", step, steps, loss=loss.item(), s=elapsed)
+        if step and step % 50 == 0:
+            save(controlnet)  # a run cut short keeps what it learnt
         if elapsed > seconds:
             report("stopped at the time limit", step, steps, s=elapsed)
             break
-    controlnet.eval()
-    controlnet.to(torch.float16).save_pretrained(CONTROLNET, safe_serialization=True)
+    save(controlnet)
     return CONTROLNET
+
+
+def save(controlnet) -> None:
+    """fp16 safetensors in a diffusers folder, from a copy (training goes on in fp32)."""
+    import copy
+
+    import torch
+
+    copy.deepcopy(controlnet).eval().to(torch.float16).save_pretrained(
+        CONTROLNET, safe_serialization=True
+    )

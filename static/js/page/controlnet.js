@@ -78,7 +78,14 @@ if (panel) {
 // The unit for the form's body, when the panel has an image.
 export function addControlnet(body) {
   if (!panel || !controlFile) return;
-  const unit = { module: moduleSelect.value, model: modelSelect.value, weight: Number(weight.value) };
+  // Pixel perfect: the preprocessor runs at the output's own resolution, so a canny edge
+  // stays one crisp pixel wide on the image the model sees.
+  const unit = {
+    module: moduleSelect.value,
+    model: modelSelect.value,
+    weight: Number(weight.value),
+    pixel_perfect: true,
+  };
   body.set("controlnet", JSON.stringify([unit]));
   body.set("controlnet_image_0", controlFile, controlFile.name || "control.png");
 }
