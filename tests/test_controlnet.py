@@ -397,3 +397,59 @@ def test_the_control_modes_scale_the_residuals_as_the_extension_does():
     assert float(down[2][0].abs().sum()) == 0 and round(float(down[2][1, 0, 0, 0]), 3) == 0.825
     down, mid = controlnet.layer_scaling_hook(strong, guided=False)(None, (), ones)
     assert float(mid[0, 0, 0, 0]) == 1.0  # no guidance: no negative half to leave out
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.any_database
+def test_two_units_steer_image_to_image_and_inpainting_and_a_single_file_controlnet_loads(
+    settings, tmp_path
+):
+    """The worker's loop in this process: img2img with a diffusers folder's ControlNet and a
+    single .safetensors file of it (offline, with the shipped config of its family) as two
+    units; then inpainting with one."""
+    from django.core.management import call_command
+
+    from generator.models import Status
+    from generator.pipelines.demo import CONTROLNET
+
+    folder = tmp_path / "ControlNet"
+    folder.mkdir()
+    settings.SD_CONTROLNET_DIR = folder
+    (folder / "demo_single.safetensors").write_bytes(
+        (CONTROLNET / "diffusion_pytorch_model.safetensors").read_bytes()
+    )
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    sketch = b64(shape_sketch("bottom right"))
+    start = base64.b64decode(b64(square_at((0, 0, 63, 63), size=64, fill=(40, 80, 220))))
+    mask = base64.b64decode(sketch)
+    units = [
+        {"image": sketch, "module": "canny", "model": "demo-canny", "pixel_perfect": True},
+        {"image": sketch, "module": "canny", "model": "demo_single", "weight": 0.5,
+         "control_mode": "My prompt is more important", "pixel_perfect": True},
+    ]  # fmt: skip
+    client = Client()
+    for chosen, masked in ((units, False), (units[1:], True)):
+        body = {"prompt": "a red square on a blue background", "steps": 4, "strength": 1.0,
+                "init_image": SimpleUploadedFile("start.png", start),
+                "controlnet": json.dumps(chosen)}  # fmt: skip
+        if masked:
+            body["mask_image"] = SimpleUploadedFile("mask.png", mask)
+        answer = client.post("/api/generate", body)
+        assert answer.status_code == 202, answer.content
+    call_command("runworker", once=True, verbosity=0)
+    call_command("runworker", once=True, verbosity=0)
+    img2img, inpaint = GenerationSession.objects.order_by("created_at")
+    assert (img2img.status, img2img.mode, img2img.error) == (Status.COMPLETED, "img2img", "")
+    assert (inpaint.status, inpaint.mode, inpaint.error) == (Status.COMPLETED, "inpaint", "")
+    assert [u["model"] for u in img2img.controlnet] == ["demo-canny", "demo_single"]
+    with img2img.image.open("rb") as file:
+        from generator.pipelines.demo import world
+
+        image = Image.open(io.BytesIO(file.read()))
+        # Four steps from a blue start: the shape (reddish) where the sketch has it.
+        assert (
+            world.colour_at(image, "top left") == "blue" != world.colour_at(image, "bottom right")
+        )
