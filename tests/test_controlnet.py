@@ -453,3 +453,11 @@ def test_two_units_steer_image_to_image_and_inpainting_and_a_single_file_control
         assert (
             world.colour_at(image, "top left") == "blue" != world.colour_at(image, "bottom right")
         )
+
+
+def test_a_long_thin_picture_at_a_high_processor_resolution_stays_within_the_pixel_bound():
+    thin = Image.new("RGB", (4000, 20), "white")
+    result = preprocessors.run(thin, "canny", 2048)
+    # At 2048 it would be 409600x2048; scaled to the bound instead, its shape kept.
+    assert result.size == (28963, 144)
+    assert result.width * result.height <= preprocessors.MAX_PIXELS

@@ -78,6 +78,9 @@ PREPROCESSORS = {
 ALIASES = {"invert (from white bg & black line)": "invert", "scribble_threshold": "scribble"}
 """The extension's other names for the same preprocessors."""
 DEFAULT_RESOLUTION = 512
+MAX_PIXELS = 2048 * 2048
+"""The most pixels a preprocessor works on: a long thin picture at a high processor resolution
+(100x10000 at 2048 would be 2048x204800) is scaled to fit this instead."""
 
 
 def available() -> dict[str, Preprocessor]:
@@ -113,7 +116,8 @@ def run(image, name: str, resolution: int | None, threshold_a=None, threshold_b=
     image = image.convert("RGB")
     if processor.resolution and resolution:
         scale = resolution / min(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        scale = min(scale, (MAX_PIXELS / (image.width * image.height)) ** 0.5)
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
         if size != image.size:
             image = image.resize(size, Image.Resampling.LANCZOS)
     a = threshold_a if threshold_a is not None and processor.threshold_a else None
