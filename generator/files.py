@@ -25,6 +25,12 @@ def file_names(session: GenerationSession) -> list[str]:
         name = getattr(session, field).name
         if name and not GenerationSession.objects.filter(**{field: name}).exists():
             names.append(name)
+    # ControlNet units' images are shared by the sessions of one batch only.
+    shared = bool(session.batch_id) and (
+        GenerationSession.objects.filter(batch_id=session.batch_id).exists()
+    )
+    if not shared:
+        names += [unit["image"] for unit in session.controlnet or () if unit.get("image")]
     return names
 
 

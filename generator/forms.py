@@ -1,10 +1,12 @@
 """The generation form, built from the parameter spec, plus the image inputs and the count."""
 
+import json
+
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from .images import output_size, read_upload
+from .images import base64_upload, output_size, read_upload
 from .models import Backend
 from .params import (
     BY_NAME,
@@ -37,8 +39,27 @@ UPSCALER_FIELDS = {"hr_upscaler": True, "upscaler_1": False, "upscaler_2": False
 """The fields naming an upscaler: {field: whether a latent mode is one}."""
 
 
+class UnitsField(forms.Field):
+    """A list of objects (ControlNet's units): a JSON list, or its text in a form post;
+    each unit is checked by the spec in the form's `clean_controlnet`."""
+
+    def to_python(self, value):
+        if value in (None, "", []):
+            return []
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                raise ValidationError("Must be a JSON list of units.", code="invalid") from None
+        if not isinstance(value, list):
+            raise ValidationError("Must be a list of units.", code="invalid")
+        return value
+
+
 def form_field(parameter: Parameter) -> forms.Field:
     """The form field of one parameter: blank optional fields take the defaults."""
+    if parameter.kind == "units":
+        return UnitsField(label=parameter.label, help_text=parameter.help, required=False)
     options = {
         "label": parameter.label,
         "help_text": parameter.help,
@@ -124,7 +145,14 @@ class GenerateForm(forms.Form):
     @property
     def group(self) -> dict:
         """The bound fields the page shows together: {"prompt": [...], "advanced", "image"}."""
-        groups = {"prompt": [], "advanced": [], "image": [], "hires": [], "extras": []}
+        groups = {
+            "prompt": [],
+            "advanced": [],
+            "image": [],
+            "hires": [],
+            "extras": [],
+            "controlnet": [],
+        }
         for parameter in PARAMETERS:
             groups[parameter.group].append(self[parameter.name])
         groups["advanced"].append(self["count"])
@@ -150,6 +178,32 @@ class GenerateForm(forms.Form):
     def clean_mask_image(self):
         return self._clean_image("mask_image", "L")
 
+    def clean_controlnet(self):
+        """The units, each checked by the spec, its image (base64 in `image`, or the upload
+        `controlnet_image_<n>`) decoded within the upload limits and kept for the queue.
+        Model and preprocessor are checked in `clean`, which knows the job's model."""
+        units = self.cleaned_data.get("controlnet") or []
+        parameter = BY_NAME["controlnet"]
+        checked = []
+        for index, unit in enumerate(units):
+            unit = dict(unit) if isinstance(unit, dict) else unit
+            if isinstance(unit, dict):
+                given = unit.pop("image", None)
+                upload = self.files.get(f"controlnet_image_{index}") if self.files else None
+                if upload is None and isinstance(given, str) and given:
+                    upload = base64_upload(given, f"controlnet_image_{index}")
+                if upload is None:
+                    raise ValidationError(f"controlnet[{index}].image: send the control image.")
+                try:
+                    self.images[f"controlnet_{index}"] = read_upload(upload, kind="RGB")
+                except ValidationError as error:
+                    raise ValidationError(
+                        f"controlnet[{index}].image: {error.messages[0]}", code=error.code
+                    ) from None
+            checked.append(unit)
+        units = parameter.clean(checked)
+        return units or None
+
     def clean(self):
         data = super().clean()
         image, mask = self.images.get("init_image"), self.images.get("mask_image")
@@ -165,6 +219,7 @@ class GenerateForm(forms.Form):
         if data.get("enable_hr"):
             self._check_hires(data, image)
         self._check_loras(data)
+        self._check_controlnet(data)
         self._check_sampler(data)
         self._check_model_limits(data)
         if image is not None and mask is not None and image.size != mask.size:
@@ -265,6 +320,52 @@ class GenerateForm(forms.Form):
         if name and problem:
             self.add_error("schedule_type", problem)
 
+    def _check_controlnet(self, data: dict) -> None:
+        """Each unit's preprocessor is one here, its model a ControlNet here that fits the
+        job's model (family), on the pytorch backend."""
+        from .pipelines import controlnet, preprocessors
+
+        units = data.get("controlnet") or []
+        backend = data.get("backend") or settings.SD_BACKEND
+        if units and backend != Backend.PYTORCH:
+            self.add_error(
+                "controlnet",
+                f"ControlNet runs on the PyTorch backend; the {backend} backend has none.",
+            )
+            return
+        if units and (data.get("enable_hr") or data.get("job") == "upscale"):
+            self.add_error(
+                "controlnet",
+                "ControlNet units apply to one generation pass: not to the hires fix's two "
+                "passes nor to an upscale job (yet).",
+            )
+            return
+        model = data.get("model") or settings.SD_MODEL
+        for index, unit in enumerate(units):
+            if preprocessors.find(unit["module"]) is None:
+                names = ", ".join(preprocessors.available())
+                self.add_error(
+                    "controlnet",
+                    f"controlnet[{index}].module: no preprocessor {unit['module'][:100]!r} "
+                    f"here: use one of {names}.",
+                )
+            found = controlnet.lookup(unit["model"])
+            if found is None:
+                self.add_error(
+                    "controlnet",
+                    f"controlnet[{index}].model: no ControlNet {unit['model'][:200]!r} here "
+                    "(see /controlnet/model_list).",
+                )
+            elif problem := controlnet.fit_problem(found, model):
+                self.add_error("controlnet", f"controlnet[{index}].model: {problem}")
+            else:
+                unit["model"] = found.name
+            if unit["guidance_start"] > unit["guidance_end"]:
+                self.add_error(
+                    "controlnet",
+                    f"controlnet[{index}].guidance_start: after its guidance_end.",
+                )
+
     def _check_model_limits(self, data: dict) -> None:
         """A parameter away from its default is one the chosen backend can apply
         (`Parameter.backends`) and within what the chosen model allows
@@ -275,6 +376,8 @@ class GenerateForm(forms.Form):
             value = data.get(parameter.name)
             if value in (None, "") or value == parameter.default or parameter.name in self.errors:
                 continue
+            if parameter.kind == "units":
+                continue  # checked unit by unit (`_check_controlnet`)
             if parameter.backends and backend not in parameter.backends:
                 self.add_error(
                     parameter.name,

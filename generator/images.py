@@ -6,20 +6,37 @@ so neither a huge file nor a decompression bomb costs the server more than the
 limits. What is stored is a re-encoded PNG, never the uploaded bytes.
 """
 
+import base64
+import binascii
 import io
 import math
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image, ImageFilter, ImageOps, ImageStat, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_PREPROCESS_IMAGES = 4
+"""The most images one preprocessor request (`/controlnet/detect`) runs."""
 
 
 def read_upload(upload, *, kind: str = "RGB") -> Image.Image:
     """The uploaded file as a decoded image in mode `kind`, or a ValidationError saying why not."""
     image = open_upload(upload)
     return ImageOps.exif_transpose(image).convert(kind)
+
+
+def base64_upload(value: str, name: str) -> SimpleUploadedFile:
+    """A base64 image (with or without a data: URL prefix) as an upload, checked later like
+    any other (an undecodable text is an empty file: "Not an image")."""
+    if "," in value[:100] and value.startswith("data:"):
+        value = value.split(",", 1)[1]
+    try:
+        data = base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError):
+        data = b""
+    return SimpleUploadedFile(f"{name}.png", data)
 
 
 def open_upload(upload) -> Image.Image:

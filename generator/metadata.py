@@ -8,7 +8,7 @@ from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import __version__
-from .params import PARAMETERS
+from .params import CONTROL_RESIZE_LABELS, CONTROL_UNIT, PARAMETERS
 from .pipelines.checkpoints import display_name
 
 A1111_KEY = "parameters"
@@ -65,11 +65,67 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
                 continue
             value = f"{value:g}"  # `Hires upscale: 2`, as A1111's slider gives it
         settings[parameter.a1111] = value
+    for index, unit in enumerate(values.get("controlnet") or ()):
+        settings[f"ControlNet {index}"] = control_unit_text(unit)
     if lora_hashes:
         settings["Lora hashes"] = lora_hashes
     settings["Version"] = f"sdsite {__version__}"
     lines.append(", ".join(f"{key}: {quote(value)}" for key, value in settings.items()))
     return "\n".join(lines)
+
+
+def number(value) -> str:
+    """A number as sd-webui-controlnet's infotext shows it: `1`, `0.5`."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def control_unit_text(unit: dict) -> str:
+    """One ControlNet unit as sd-webui-controlnet writes it in the infotext:
+    `Module: canny, Model: name [hash], Weight: 1, Resize Mode: Crop and Resize, ...`."""
+    from .pipelines import controlnet, preprocessors
+
+    parts = []
+    for field in CONTROL_UNIT:
+        value = unit.get(field.name, field.default)
+        if not field.a1111:
+            continue
+        if field.name == "model":
+            found = controlnet.lookup(value)
+            value = found.title if found is not None else value
+        elif field.name == "resize_mode":
+            value = CONTROL_RESIZE_LABELS[value]
+        elif field.name in ("threshold_a", "threshold_b") and value is None:
+            processor = preprocessors.find(unit.get("module", "none"))
+            default = getattr(processor, field.name, None) if processor else None
+            if default is None:
+                continue
+            value = default[1]
+        parts.append(f"{field.a1111}: {number(value)}")
+    return ", ".join(parts)
+
+
+def control_unit_of(text: str) -> dict:
+    """A ControlNet unit from its infotext (`control_unit_text`'s), as far as it reads."""
+    by_label = {field.a1111: field for field in CONTROL_UNIT if field.a1111}
+    resize_modes = {label: mode for mode, label in CONTROL_RESIZE_LABELS.items()}
+    unit = {}
+    for key, value in SETTING.findall(text):
+        field = by_label.get(key.strip())
+        value = unquote(value.strip())
+        if field is None:
+            continue
+        with contextlib.suppress(ValueError):
+            if field.kind == "float":
+                unit[field.name] = float(value)
+            elif field.kind == "int":
+                unit[field.name] = int(float(value))
+            elif field.kind == "bool":
+                unit[field.name] = value == "True"
+            elif field.name == "resize_mode":
+                unit[field.name] = resize_modes.get(value, value.lower())
+            else:
+                unit[field.name] = value
+    return unit
 
 
 def png_info(session, model_hash: str | None = None, lora_hashes: str = "") -> PngInfo:
@@ -177,6 +233,13 @@ def from_a1111_text(text: str) -> dict:
     size = read.get("Size", "")
     if SIZE.fullmatch(size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))
+    units = [
+        control_unit_of(read[f"ControlNet {index}"])
+        for index in range(8)
+        if isinstance(read.get(f"ControlNet {index}"), str)
+    ]
+    if units:
+        found["controlnet"] = units
     return {k: v for k, v in found.items() if v not in ("", None)}
 
 

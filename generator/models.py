@@ -264,10 +264,22 @@ class GenerationSession(models.Model):
     def parameter_items(self) -> list[tuple[str, object]]:
         """(label, value) of each parameter but the prompt, for the history and the page."""
         return [
-            (P(name).label, value)
+            (P(name).label, units_summary(value) if P(name).kind == "units" else value)
             for name, value in self.parameter_values().items()
             if name != "prompt" and value not in ("", None)
         ]
+
+    @property
+    def control_images(self) -> list[dict]:
+        """Each ControlNet unit's stored image (its URL) with what it was for."""
+        from django.core.files.storage import default_storage
+
+        return [
+            {"image_url": default_storage.url(unit["image"]), "module": unit["module"],
+             "model": unit["model"], "weight": unit["weight"]}
+            for unit in self.controlnet or ()
+            if unit.get("image")
+        ]  # fmt: skip
 
     @property
     def mode(self) -> str:
@@ -327,6 +339,11 @@ class GenerationSession(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+def units_summary(units) -> str:
+    """ControlNet units in a few words each: `canny, demo-canny at 1`."""
+    return "; ".join(f"{u['module']}, {u['model']} at {u['weight']:g}" for u in units)
 
 
 def lease_cutoff(lease_seconds: float | None = None):

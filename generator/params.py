@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 
+from .pipelines.controlnet import CONTROL_MODES
 from .pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULE_TYPE_CHOICES, SCHEDULER_CHOICES
 from .pipelines.sources import text_encoder_depth
 from .pipelines.upscalers import hires_size
@@ -39,7 +40,8 @@ class Parameter:
     name: str
     label: str
     kind: str
-    """`text`, `int`, `float`, `choice` or `bool`."""
+    """`text`, `int`, `float`, `choice`, `bool` or `units` (a list of objects whose fields
+    are the parameters in `fields`: ControlNet's units)."""
     help: str = ""
     default: object = None
     """None: required (the prompt) or decided when the session is made (size, seed, model)."""
@@ -84,6 +86,11 @@ class Parameter:
     model_maximum: object = None
     """A function of the model's name giving a tighter maximum, or None where it cannot tell
     (the text encoder's depth for the clip skip)."""
+    fields: tuple = ()
+    """For `units`: the parameters of one unit (their `a1111_api`: the A1111 unit's field,
+    `a1111`: its label in the unit's infotext)."""
+    max_items: int | None = None
+    """For `units`: the most units."""
 
     def validators(self) -> list:
         found = []
@@ -106,6 +113,10 @@ class Parameter:
 
     def clean(self, value):
         """The value, checked against the spec: ValidationError naming what is wrong."""
+        if self.kind == "units":
+            return self.clean_units(value)
+        if self.kind == "float" and value is None and self.default is None:
+            return value  # an optional number (a preprocessor's threshold)
         wanted = (int, float) if self.kind == "float" else self.python_type
         if isinstance(value, bool) != (self.kind == "bool") or not isinstance(value, wanted):
             raise ValidationError(f"{self.name}: must be {self.kind}.", code="invalid")
@@ -114,6 +125,41 @@ class Parameter:
         for validator in self.validators():
             validator(value)
         return value
+
+    def clean_units(self, value) -> list:
+        """A list of units, each an object of `fields` (the missing ones at their defaults),
+        checked: ValidationError naming the unit and its field."""
+        if not isinstance(value, list | tuple):
+            raise ValidationError(f"{self.name}: must be a list of units.", code="invalid")
+        if self.max_items is not None and len(value) > self.max_items:
+            raise ValidationError(
+                f"{self.name}: at most {self.max_items} units.", code="max_length"
+            )
+        by_name = {unit_field.name: unit_field for unit_field in self.fields}
+        cleaned = []
+        for index, unit in enumerate(value):
+            if not isinstance(unit, dict):
+                raise ValidationError(f"{self.name}[{index}]: must be an object.", code="invalid")
+            unknown = sorted(set(unit) - set(by_name))
+            if unknown:
+                raise ValidationError(
+                    f"{self.name}[{index}]: {unknown[0]!r} is no field of a unit.", code="invalid"
+                )
+            values = {}
+            for name, unit_field in by_name.items():
+                given = unit.get(name, unit_field.default)
+                if given is None and unit_field.default is None and unit_field.kind != "float":
+                    raise ValidationError(
+                        f"{self.name}[{index}].{name}: required.", code="required"
+                    )
+                try:
+                    values[name] = unit_field.clean(given)
+                except ValidationError as error:
+                    raise ValidationError(
+                        f"{self.name}[{index}].{error.messages[0]}", code=error.code
+                    ) from None
+            cleaned.append(values)
+        return cleaned
 
     def model_options(self) -> dict:
         """The keyword arguments of the model field that stores it."""
@@ -127,7 +173,68 @@ class Parameter:
         return options
 
 
-PYTHON_TYPES = {"text": str, "choice": str, "int": int, "float": float, "bool": bool}
+PYTHON_TYPES = {
+    "text": str,
+    "choice": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "units": list,
+}
+
+
+CONTROL_UNIT: tuple[Parameter, ...] = (
+    Parameter(
+        "image",
+        "Control image",
+        "text",
+        help="The picture the unit follows, as stored with the job (inputs/...png).",
+        default="",
+        max_length=200,
+    ),
+    Parameter("module", "Preprocessor", "text", default="none", max_length=100, a1111="Module",
+              a1111_api="module"),
+    Parameter("model", "Model", "text", max_length=500, a1111="Model", a1111_api="model"),
+    Parameter("weight", "Weight", "float", default=1.0, minimum=0, maximum=2, step=0.05,
+              a1111="Weight", a1111_api="weight"),
+    Parameter(
+        "resize_mode",
+        "Resize mode",
+        "choice",
+        default=RESIZE_MODES[1],
+        choices=tuple((mode, mode.capitalize()) for mode in RESIZE_MODES),
+        a1111="Resize Mode",
+        a1111_api="resize_mode",
+    ),
+    Parameter("processor_res", "Processor resolution", "int", default=512, minimum=64,
+              maximum=2048, a1111="Processor Res", a1111_api="processor_res"),
+    Parameter("threshold_a", "Threshold A", "float", minimum=0, maximum=1024,
+              a1111="Threshold A", a1111_api="threshold_a"),
+    Parameter("threshold_b", "Threshold B", "float", minimum=0, maximum=1024,
+              a1111="Threshold B", a1111_api="threshold_b"),
+    Parameter("guidance_start", "Guidance start", "float", default=0.0, minimum=0, maximum=1,
+              step=0.05, a1111="Guidance Start", a1111_api="guidance_start"),
+    Parameter("guidance_end", "Guidance end", "float", default=1.0, minimum=0, maximum=1,
+              step=0.05, a1111="Guidance End", a1111_api="guidance_end"),
+    Parameter("pixel_perfect", "Pixel perfect", "bool", default=False, a1111="Pixel Perfect",
+              a1111_api="pixel_perfect"),
+    Parameter(
+        "control_mode",
+        "Control mode",
+        "choice",
+        default=CONTROL_MODES[0],
+        choices=tuple((mode, mode) for mode in CONTROL_MODES),
+        a1111="Control Mode",
+        a1111_api="control_mode",
+    ),
+)  # fmt: skip
+"""The fields of one ControlNet unit, in the order sd-webui-controlnet's infotext lists them."""
+CONTROL_RESIZE_LABELS = {
+    "just resize": "Just Resize",
+    "crop and resize": "Crop and Resize",
+    "resize and fill": "Resize and Fill",
+}
+"""sd-webui-controlnet's names of the resize modes (its API and infotext)."""
 
 
 PARAMETERS: tuple[Parameter, ...] = (
@@ -511,6 +618,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         group="extras",
         needs="upscale",
         a1111_api="upscaling_resize_h",
+    ),
+    Parameter(
+        "controlnet",
+        "ControlNet",
+        "units",
+        help="ControlNet units: each a control image, its preprocessor, model and weight.",
+        fields=CONTROL_UNIT,
+        max_items=4,
+        group="controlnet",
+        backends=("pytorch",),
     ),
 )
 

@@ -149,7 +149,8 @@ def session_create_batch(
 ) -> list:
     """Queue `count` sessions with seeds seed, seed+1, ... (a random seed too); inputs stored once.
 
-    `images`: {"init_image": PIL image, "mask_image": PIL image}, already checked.
+    `images`: {"init_image": PIL image, "mask_image": PIL image, "controlnet_<n>": the n-th
+    ControlNet unit's image}, already checked.
     A disk without room for new work (or media/ over quota) refuses it first (507).
     `admit(count)`: called inside the transaction that inserts, before the inserts, to
     refuse them by raising (the per-owner cap, `limits.check_queue`): its count and the
@@ -162,6 +163,13 @@ def session_create_batch(
         field: save_whole(f"inputs/{uuid.uuid4()}.png", as_png(image))
         for field, image in (images or {}).items()
     }
+    stored = list(names.values())
+    if parameters.get("controlnet"):
+        # Each unit's control image, stored once for the batch like the other inputs.
+        parameters["controlnet"] = [
+            {**unit, "image": names.pop(f"controlnet_{index}", unit.get("image", ""))}
+            for index, unit in enumerate(parameters["controlnet"])
+        ]
     seed = parameters.pop("seed", None)
     seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
     batch_id = uuid.uuid4() if count > 1 else None
@@ -179,7 +187,7 @@ def session_create_batch(
                 with_jobs()
             return sessions
     except BaseException:
-        delete_files(names.values())
+        delete_files(stored)
         raise
 
 

@@ -1,4 +1,5 @@
-"""The root URLs: the admin, the site, the dialects (A1111, OpenAI, ComfyUI), and images."""
+"""The root URLs: the admin, the site, the dialects (A1111 and its ControlNet, OpenAI,
+ComfyUI), and images."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
@@ -10,6 +11,7 @@ urlpatterns = [
     path("", include("generator.web.urls")),
     # Other tools' dialects: AUTOMATIC1111's and OpenAI's image APIs.
     path("sdapi/v1/", include("generator.dialects.a1111")),
+    path("controlnet/", include("generator.dialects.controlnet")),
     path("v1/", include("generator.dialects.openai")),
     # ComfyUI's API under a path of its own (its /history is not the page's); its WebSocket
     # /comfyui/ws is served in front of Django (sdsite.asgi, dialects.comfyui_ws).

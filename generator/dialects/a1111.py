@@ -43,6 +43,7 @@ from ..web.json_body import BodyError, load_object, type_problem
 from ..web.snapshots import preview_data_url
 from .common import decode_image, image_base64, own_sessions, queue, require_key
 from .common import wait_for_sessions as wait
+from .controlnet import units_of as control_units
 
 VERSION = "sdsite"
 # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
@@ -57,7 +58,6 @@ IGNORED_IF_SET = (
     "restore_faces",
     "tiling",
     "script_name",
-    "alwayson_scripts",
     "styles",
     "subseed_strength",
     "inpaint_full_res",
@@ -78,6 +78,7 @@ FIELDS = {
     "callback_url": "text",
     "send_images": "bool",
     "save_images": "bool",
+    "alwayson_scripts": "object",
 }
 """The JSON kind of each field sdsite reads (json_body.JSON_TYPES): the parameters' own from
 the spec, under their A1111 names, and A1111's others. Keys it does not read are ignored."""
@@ -97,6 +98,7 @@ NAMES = (
         "init_image": "init_images",
         "mask_image": "mask",
         "count": "batch_size",
+        "controlnet": "alwayson_scripts.controlnet.args",
     }
     | {p.name: f"override_settings.{p.a1111_override}" for p in PARAMETERS if p.a1111_override}
 )
@@ -261,6 +263,11 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
         data.pop("strength", None)
     if image_mode:
         data.pop("enable_hr", None)  # A1111's img2img has no hires fix
+    units, unit_ignored, unit_errors = control_units(body, image_mode)
+    ignored += unit_ignored
+    errors |= unit_errors
+    if units:
+        data["controlnet"] = units
     return {k: v for k, v in data.items() if v is not None}, files, ignored, errors
 
 

@@ -7,7 +7,6 @@ waits for the sessions without holding a thread, and translates the result back.
 
 import asyncio
 import base64
-import binascii
 import functools
 from collections.abc import Callable
 
@@ -17,6 +16,7 @@ from django.http import JsonResponse
 
 from ..addresses import anonymous_api_allowed
 from ..forms import GenerateForm
+from ..images import base64_upload
 from ..models import GenerationSession
 from ..ownership import Viewer
 from ..services import session_create_batch
@@ -85,13 +85,7 @@ def own_sessions(request):
 
 def decode_image(value: str, field: str) -> SimpleUploadedFile:
     """A base64 image (with or without a data: URL prefix) as an upload for the form."""
-    if "," in value[:100] and value.startswith("data:"):
-        value = value.split(",", 1)[1]
-    try:
-        data = base64.b64decode(value, validate=False)
-    except (binascii.Error, ValueError):
-        data = b""
-    return SimpleUploadedFile(f"{field}.png", data)
+    return base64_upload(value, field)
 
 
 def queue(request, data: dict, files: dict, count: int, owner: dict | None = None):

@@ -71,6 +71,8 @@ class GenerationRequest:
     """A PIL image, already at the output size (image-to-image and inpainting)."""
     mask_image: object = None
     """A PIL "L" image at the output size, already blurred: white is repainted."""
+    controlnet: tuple = ()
+    """ControlNet units (`pipelines.controlnet.ControlUnit`), their images as given."""
 
     @property
     def hires(self) -> bool:
@@ -143,6 +145,15 @@ class PipelineBackend(ABC):
         if extract_loras(request.prompt)[1] or extract_loras(request.negative_prompt)[1]:
             raise ValueError(f"LoRA need the pytorch backend; {type(self).__name__} has none.")
 
+    def control_inputs(self, request: GenerationRequest) -> dict:
+        """The pipeline's arguments for the request's ControlNet units; this backend has
+        no ControlNet pipelines."""
+        if request.controlnet:
+            raise ValueError(
+                f"ControlNet runs on the PyTorch backend; {type(self).__name__} has none."
+            )
+        return {}
+
     @abstractmethod
     def random_generator(self, seed: int):
         """The random source that makes a seed reproducible on this backend."""
@@ -191,6 +202,7 @@ class PipelineBackend(ABC):
         if len(requests) > 1 and (
             first.mode != "txt2img"
             or first.hires
+            or first.controlnet
             or len({self.prompt_windows(request) for request in requests}) > 1
         ):
             raise Unbatchable
@@ -220,6 +232,7 @@ class PipelineBackend(ABC):
                 generator=generators if len(requests) > 1 else generators[0],
                 callback_on_step_end=step_callback(on_step),
                 **image_inputs(first),
+                **self.control_inputs(first),
             )
         images = list(result.images)
         if first.mode == "inpaint":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from . import checkpoints, demo, prompt_embeds, single_file
+from . import checkpoints, controlnet, demo, prompt_embeds, single_file
 from .base import GenerationRequest, PhaseHook, PipelineBackend, StepHook
 from .sources import CheckpointUnusable, DeviceUnusable, downloads, resolve_model
 
@@ -25,6 +25,8 @@ class TorchBackend(PipelineBackend):
         self.compile_mode = settings.SD_TORCH_COMPILE
         self.compiled_shapes: set[tuple] = set()
         """(width, height, batch, prompt windows) the compiled parts have run at."""
+        self.controlnets: dict[str, tuple] = {}
+        """ControlNets loaded: {name: ((path, size, mtime), ControlNetModel)}."""
 
     def load(self, on_phase: PhaseHook) -> None:
         import torch
@@ -82,11 +84,53 @@ class TorchBackend(PipelineBackend):
             # the model's estimates stay true; the next job of this shape skips this.
             on_phase("compiling")
             warm_up = [
-                replace(r, steps=WARM_UP_STEPS, init_image=None, mask_image=None) for r in requests
+                replace(r, steps=WARM_UP_STEPS, init_image=None, mask_image=None, controlnet=())
+                for r in requests
             ]
             super().generate_batch(warm_up, lambda *args: True, ignore_phase)
             self.compiled_shapes.add(shape)
-        return super().generate_batch(requests, on_step, on_phase, on_start)
+        hooks = self.control_hooks(requests[0])
+        try:
+            return super().generate_batch(requests, on_step, on_phase, on_start)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def control_hooks(self, request: GenerationRequest) -> list:
+        """The units' control modes, as forward hooks on their ControlNets (removed after
+        the job: the loaded models are shared by every job)."""
+        hooks = []
+        guided = request.guidance_scale > 1
+        for unit in request.controlnet:
+            hook = controlnet.layer_scaling_hook(unit, guided)
+            if hook is not None:
+                model = self.control_model(unit.model)
+                hooks.append(model.register_forward_hook(hook))
+        return hooks
+
+    def control_model(self, name: str):
+        """A ControlNet by name, loaded once (again when its file changes), on the device."""
+        found = controlnet.lookup(name)
+        if found is None:
+            raise controlnet.Unusable(f"No ControlNet named {name} on this worker.")
+        if found.problem:
+            raise controlnet.Unusable(
+                f"The ControlNet {found.name} cannot be used: {found.problem}."
+            )
+        stat = found.path.stat()
+        version = (str(found.path), stat.st_size, stat.st_mtime_ns)
+        loaded = self.controlnets.get(found.name)
+        if loaded is None or loaded[0] != version:
+            model = controlnet.load_model(found, self.pipe.unet.dtype)
+            model.to(self.pipe.device)
+            self.controlnets[found.name] = (version, model)
+        return self.controlnets[found.name][1]
+
+    def control_inputs(self, request: GenerationRequest) -> dict:
+        if not request.controlnet:
+            return {}
+        size = (request.width, request.height)
+        return controlnet.call_arguments(list(request.controlnet), size, request.mode)
 
     def compile_shape(self, requests: list[GenerationRequest]) -> tuple | None:
         """What the compiled parts are compiled for (dynamic=False: each is a compile of its
@@ -100,6 +144,19 @@ class TorchBackend(PipelineBackend):
         return self.pipe.tokenizer if prompt_embeds.supports(self.pipe) else None
 
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
+        if request.controlnet:
+            # diffusers' ControlNet pipeline of the mode, on the loaded components (no
+            # second copy of the weights), with the units' models: several in one
+            # MultiControlNetModel, each unit's weight and guidance span its own.
+            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+            models = [self.control_model(unit.model) for unit in request.controlnet]
+            model = models[0] if len(models) == 1 else MultiControlNetModel(models)
+            pipe = controlnet.pipeline_class(self.pipe, request.mode).from_pipe(
+                self.pipe, controlnet=model
+            )
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
         # Image-to-image and inpainting pipelines share the loaded components:
         # no second copy of the weights. A 4-channel UNet inpaints too (diffusers
         # blends the masked latents); a 9-channel inpainting model does it better.

@@ -366,6 +366,22 @@ def load_parts(folder: Path):
     )
 
 
+def frozen_start(seed: int):
+    """What a pass that trains an add-on (the LoRA, the ControlNet) starts from: seeded random
+    sources, the tokenizer, and the shipped model's parts, frozen.
+    Returns (rng, torch generator, tokenizer, (text encoder, UNet, VAE))."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = word_tokenizer()
+    parts = load_parts(WEIGHTS)
+    for model in parts:
+        model.requires_grad_(False)
+    return rng, generator, tokenizer, parts
+
+
 def refine(plan: Plan, report=None, checkpoint: int = 0, round: int = 1) -> Path:
     """A further pass (`round` 1, 2, ...): from the weights saved at `plan.out`, over fresh scenes.
 

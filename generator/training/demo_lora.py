@@ -4,10 +4,9 @@ python manage.py train_demo --lora
 """
 
 import dataclasses
-import random
 from pathlib import Path
 
-from ..pipelines.demo import WEIGHTS, world
+from ..pipelines.demo import world
 from ..pipelines.demo.lora import BASE_MODEL, LORAS, NAME
 
 SEED = 4321
@@ -26,16 +25,10 @@ def train_lora(steps: int = 600, batch: int = 16, lr: float = 1e-3, report=None)
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
-    from .demo import IMAGE_SIZE, load_parts, scheduler, word_tokenizer
+    from .demo import IMAGE_SIZE, frozen_start, scheduler
 
     report = report or (lambda *a, **k: None)
-    torch.manual_seed(SEED)
-    rng = random.Random(SEED)
-    generator = torch.Generator().manual_seed(SEED)
-    tokenizer = word_tokenizer()
-    text_encoder, unet, vae = load_parts(WEIGHTS)
-    for model in (text_encoder, unet, vae):
-        model.requires_grad_(False)
+    rng, generator, tokenizer, (text_encoder, unet, vae) = frozen_start(SEED)
     unet.add_adapter(
         LoraConfig(
             r=8,

@@ -92,6 +92,7 @@ def comfyui_error_body(
 PREFIXES = (
     ("/sdapi/", a1111_error_body),
     ("/comfyui/", comfyui_error_body),
+    ("/controlnet/", a1111_error_body),  # sd-webui-controlnet's routes, beside A1111's
     ("/v1/", openai_error_body),
     (API_PREFIX, error_body),
 )

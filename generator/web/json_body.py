@@ -133,6 +133,7 @@ JSON_TYPES = {
     "bool": (bool,),
     "list": (list,),
     "object": (dict,),
+    "units": (list,),
 }
 """The JSON type of each kind of field: a parameter's `kind` (params.py) or a dialect's own."""
 TYPE_NAMES = {
@@ -144,6 +145,7 @@ TYPE_NAMES = {
     "bool": "true or false",
     "list": "a list",
     "object": "an object",
+    "units": "a list of objects",
 }
 
 

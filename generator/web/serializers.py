@@ -33,6 +33,7 @@ def session_as_dict(session: GenerationSession) -> dict:
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "finished_at": session.finished_at.isoformat() if session.finished_at else None,
         "parameters": session.parameter_values(),
+        "control_images": session.control_images,
         "progress_url": reverse("generator:session-progress", args=[session.pk]),
     }
 

@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/sessions", views.api_sessions, name="sessions"),
     path("api/png-info", views.api_png_info, name="png-info"),
     path("api/loras", views.api_loras, name="loras"),
+    path("api/controlnet/detect", views.api_controlnet_detect, name="controlnet-detect"),
     path("api/sessions/<uuid:session_id>", views.api_session, name="session"),
     path("api/sessions/<uuid:session_id>/cancel", views.api_cancel, name="session-cancel"),
     path("api/progress/<uuid:session_id>", views.api_progress, name="session-progress"),

@@ -1,5 +1,6 @@
 """The page, history and JSON API views: thin, over `services`, the forms and the selectors."""
 
+import base64
 import functools
 import uuid
 
@@ -17,12 +18,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from ..addresses import client_ip, private_allowed
 from ..forms import GenerateForm
-from ..images import open_upload
+from ..images import as_png, open_upload
 from ..metadata import MetadataTooLarge, read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
-from ..pipelines import demo, loras
+from ..pipelines import controlnet, demo, loras, preprocessors
 from ..pipelines.checkpoints import offered_models
 from ..services import (
     DEMO_MODEL,
@@ -105,6 +106,8 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
         "is_demo_model": settings.SD_MODEL == DEMO_MODEL,
         "demo": demo.vocabulary(),
         "loras": list(loras.available().values()),
+        "control_modules": list(preprocessors.available()),
+        "control_models": [m.name for m in controlnet.models() if m.problem is None],
         "model_settings": model_settings,
     }
 
@@ -164,6 +167,37 @@ def api_png_info(request):
             "message": None if parameters else "The image carries no generation settings.",
         }
     )
+
+
+@require_POST
+def api_controlnet_detect(request):
+    """The page's preprocessor preview: the uploaded `image` through `module` (a PNG data
+    URL). A sync view, so it runs in a thread, off the event loop; the upload is checked in
+    bytes and pixels before it is decoded."""
+    upload = request.FILES.get("image")
+    module = request.POST.get("module", "none")
+    if upload is None:
+        return errors_response({"image": ["Send the image as the `image` field."]})
+    if preprocessors.find(module) is None:
+        return errors_response({"module": [f"No preprocessor {module[:100]!r} here."]})
+    numbers = {}
+    for name in ("processor_res", "threshold_a", "threshold_b"):
+        try:
+            numbers[name] = float(request.POST[name]) if request.POST.get(name) else None
+        except ValueError:
+            return errors_response({name: ["Must be a number."]})
+    resolution = numbers["processor_res"] or preprocessors.DEFAULT_RESOLUTION
+    if not 64 <= resolution <= 2048:
+        return errors_response({"processor_res": ["Must be from 64 to 2048."]})
+    try:
+        image = open_upload(upload)
+    except ValidationError as error:
+        return errors_response({"image": error.messages})
+    detected = preprocessors.run(
+        image, module, int(resolution), numbers["threshold_a"], numbers["threshold_b"]
+    )
+    data = base64.b64encode(as_png(detected)).decode("ascii")
+    return JsonResponse({"image": f"data:image/png;base64,{data}", "module": module})
 
 
 @require_GET

@@ -228,6 +228,8 @@ def claim_companions(
     session = job.session
     if limit < 1 or session.init_image or names_lora(session.prompt, session.negative_prompt):
         return []
+    if session.controlnet:  # its control images go one job at a time
+        return []
     same = Q()
     for name in BATCH_KEY:
         value, parameter = getattr(session, name), BY_NAME[name]

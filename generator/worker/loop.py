@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import close_old_connections
 from PIL import Image
 
@@ -25,6 +26,7 @@ from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from ..pipelines.base import Unbatchable, upscale_job
+from ..pipelines.controlnet import ControlUnit
 from ..pipelines.loras import hashes_text
 from ..pipelines.sources import SetupError, model_hash
 from ..pipelines.upscalers import torch_device
@@ -498,7 +500,19 @@ def request_of(session) -> GenerationRequest:
         if session.mask_image:
             mask = input_image(session.mask_image, "L")
             values["mask_image"] = blurred_mask(mask, session.mask_blur)
+    values["controlnet"] = tuple(control_units(session))
     return GenerationRequest(**values)
+
+
+def control_units(session) -> list:
+    """The session's ControlNet units with their images as stored (the pipeline runs
+    their preprocessors)."""
+    units = []
+    for unit in session.controlnet or ():
+        with default_storage.open(unit["image"], "rb") as file:
+            image = Image.open(file).convert("RGB")
+        units.append(ControlUnit(**{**unit, "image": image}))
+    return units
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

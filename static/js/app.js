@@ -3,6 +3,7 @@
 // An ES module: shared.js holds the page's elements and state, progress.js follows one
 // generation, queue.js lists the browser's queue and a batch's tiles.
 
+import { addControlnet } from "./page/controlnet.js";
 import { follow } from "./page/progress.js";
 import { batchLeft, doneText, refreshQueue, showBatch } from "./page/queue.js";
 import {
@@ -85,6 +86,7 @@ form.addEventListener("submit", (event) => {
   queueJob(async () => {
     const body = new FormData(form);
     await window.sdsiteInputs.addTo(body);
+    addControlnet(body);
     return body;
   });
 });

@@ -31,6 +31,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("prompt", help="What to draw.")
         for parameter in PARAMETERS[1:]:  # every parameter of the spec, as an option
+            if parameter.kind not in OPTION_TYPES:
+                continue  # ControlNet's units take the page or the APIs
             flags = [f"--{parameter.name.replace('_', '-')}"]
             if parameter.cli:
                 flags.insert(0, parameter.cli)
@@ -128,7 +130,7 @@ class Command(BaseCommand):
 
     def validated(self, options) -> tuple[dict, dict]:
         """(parameters, input images), checked by the same form as the web page's."""
-        data = {p.name: options[p.name] for p in PARAMETERS if options[p.name] is not None}
+        data = {p.name: options[p.name] for p in PARAMETERS if options.get(p.name) is not None}
         files = {}
         for field in ("init_image", "mask_image"):
             if options[field]:

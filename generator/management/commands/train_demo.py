@@ -48,11 +48,18 @@ class Command(BaseCommand):
             action="store_true",
             help="Train only the demo LoRA (demo-swap) on the shipped model (about 2 minutes).",
         )
+        parser.add_argument(
+            "--controlnet",
+            action="store_true",
+            help="Train only the demo canny ControlNet (demo-canny) for the shipped model "
+            "(about 10 minutes).",
+        )
+        parser.add_argument("--controlnet-steps", type=int, default=450, help="Its training steps.")
 
     def handle(
         self, *args, out, vae_steps, unet_steps, dataset, half_dataset, half_share, unet_batch, lr,
         refine_steps, refine_rounds, decoder_steps, refine_only, refine_round, decoder_only,
-        checkpoint, lora, **options,
+        checkpoint, lora, controlnet, controlnet_steps, **options,
     ):  # fmt: skip
         import torch
 
@@ -81,6 +88,15 @@ class Command(BaseCommand):
 
             path = train_lora(report=report)
             self.stdout.write(self.style.SUCCESS(f"Saved the demo LoRA in {path}"))
+            return
+        if controlnet:
+            from generator.training.demo_controlnet import train_controlnet
+
+            # One thread: on a shared, busy machine two OpenMP threads spend most of their
+            # time waiting for each other (76 s for a step that takes 0.5 s on one).
+            torch.set_num_threads(1)
+            path = train_controlnet(steps=controlnet_steps, report=report)
+            self.stdout.write(self.style.SUCCESS(f"Saved the demo ControlNet in {path}"))
             return
         if decoder_only:
             demo_train.refine_decoder(plan, report)

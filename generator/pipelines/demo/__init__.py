@@ -30,3 +30,9 @@ def vocabulary() -> dict:
         "positions": [p for p in world.POSITIONS if p != "center"] + ["in the center"],
         "example": world.caption_of("circle", "red", "blue"),
     }
+
+
+CONTROLNET = Path(__file__).resolve().parent / "controlnet"
+"""The demo canny ControlNet (`manage.py train_demo --controlnet`): a diffusers folder, fp16."""
+CONTROLNET_NAME = "demo-canny"
+"""Its name in the ControlNet model lists: always listed, for the demo model."""

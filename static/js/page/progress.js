@@ -105,6 +105,11 @@ function showImage(url) {
   result.hidden = false;
 }
 
+// ControlNet units in a few words each, as the history writes them.
+function unitsText(units) {
+  return units.map((u) => `${u.module}, ${u.model} at ${u.weight}`).join("; ");
+}
+
 // What A1111 shows under an image: its parameters, and ways to reuse them.
 async function showDetails(sessionId) {
   const response = await fetch(`/api/sessions/${sessionId}`).catch(() => null);
@@ -116,7 +121,7 @@ async function showDetails(sessionId) {
   // Every parameter the session has, labelled as the form labels it.
   const rows = Object.entries(p)
     .filter(([name, value]) => name !== "prompt" && value !== "" && value !== null)
-    .map(([name, value]) => [LABELS[name] || name, value]);
+    .map(([name, value]) => [LABELS[name] || name, Array.isArray(value) ? unitsText(value) : value]);
   const list = document.getElementById("result-parameters");
   list.replaceChildren(
     ...rows.flatMap(([name, value]) => {
@@ -127,6 +132,19 @@ async function showDetails(sessionId) {
       return [dt, dd];
     }),
   );
+  // The control images the job kept, beside its settings.
+  for (const [index, unit] of (session.control_images || []).entries()) {
+    const dt = document.createElement("dt");
+    dt.textContent = `Control image ${index}`;
+    const dd = document.createElement("dd");
+    const img = document.createElement("img");
+    img.src = unit.image_url;
+    img.alt = `Control image ${index} (${unit.module})`;
+    img.width = 64;
+    img.height = 64;
+    dd.append(img);
+    list.append(dt, dd);
+  }
   document.getElementById("reuse-link").href = `/?from=${sessionId}`;
   document.getElementById("same-seed-link").href = `/?from=${sessionId}&seed=same`;
   document.getElementById("full-size-link").href = session.image_url;
