@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 
 from .images import output_size, read_upload
 from .models import Backend
-from .params import BY_NAME, IMAGE_ONLY, PARAMETERS, Parameter, steps_to_run
+from .params import BY_NAME, IMAGE_ONLY, KINDS, PARAMETERS, Parameter, steps_to_run
 from .pipelines.checkpoints import model_choices, offered_models
 from .pipelines.loras import UnknownLora, loras_of
 from .pipelines.schedulers import family_samplers, model_scheduler_class, schedule_type_problem
@@ -14,13 +14,6 @@ from .pipelines.sources import local_folder
 from .prompts import weight_problem
 from .services import default_size
 from .webhooks import check_callback_url
-
-FORM_FIELDS = {
-    "text": forms.CharField,
-    "int": forms.IntegerField,
-    "float": forms.FloatField,
-    "choice": forms.ChoiceField,
-}
 
 
 def form_field(parameter: Parameter) -> forms.Field:
@@ -49,7 +42,7 @@ def form_field(parameter: Parameter) -> forms.Field:
         if parameter.name == "seed":
             attrs["placeholder"] = "random"
         options["widget"] = forms.NumberInput(attrs=attrs)
-    return FORM_FIELDS[parameter.kind](**options)
+    return KINDS[parameter.kind].form_field(**options)
 
 
 class GenerateForm(forms.Form):

@@ -9,6 +9,7 @@ history and the `generate` command iterate it.
 
 from dataclasses import dataclass
 
+from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 
@@ -34,11 +35,35 @@ def above_zero(value: float) -> None:
 
 
 @dataclass(frozen=True)
+class Kind:
+    """What a parameter's `kind` means, wherever a value of it is read or shown."""
+
+    python_type: type
+    """Its values in Python (the model, the request, the CLI's options)."""
+    json_types: tuple
+    """The JSON values a body may carry for it (a float field takes `7` too)."""
+    json_name: str
+    """The JSON type in the words of the API's messages ("Must be an integer.")."""
+    form_field: type
+    """The Django form field that reads it (the form, and so the page)."""
+    number: bool = False
+    """Read from A1111's infotext (`Steps: 20`) and parsers' settings as a number."""
+
+
+KINDS = {
+    "text": Kind(str, (str,), "a string", forms.CharField),
+    "choice": Kind(str, (str,), "a string", forms.ChoiceField),
+    "int": Kind(int, (int,), "an integer", forms.IntegerField, number=True),
+    "float": Kind(float, (int, float), "a number", forms.FloatField, number=True),
+}
+
+
+@dataclass(frozen=True)
 class Parameter:
     name: str
     label: str
     kind: str
-    """`text`, `int`, `float` or `choice`."""
+    """`text`, `int`, `float` or `choice`: a key of KINDS."""
     help: str = ""
     default: object = None
     """None: required (the prompt) or decided when the session is made (size, seed, model)."""
@@ -99,12 +124,15 @@ class Parameter:
     @property
     def python_type(self) -> type:
         """The Python type of its values (choices and texts are strings)."""
-        return PYTHON_TYPES[self.kind]
+        return KINDS[self.kind].python_type
+
+    @property
+    def number(self) -> bool:
+        return KINDS[self.kind].number
 
     def clean(self, value):
         """The value, checked against the spec: ValidationError naming what is wrong."""
-        wanted = (int, float) if self.kind == "float" else self.python_type
-        if isinstance(value, bool) or not isinstance(value, wanted):
+        if isinstance(value, bool) or not isinstance(value, KINDS[self.kind].json_types):
             raise ValidationError(f"{self.name}: must be {self.kind}.", code="invalid")
         if self.choices and value not in dict(self.choices):
             raise ValidationError(f"{self.name}: {value!r} is no choice.", code="invalid_choice")
@@ -122,9 +150,6 @@ class Parameter:
         if self.choices:
             options["choices"] = list(self.choices)
         return options
-
-
-PYTHON_TYPES = {"text": str, "choice": str, "int": int, "float": float}
 
 
 PARAMETERS: tuple[Parameter, ...] = (

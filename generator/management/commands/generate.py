@@ -17,8 +17,6 @@ from generator.params import PARAMETERS
 from generator.services import START_WORKER, session_cancel, session_create_batch
 from generator.worker.loop import Worker
 
-OPTION_TYPES = {"text": str, "int": int, "float": float, "choice": str}
-
 
 class Command(BaseCommand):
     help = (
@@ -33,7 +31,7 @@ class Command(BaseCommand):
             if parameter.cli:
                 flags.insert(0, parameter.cli)
             choices = [value for value, _ in parameter.choices] or None
-            number = OPTION_TYPES[parameter.kind]
+            number = parameter.python_type
             bounds = (
                 f" ({number(parameter.minimum)}..{number(parameter.maximum)})"
                 if parameter.maximum is not None and parameter.minimum is not None
@@ -44,7 +42,7 @@ class Command(BaseCommand):
             parser.add_argument(
                 *flags,
                 dest=parameter.name,
-                type=OPTION_TYPES[parameter.kind],
+                type=parameter.python_type,
                 choices=None if parameter.name == "model" else choices,
                 help=description.replace("%", "%%"),
             )
