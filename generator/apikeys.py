@@ -89,7 +89,7 @@ def user_for(username: str):
 
 
 API_PREFIXES = ("/api/", "/sdapi/", "/v1/")
-"""The routes a key opens. Never the admin, /ops or any page of the cookie session: there
+"""The routes a key opens. Never the admin, /ops or any page of the browser session: there
 a key header is ignored (a login is asked for, CSRF applies)."""
 
 
