@@ -50,7 +50,11 @@ class Batch:
     def run_of(self, job: ClaimedJob) -> JobRun:
         """The job's progress writer (started) and step reporter."""
         timing = self.worker.timing_of(job.session)
-        writer = ProgressWriter(job, interval=settings.SD_STEP_WRITE_INTERVAL)
+        writer = ProgressWriter(
+            job,
+            interval=settings.SD_STEP_WRITE_INTERVAL,
+            times_interval=settings.SD_STEP_TIMES_WRITE_INTERVAL,
+        )
         writer.start()
         report_step = StepReporter(
             job,
