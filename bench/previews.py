@@ -20,6 +20,7 @@ one line per round and a Markdown table of the medians over the rounds.
 
 import argparse
 import asyncio
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -42,6 +43,10 @@ FIGURES = (
     ("fetch_ms", "preview fetch (median)", "{:.0f} ms"),
     ("seconds", "round", "{:.1f} s"),
 )
+
+
+def shown(form: str, value: float) -> str:
+    return "-" if math.isnan(value) else form.format(value)
 
 
 def play(pair: "Pair", clients: int, steps: int, url: bool) -> dict | None:
@@ -111,7 +116,7 @@ def main():
                     print(
                         f"N={n} round {index + 1} {name}: "
                         + ", ".join(
-                            f"{label} {form.format(row[key])}" for key, label, form in FIGURES
+                            f"{label} {shown(form, row[key])}" for key, label, form in FIGURES
                         )
                         + f", lost {row['lost']}, errors {row['errors']}, "
                         f"fetch errors {row['fetch_errors']}",
@@ -137,7 +142,7 @@ def main():
                 print(f"| {n} | {name} | not over in 600 s |")
                 continue
             cells = [
-                form.format(statistics.median(row[key] for row in rows)) for key, _, form in FIGURES
+                shown(form, statistics.median(row[key] for row in rows)) for key, _, form in FIGURES
             ]
             lost = sum(row["lost"] for row in rows)
             errors = sum(row["errors"] + row["fetch_errors"] for row in rows)
