@@ -18,6 +18,7 @@ import asyncio
 import gc
 import json
 import os
+import re
 import signal
 import statistics
 import tempfile
@@ -31,6 +32,9 @@ except ImportError:  # pragma: no cover - uvloop is in requirements.txt
 
 from bench._setup import ROOT, django_on_scratch_data, machine_line
 
+PREVIEW_URL = re.compile(rb'"type":"preview"[^}]*"image":"(/[^"]+)"')
+"""A preview message that carries a URL (SD_PREVIEW_DELIVERY=url), not the image itself."""
+
 
 class StreamResult:
     def __init__(self):
@@ -38,6 +42,13 @@ class StreamResult:
         self.latencies: list[float] = []
         self.final: str | None = None
         self.error: str | None = None
+        self.received = 0
+        """Bytes of the stream."""
+        self.previews = 0
+        self.fetched: list[float] = []
+        """Seconds from a preview's URL arriving to its image, fetched (url delivery)."""
+        self.fetch_errors = 0
+        self.fetches: list[asyncio.Task] = []
 
 
 class SSEClient(asyncio.Protocol):
@@ -48,7 +59,9 @@ class SSEClient(asyncio.Protocol):
     the latencies, so the parsing waits until the stream has ended.
     """
 
-    def __init__(self, path: str, result: StreamResult, on_connected):
+    def __init__(self, path: str, result: StreamResult, on_connected, port: int | None = None):
+        """`port`: fetch each preview whose message names a URL there, as the page would."""
+        self.port = port
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
         )
@@ -63,6 +76,11 @@ class SSEClient(asyncio.Protocol):
 
     def data_received(self, data):
         self.chunks.append((time.time(), data))
+        self.result.received += len(data)
+        if self.port is not None:
+            for match in PREVIEW_URL.finditer(data):
+                fetch = fetch_image(self.port, match.group(1).decode(), self.result)
+                self.result.fetches.append(asyncio.ensure_future(fetch))
         if not self.connected and b'"connected"' in data:
             self.connected = True
             self.on_connected()
@@ -86,6 +104,8 @@ class SSEClient(asyncio.Protocol):
             self.result.steps.append(data["current_step"])
             if "at" in data:
                 self.result.latencies.append(received - data["at"])
+        elif data["type"] == "preview":
+            self.result.previews += 1
         elif data["type"] in ("complete", "error", "cancelled"):
             self.result.final = data["type"]
 
@@ -98,14 +118,40 @@ class SSEClient(asyncio.Protocol):
         self.closed.set_result(None)
 
 
-async def sse_client(port: int, path: str, result: StreamResult, on_connected) -> None:
+async def fetch_image(port: int, path: str, result: StreamResult) -> None:
+    """GET a preview as the page's <img> would; its time is counted, a failure too."""
+    started = time.time()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = await reader.read()
+        writer.close()
+    except Exception:  # counted, reported
+        result.fetch_errors += 1
+        return
+    result.received += len(answer)
+    if answer.startswith(b"HTTP/1.1 200 "):
+        result.fetched.append(time.time() - started)
+    else:
+        result.fetch_errors += 1
+
+
+async def sse_client(
+    port: int, path: str, result: StreamResult, on_connected, fetch_previews: bool = False
+) -> None:
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.create_connection(
-            lambda: SSEClient(path, result, on_connected), "127.0.0.1", port
+            lambda: SSEClient(path, result, on_connected, port if fetch_previews else None),
+            "127.0.0.1",
+            port,
         )
         await protocol.closed
         transport.close()
+        if result.fetches:
+            await asyncio.gather(*result.fetches)
     except Exception as exc:  # counted, reported
         result.error = f"{type(exc).__name__}: {exc}"
         on_connected()
@@ -116,7 +162,24 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-async def one_round(server, worker, clients: int, steps: int):
+async def queue_held(worker, queue_job):
+    """Queue a job with the worker stopped (SIGSTOP), so it waits for every client. A worker
+    stopped inside a write (its heartbeat) holds SQLite's lock: let it finish, and again."""
+    from django.db import OperationalError
+
+    for _ in range(20):
+        os.kill(worker.popen.pid, signal.SIGSTOP)
+        try:
+            return await asyncio.to_thread(queue_job)
+        except OperationalError as error:
+            if "locked" not in str(error):
+                raise
+            os.kill(worker.popen.pid, signal.SIGCONT)
+            await asyncio.sleep(0.5)
+    raise RuntimeError("the database stayed locked")
+
+
+async def one_round(server, worker, clients: int, steps: int, fetch_previews: bool = False):
     import httpx
     import psutil
     from django.db import connection
@@ -131,8 +194,7 @@ async def one_round(server, worker, clients: int, steps: int):
             # (to PostgreSQL's pool), or a dozen rounds exhaust it.
             connection.close()
 
-    os.kill(worker.popen.pid, signal.SIGSTOP)  # hold the job until every client is connected
-    session = await asyncio.to_thread(queue_job)
+    session = await queue_held(worker, queue_job)
     path = f"/api/progress/{session.pk}"
     results = [StreamResult() for _ in range(clients)]
     connected = asyncio.Event()
@@ -147,7 +209,10 @@ async def one_round(server, worker, clients: int, steps: int):
     # objects) would show up as delivery latency: none until the round is over.
     gc.collect()
     gc.disable()
-    tasks = [asyncio.create_task(sse_client(server.port, path, r, on_connected)) for r in results]
+    tasks = [
+        asyncio.create_task(sse_client(server.port, path, r, on_connected, fetch_previews))
+        for r in results
+    ]
     await asyncio.wait_for(connected.wait(), 120)
     web = psutil.Process(server.popen.pid)
     async with httpx.AsyncClient() as http:
@@ -161,6 +226,7 @@ async def one_round(server, worker, clients: int, steps: int):
     gc.enable()
     every_step = sorted(set().union(*(set(r.steps) for r in results)))
     latencies = [x for r in results for x in r.latencies]
+    fetched = [x for r in results for x in r.fetched]
     return {
         "clients": clients,
         "median_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
@@ -175,6 +241,11 @@ async def one_round(server, worker, clients: int, steps: int):
         "rss_mb": web.memory_info().rss / 2**20,
         "errors": sum(bool(r.error) for r in results),
         "first_error": next((r.error for r in results if r.error), ""),
+        "kb_per_stream": sum(r.received for r in results) / clients / 1024,
+        "previews": sum(r.previews for r in results) / clients,
+        "fetch_ms": statistics.median(fetched) * 1000 if fetched else float("nan"),
+        "fetch_errors": sum(r.fetch_errors for r in results),
+        "seconds": elapsed,
     }
 
 

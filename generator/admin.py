@@ -15,7 +15,7 @@ from django.utils.translation import ngettext
 
 from .metadata import a1111_parameters
 from .models import ApiKey, GenerationSession, Status, WorkerRecord
-from .params import NAMES
+from .params import IN_JSON, NAMES, Parameter
 from .services import CancelOutcome, session_cancel, session_delete, session_requeue
 from .web.step_chart import step_chart_svg
 
@@ -223,6 +223,24 @@ class GenerationSessionAdmin(admin.ModelAdmin):
             '<a href="{0}"><img src="{0}" alt="generated image" style="max-width:512px"></a>',
             obj.image.url,
         )
+
+
+def choice_label(parameter: Parameter):
+    """The admin's field of a choice parameter kept in the `parameters` JSON: its label
+    ("Crop and resize"), as Django shows a column with choices, not the stored value."""
+    labels = dict(parameter.choices)
+
+    @admin.display(description=parameter.label)
+    def shown(self, obj):
+        value = getattr(obj, parameter.name)
+        return labels.get(value, value)
+
+    return shown
+
+
+for _parameter in IN_JSON:
+    if _parameter.choices:
+        setattr(GenerationSessionAdmin, _parameter.name, choice_label(_parameter))
 
 
 def shortened(text: str, length: int, keep_end: bool = False):

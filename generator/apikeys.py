@@ -90,7 +90,7 @@ def user_for(username: str):
 
 # And /mcp, whose ASGI route checks its key itself.
 API_PREFIXES = ("/api/", "/sdapi/", "/v1/", "/comfyui/", "/controlnet/")
-"""The routes a key opens. Never the admin, /ops or any page of the cookie session: there
+"""The routes a key opens. Never the admin, /ops or any page of the browser session: there
 a key header is ignored (a login is asked for, CSRF applies)."""
 
 

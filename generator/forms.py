@@ -1,7 +1,5 @@
 """The generation form, built from the parameter spec, plus the image inputs and the count."""
 
-import json
-
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -11,8 +9,10 @@ from .models import Backend
 from .params import (
     BY_NAME,
     HIRES_STRENGTH,
+    KINDS,
     PARAMETERS,
     Parameter,
+    UnitsField,
     hires_plan,
     steps_to_run,
     unused,
@@ -28,32 +28,8 @@ from .prompts import weight_problem
 from .services import default_size
 from .webhooks import check_callback_url
 
-FORM_FIELDS = {
-    "text": forms.CharField,
-    "int": forms.IntegerField,
-    "float": forms.FloatField,
-    "choice": forms.ChoiceField,
-    "bool": forms.BooleanField,
-}
 UPSCALER_FIELDS = {"hr_upscaler": True, "upscaler_1": False, "upscaler_2": False}
 """The fields naming an upscaler: {field: whether a latent mode is one}."""
-
-
-class UnitsField(forms.Field):
-    """A list of objects (ControlNet's units): a JSON list, or its text in a form post;
-    each unit is checked by the spec in the form's `clean_controlnet`."""
-
-    def to_python(self, value):
-        if value in (None, "", []):
-            return []
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except (ValueError, RecursionError):
-                raise ValidationError("Must be a JSON list of units.", code="invalid") from None
-        if not isinstance(value, list):
-            raise ValidationError("Must be a list of units.", code="invalid")
-        return value
 
 
 def form_field(parameter: Parameter) -> forms.Field:
@@ -91,7 +67,7 @@ def form_field(parameter: Parameter) -> forms.Field:
         if parameter.name == "seed":
             attrs["placeholder"] = "random"
         options["widget"] = forms.NumberInput(attrs=attrs)
-    return FORM_FIELDS[parameter.kind](**options)
+    return KINDS[parameter.kind].form_field(**options)
 
 
 class GenerateForm(forms.Form):

@@ -213,12 +213,11 @@ def from_a1111_text(text: str) -> dict:
 
     read = parse_a1111(text)
     found = {"prompt": read.pop("prompt"), "negative_prompt": read.pop("negative_prompt")}
-    kinds = {"int": int, "float": float}
     for parameter in PARAMETERS:
         value = read.get(parameter.a1111) if parameter.a1111 else None
-        if value is not None and parameter.kind in kinds:
+        if value is not None and parameter.number:
             with contextlib.suppress(ValueError):
-                found[parameter.name] = kinds[parameter.kind](value)
+                found[parameter.name] = parameter.python_type(value)
         elif value is not None and parameter.needs in ("hires", "upscale"):
             found[parameter.name] = value  # an upscaler, a sampler, a prompt: as written
     found |= hires_of(read)
@@ -318,12 +317,11 @@ def read_parameters(image) -> tuple[str, dict]:
         scheduler = from_a1111(sampler.name, str(schedule_type) if schedule_type else None)
         if scheduler:
             found["scheduler"] = scheduler
-        kinds = {"int": int, "float": float}
         for key, value in sampler.parameters.items():
             known = BY_A1111_API.get(key)
-            if known is not None and known.kind in kinds:
+            if known is not None and known.number:
                 with contextlib.suppress(TypeError, ValueError):
-                    found[known.name] = kinds[known.kind](value)
+                    found[known.name] = known.python_type(value)
     size = str(info.metadata.get("Size", ""))
     if SIZE.fullmatch(size):
         found["width"], found["height"] = (int(side) for side in size.split("x"))

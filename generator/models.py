@@ -145,7 +145,7 @@ class GenerationSession(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
 
-    # Who asked: a logged-in user, or the anonymous browser whose Django session
+    # Who asked: a logged-in user, or an anonymous browser whose browser session (Django's)
     # holds `owner_key`. Neither (the CLI, scripts): anyone with the id may look.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE

@@ -84,16 +84,20 @@ def owner_fields(request) -> dict:
 def save_browser_session(request) -> None:
     """Save the browser's session (its new owner key) now, in the caller's transaction: the
     jobs it owns and the key that owns them are committed together, or neither is."""
-    session = getattr(request, "session", None)
-    if getattr(request, "api_key", None) is None and session is not None and session.modified:
-        session.save()
+    browser_session = getattr(request, "session", None)
+    if (
+        getattr(request, "api_key", None) is None
+        and browser_session is not None
+        and browser_session.modified
+    ):
+        browser_session.save()
 
 
-def viewer_from_session_key(session_key: str | None) -> Viewer:
-    """The viewer behind a session cookie, for routes outside Django's middleware."""
-    if not session_key:
+def viewer_from_browser_session(cookie_key: str | None) -> Viewer:
+    """The viewer behind a browser session's cookie, for routes outside Django's middleware."""
+    if not cookie_key:
         return Viewer()
-    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    store = import_module(settings.SESSION_ENGINE).SessionStore(cookie_key)
     request = HttpRequest()
     request.session = store
     # get_user checks the session's auth hash, as the middleware would.
@@ -101,29 +105,29 @@ def viewer_from_session_key(session_key: str | None) -> Viewer:
     return Viewer(user.pk if user.is_authenticated else None, store.get(OWNER_KEY))
 
 
-def viewers_from_session_keys(session_keys) -> dict:
-    """{session key: Viewer} for many cookies at once (streams opening together): one query
-    with the database session engine; a signed-in user's cookie still gets the full check
-    of `viewer_from_session_key` (its auth hash)."""
+def viewers_from_browser_sessions(cookie_keys) -> dict:
+    """{browser session's cookie key: Viewer} for many cookies at once (streams opening
+    together): one query with the database session engine; a signed-in user's cookie still
+    gets the full check of `viewer_from_browser_session` (its auth hash)."""
     from django.contrib.auth import SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
     from django.utils import timezone
 
     store_class = import_module(settings.SESSION_ENGINE).SessionStore
     if not issubclass(store_class, DatabaseStore):
-        return {key: viewer_from_session_key(key) for key in session_keys}
+        return {key: viewer_from_browser_session(key) for key in cookie_keys}
     rows = store_class.get_model_class().objects.filter(
-        session_key__in=[key for key in session_keys if key], expire_date__gt=timezone.now()
+        session_key__in=[key for key in cookie_keys if key], expire_date__gt=timezone.now()
     )
     decoder = store_class()
     data = {
         key: decoder.decode(text) for key, text in rows.values_list("session_key", "session_data")
     }
     viewers = {}
-    for key in session_keys:
+    for key in cookie_keys:
         found = data.get(key, {})
         if SESSION_KEY in found:
-            viewers[key] = viewer_from_session_key(key)
+            viewers[key] = viewer_from_browser_session(key)
         else:
             viewers[key] = Viewer(None, found.get(OWNER_KEY))
     return viewers

@@ -7,8 +7,10 @@ of the parameters marked `request`, and the PNG metadata, the admin, the
 history and the `generate` command iterate it.
 """
 
+import json
 from dataclasses import dataclass
 
+from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 
@@ -35,13 +37,56 @@ def above_zero(value: float) -> None:
         raise ValidationError("Must be greater than 0.", code="min_value")
 
 
+class UnitsField(forms.Field):
+    """A list of objects (ControlNet's units): a JSON list, or its text in a form post;
+    each unit is checked by the spec in the form's `clean_controlnet`."""
+
+    def to_python(self, value):
+        if value in (None, "", []):
+            return []
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                raise ValidationError("Must be a JSON list of units.", code="invalid") from None
+        if not isinstance(value, list):
+            raise ValidationError("Must be a list of units.", code="invalid")
+        return value
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a parameter's `kind` means, wherever a value of it is read or shown."""
+
+    python_type: type
+    """Its values in Python (the model, the request, the CLI's options)."""
+    json_types: tuple
+    """The JSON values a body may carry for it (a float field takes `7` too)."""
+    json_name: str
+    """The JSON type in the words of the API's messages ("Must be an integer.")."""
+    form_field: type
+    """The Django form field that reads it (the form, and so the page)."""
+    number: bool = False
+    """Read from A1111's infotext (`Steps: 20`) and parsers' settings as a number."""
+
+
+KINDS = {
+    "text": Kind(str, (str,), "a string", forms.CharField),
+    "choice": Kind(str, (str,), "a string", forms.ChoiceField),
+    "int": Kind(int, (int,), "an integer", forms.IntegerField, number=True),
+    "float": Kind(float, (int, float), "a number", forms.FloatField, number=True),
+    "bool": Kind(bool, (bool,), "true or false", forms.BooleanField),
+    "units": Kind(list, (list,), "a list of objects", UnitsField),
+}
+
+
 @dataclass(frozen=True)
 class Parameter:
     name: str
     label: str
     kind: str
     """`text`, `int`, `float`, `choice`, `bool` or `units` (a list of objects whose fields
-    are the parameters in `fields`: ControlNet's units)."""
+    are the parameters in `fields`: ControlNet's units): a key of KINDS."""
     help: str = ""
     default: object = None
     """None: required (the prompt) or decided when the session is made (size, seed, model)."""
@@ -109,7 +154,11 @@ class Parameter:
     @property
     def python_type(self) -> type:
         """The Python type of its values (choices and texts are strings)."""
-        return PYTHON_TYPES[self.kind]
+        return KINDS[self.kind].python_type
+
+    @property
+    def number(self) -> bool:
+        return KINDS[self.kind].number
 
     def clean(self, value):
         """The value, checked against the spec: ValidationError naming what is wrong."""
@@ -117,8 +166,9 @@ class Parameter:
             return self.clean_units(value)
         if self.kind == "float" and value is None and self.default is None:
             return value  # an optional number (a preprocessor's threshold)
-        wanted = (int, float) if self.kind == "float" else self.python_type
-        if isinstance(value, bool) != (self.kind == "bool") or not isinstance(value, wanted):
+        if isinstance(value, bool) != (self.kind == "bool") or not isinstance(
+            value, KINDS[self.kind].json_types
+        ):
             raise ValidationError(f"{self.name}: must be {self.kind}.", code="invalid")
         if self.choices and value not in dict(self.choices):
             raise ValidationError(f"{self.name}: {value!r} is no choice.", code="invalid_choice")
@@ -171,16 +221,6 @@ class Parameter:
         if self.choices:
             options["choices"] = list(self.choices)
         return options
-
-
-PYTHON_TYPES = {
-    "text": str,
-    "choice": str,
-    "int": int,
-    "float": float,
-    "bool": bool,
-    "units": list,
-}
 
 
 CONTROL_UNIT: tuple[Parameter, ...] = (

@@ -407,6 +407,14 @@ SD_KEEPALIVE_SECONDS = env_float("SD_KEEPALIVE_SECONDS", 15.0)
 # SD_PREVIEW_INTERVAL seconds (no VAE decode). SD_PREVIEWS=0 turns them off.
 SD_PREVIEWS = env_bool("SD_PREVIEWS", True)
 SD_PREVIEW_INTERVAL = env_float("SD_PREVIEW_INTERVAL", 0.5)
+# How a preview reaches a progress stream: `inline` (the JPEG in the message, as a data:
+# URL) or `url` (its /media/ URL, which the page fetches). Measured in docs/previews.md.
+SD_PREVIEW_DELIVERY = os.environ.get("SD_PREVIEW_DELIVERY", "inline")
+if SD_PREVIEW_DELIVERY not in ("inline", "url"):
+    raise ImproperlyConfigured("SD_PREVIEW_DELIVERY must be inline or url.")
+# The fewest seconds between two writes of a job's step times (the admin's chart): the
+# steps in between are written without them; the last step always carries them all.
+SD_STEP_TIMES_WRITE_INTERVAL = env_float("SD_STEP_TIMES_WRITE_INTERVAL", 0.0)
 # The fewest seconds between two progress writes of a job: faster steps are written
 # as the newest one at that pace (the last step and every phase change always are).
 SD_STEP_WRITE_INTERVAL = env_float("SD_STEP_WRITE_INTERVAL", 0.05)

@@ -1,5 +1,7 @@
 """The admin as the job history: thumbnails, filters, the step chart and the actions."""
 
+import re
+
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -43,6 +45,27 @@ def test_the_detail_page_has_the_image_parameters_and_step_chart(admin_client, m
     # Worker-owned state is read-only: the page has no form to change it.
     response = admin_client.post(f"{CHANGELIST}{session.pk}/change/", {"status": "pending"})
     assert response.status_code == 403
+
+
+def test_the_detail_page_shows_the_label_of_each_choice_kept_in_the_parameters_json(
+    admin_client, make_session
+):
+    session = finished(
+        make_session,
+        parameters={"scheduler": "DPM++ 2M Karras", "resize_mode": "crop and resize",
+                    "inpainting_fill": "latent noise", "steps": 4},
+    )  # fmt: skip
+    page = admin_client.get(f"{CHANGELIST}{session.pk}/change/").content.decode()
+    for label, shown in (
+        ("Sampler", "DPM++ 2M Karras"),
+        ("Resize mode", "Crop and resize"),
+        ("Masked content", "Latent noise"),
+        ("Schedule type", "Automatic"),  # absent from the JSON: the spec's default
+    ):
+        assert re.search(
+            rf"<label>{label}:</label>\s*<div class=\"readonly\">{re.escape(shown)}</div>", page
+        ), label
+    assert "crop and resize" not in page
 
 
 def test_cancel_and_requeue_actions(admin_client, make_session):

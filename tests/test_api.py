@@ -226,7 +226,7 @@ def test_progress_stats_are_for_staff_and_this_machine_only(admin_client):
 
 
 def test_errors_shown_to_users_carry_no_server_paths():
-    from generator.worker.loop import describe_error
+    from generator.worker.failures import describe_error
 
     error = OSError(2, "No such file or directory", "/tmp/sdsite-x/media/previews/abc-3.jpg")
     assert describe_error(error) == (
@@ -236,7 +236,7 @@ def test_errors_shown_to_users_carry_no_server_paths():
 
 def test_a_setup_problem_is_shown_in_its_own_words():
     from generator.pipelines.sources import ModelDownloadFailed
-    from generator.worker.loop import describe_error
+    from generator.worker.failures import describe_error
 
     why = "The model x/y is not on this worker and could not be downloaded from the Hugging Face"
     assert describe_error(ModelDownloadFailed(why)) == why  # not "ModelDownloadFailed: The..."

@@ -3,6 +3,7 @@
 import base64
 import io
 import itertools
+import time
 
 import httpx
 import pytest
@@ -14,8 +15,9 @@ from PIL import Image
 
 from generator.models import GenerationSession, Status
 from generator.pipelines.previews import latents_to_image
+from generator.web.snapshots import preview_link
 from generator.worker.claims import claim_next
-from generator.worker.step_reporter import StepReporter
+from generator.worker.step_reporter import ProgressWriter, StepReporter
 from tests.sse_client import iter_events
 
 # Nothing here depends on the database engine: CI runs it on SQLite only.
@@ -149,3 +151,36 @@ def test_a_preview_url_outlives_the_preview_it_was_read_for():
         assert response.content == file.read()  # the newest preview, step 2's
     assert session.thumbnail_url == f"{address}?step=2"  # /history's picture while it runs
     assert bob.get(url).status_code == 404  # someone else's session
+
+
+def test_with_sd_preview_delivery_url_the_stream_names_the_preview_instead_of_carrying_it(
+    make_session,
+):
+    session = make_session(steps=20)
+    reporter = StepReporter(claim_next("test-worker"), preview_interval=0)
+    reporter.start()
+    assert reporter(1, 20, torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)))
+    session.refresh_from_db()
+
+    assert preview_link(session).startswith("data:image/jpeg;base64,")  # inline, the default
+    with override_settings(SD_PREVIEW_DELIVERY="url"):
+        assert preview_link(session) == f"/s/{session.pk}/preview.jpg?step=1"
+
+
+def test_step_times_are_written_at_most_every_interval_and_all_of_them_with_the_last_step(
+    make_session,
+):
+    session = make_session(steps=3)
+    writer = ProgressWriter(claim_next("test-worker"), times_interval=3600)
+    writer.start()
+    written = []
+    for step in (1, 2, 3):
+        times = [0.1 * n for n in range(1, step + 1)]
+        writer.submit(step, 3, step_seconds=times, eta_seconds=0.0, recorded_at=time.time())
+        assert writer.flush()
+        session.refresh_from_db()
+        written.append((session.current_step, session.step_seconds))
+    writer.close()
+
+    # The first write carries them; the next within the hour does not; the last step does.
+    assert written == [(1, [0.1]), (2, [0.1]), (3, [0.1, 0.2, 0.30000000000000004])]

@@ -357,7 +357,7 @@ def test_a_worker_batches_compatible_jobs_each_with_its_own_progress_and_image(
     from PIL import Image
 
     from generator.pipelines import create_backend
-    from generator.worker.loop import request_of
+    from generator.worker.batch import request_of
 
     prompts = ["a red circle on a blue background", "a green square", "a white triangle"]
     batched = [

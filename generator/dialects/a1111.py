@@ -293,7 +293,7 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
     seeds = [session.seed for session in sessions]
     return {
         **{p.a1111_api: getattr(first, p.name) for p in PARAMETERS if p.a1111_api},
-        # What override_settings set, under the parameter's own name (`clip_skip`).
+        # What override_settings set, under the parameter's own name in sdsite.
         **{p.name: getattr(first, p.name) for p in BY_A1111_OVERRIDE.values()},
         "all_prompts": [session.prompt for session in sessions],
         "all_negative_prompts": [session.negative_prompt for session in sessions],

@@ -91,6 +91,11 @@ class GenerationRequest:
         return self.hr_second_pass_steps or self.steps
 
     @property
+    def guided(self) -> bool:
+        """Classifier-free guidance on: the negative prompt's half of the batch runs."""
+        return self.guidance_scale > 1
+
+    @property
     def mode(self) -> str:
         if self.job == "upscale":
             return "upscale"

@@ -100,9 +100,8 @@ class TorchBackend(PipelineBackend):
         """The units' control modes, as forward hooks on their ControlNets (removed after
         the job: the loaded models are shared by every job)."""
         hooks = []
-        guided = request.guidance_scale > 1
         for unit in request.controlnet:
-            hook = controlnet.layer_scaling_hook(unit, guided)
+            hook = controlnet.layer_scaling_hook(unit, request.guided)
             if hook is not None:
                 model = self.control_model(unit.model)
                 hooks.append(model.register_forward_hook(hook))

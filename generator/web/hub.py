@@ -28,7 +28,7 @@ from django.db import connections
 from ..apikeys import users_of_keys
 from ..models import Status
 from ..notify import listen_for_changes, listener_conninfo
-from ..ownership import Viewer, viewers_from_session_keys
+from ..ownership import Viewer, viewers_from_browser_sessions
 from .capacity import STREAMS_REFUSED, file_limit, stream_refusals
 from .metrics import HUB_TICK, PROGRESS_STREAMS
 from .snapshots import Snapshot, read_snapshots
@@ -193,7 +193,7 @@ class ProgressHub:
         self._listener: asyncio.Task | None = None
         # Streams that open together share their first reads: a query for all of them.
         self._first_reads = BatchedReads(self, read_snapshots)
-        self._viewer_reads = BatchedReads(self, viewers_from_session_keys)
+        self._viewer_reads = BatchedReads(self, viewers_from_browser_sessions)
         self._key_reads = BatchedReads(self, users_of_keys)
 
     @property
@@ -219,11 +219,11 @@ class ProgressHub:
         """The session's current snapshot, read through the hub's thread (None if absent)."""
         return await self._first_reads.get(session_id)
 
-    async def read_viewer(self, session_key: str | None) -> Viewer:
-        """Who holds this session cookie, read through the hub's thread."""
-        if not session_key:
+    async def read_viewer(self, cookie_key: str | None) -> Viewer:
+        """Who holds this browser session's cookie, read through the hub's thread."""
+        if not cookie_key:
             return Viewer()
-        return await self._viewer_reads.get(session_key)
+        return await self._viewer_reads.get(cookie_key)
 
     async def read_key_user(self, key: str) -> int | None:
         """The id of the user an active API key acts for (None for no such key), read

@@ -12,6 +12,8 @@ in the async views (the dialects call it in `sync_to_async`).
 import json
 import math
 
+from ..params import KINDS
+
 MAX_DEPTH = 16
 """The deepest nesting a request body may have: no field of any dialect nests more than 3."""
 MAX_INTEGER = 2**63 - 1
@@ -124,28 +126,18 @@ def load_object(raw: bytes | str) -> dict:
     return value
 
 
-JSON_TYPES = {
-    "text": (str,),
-    "choice": (str,),
-    "image": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "list": (list,),
-    "object": (dict,),
-    "units": (list,),
+OWN_KINDS = {
+    "image": ((str,), "a string (base64 image data)"),
+    "list": ((list,), "a list"),
+    "object": ((dict,), "an object"),
+}
+"""The dialects' own kinds of field, besides the parameters' (params.KINDS)."""
+JSON_TYPES = {name: kind.json_types for name, kind in KINDS.items()} | {
+    name: types for name, (types, _) in OWN_KINDS.items()
 }
 """The JSON type of each kind of field: a parameter's `kind` (params.py) or a dialect's own."""
-TYPE_NAMES = {
-    "text": "a string",
-    "choice": "a string",
-    "image": "a string (base64 image data)",
-    "int": "an integer",
-    "float": "a number",
-    "bool": "true or false",
-    "list": "a list",
-    "object": "an object",
-    "units": "a list of objects",
+TYPE_NAMES = {name: kind.json_name for name, kind in KINDS.items()} | {
+    name: words for name, (_, words) in OWN_KINDS.items()
 }
 
 

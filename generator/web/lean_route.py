@@ -6,7 +6,7 @@ as long as the response. For progress streams that stay open for minutes, a
 thousand watchers would mean a thousand idle threads. sdsite.asgi sends
 GET /api/progress/<id> here instead; the Django view serves the same stream
 under any other server (runserver, the test client). Who watches is read as
-Django would: the session cookie, and an API key (Bearer or Basic) as
+Django would: the browser session's cookie, and an API key (Bearer or Basic) as
 ApiKeyMiddleware reads it.
 """
 

@@ -7,6 +7,7 @@ import functools
 import uuid
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -58,7 +59,7 @@ class Snapshot:
     """1 means next; None unless pending."""
     preview_step: int = 0
     preview: str | None = None
-    """The newest live preview as a data: URL."""
+    """The newest live preview as a data: URL (or its URL: `preview_link`)."""
     restarts: int = 0
     """Times the job went back to the queue after a worker took it."""
     restart_reason: str = ""
@@ -165,13 +166,22 @@ def snapshot_of(session: GenerationSession) -> Snapshot:
         eta_seconds=eta,
         queue_position=position,
         preview_step=session.preview_step if session.preview else 0,
-        preview=preview_data_url(session.preview.name) if running else None,
+        preview=preview_link(session) if running else None,
         restarts=session.restarts,
         restart_reason=session.restart_reason,
         worker_lost=session.worker_lost,
         owner_id=session.owner_id,
         owner_key=session.owner_key,
     )
+
+
+def preview_link(session: GenerationSession) -> str | None:
+    """What a stream's `preview` message carries: the JPEG itself as a data: URL, or with
+    SD_PREVIEW_DELIVERY=url the session's `preview_url` for the page to fetch
+    (docs/previews.md)."""
+    if settings.SD_PREVIEW_DELIVERY == "url":
+        return session.preview_url
+    return preview_data_url(session.preview.name)
 
 
 def preview_data_url(name: str) -> str | None:

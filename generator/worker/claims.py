@@ -93,7 +93,7 @@ class ClaimedJob:
         step: int,
         total: int,
         *,
-        step_seconds: list[float] = (),
+        step_seconds: list[float] | None = (),
         eta_seconds: float | None = None,
         preview: bytes | None = None,
         preview_step: int | None = None,
@@ -101,7 +101,7 @@ class ClaimedJob:
     ) -> bool:
         """Write the step (and a new live preview, of `preview_step`: this step unless
         said); False tells the pipeline to stop. `recorded_at`: when the step ended (Unix
-        time; now unless said)."""
+        time; now unless said); `step_seconds` None: the step times are left as they are."""
         # After the last step the pipeline decodes the latents: say so, so the
         # page does not sit at a silent 100 %.
         fields = {
@@ -109,9 +109,10 @@ class ClaimedJob:
             "total_steps": total,
             "step_recorded_at": recorded_at or time.time(),
             "phase": "decoding" if step >= total else "denoising",
-            "step_seconds": list(step_seconds),
             "eta_seconds": eta_seconds,
         }
+        if step_seconds is not None:
+            fields["step_seconds"] = list(step_seconds)
         if preview is None or recently_unavailable():  # no preview waits on a bucket away
             return self._update(**fields)
         # Each preview gets a new file, so a reader never sees one half-written;

@@ -1,40 +1,35 @@
-"""The worker loop: claim a pending session, run the pipeline, write progress, repeat."""
+"""The worker loop: claim a pending job, load its model, run it, save its image, report; repeat.
+
+`Worker.process` is that recipe, step by step; the pipeline's hooks for one call are
+`batch.Batch`, and every way a job stops short is `failures`.
+"""
 
 import contextlib
 import logging
 import os
-import re
 import signal
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import close_old_connections
-from PIL import Image
 
 from .. import logs
 from ..db import OUTAGE_ERRORS, until_database_answers
-from ..disk import media_problem, short_of_room
+from ..disk import short_of_room
 from ..estimates import measured_timing
-from ..images import blurred_mask, fitted
-from ..media_storage import StorageUnavailable
-from ..models import WorkerRecord, model_key
+from ..models import WorkerRecord
 from ..notify import QueueListener, listener_conninfo
-from ..params import REQUEST_NAMES
-from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
+from ..pipelines import PipelineBackend, create_backend
 from ..pipelines.base import Unbatchable, upscale_job
-from ..pipelines.controlnet import ControlUnit
-from ..pipelines.loras import hashes_text
-from ..pipelines.sources import SetupError, model_hash
 from ..pipelines.upscalers import torch_device
+from . import failures
+from .batch import Batch
 from .chores import Chores
 from .claims import ClaimedJob, claim_companions, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
-from .step_reporter import ProgressWriter, StepReporter
-from .watchdog import Watchdog, timeout_reason
+from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +37,6 @@ logger = logging.getLogger(__name__)
 TIMING_CACHE_SECONDS = 60.0
 IDLE_LOOK_SECONDS = 60.0
 """With LISTEN, how often an idle worker still looks at the queue (a missed notification)."""
-
-
-@dataclass
-class JobRun:
-    """A job in the pipeline call under way."""
-
-    job: ClaimedJob
-    writer: ProgressWriter
-    report_step: StepReporter
-    out: bool = False
-    """Cancelled, or its claim lost: its image is not kept."""
-    settled: bool = False
-    """Already marked so, while the rest of its batch went on."""
 
 
 class Worker:
@@ -91,7 +73,6 @@ class Worker:
         self.current_jobs: list[ClaimedJob] = []
         """The jobs of the pipeline call under way (several with SD_WORKER_BATCH)."""
         self.job_deadline: float | None = None
-        self.timed_out = False
         # Models this worker failed to load: {(backend, model): (why, when to try again)}.
         self.cannot_load: dict[tuple[str, str], tuple[str, float]] = {}
         self.timings: dict[tuple, tuple[float, object]] = {}
@@ -179,20 +160,6 @@ class Worker:
         self.full_disk = text
         return full is not None
 
-    def refuse_without_room(self, jobs: list[ClaimedJob]) -> bool:
-        """The media disk is under SD_MEDIA_MIN_FREE_MB or media/ over SD_MEDIA_QUOTA_GB: no
-        image could be saved, so the jobs fail now, before any step, with the reason."""
-        problem = media_problem()
-        if problem is None:
-            return False
-        logger.warning("Refusing session(s) %s: %s", ", ".join(str(j.session.pk) for j in jobs),
-                       problem)  # fmt: skip
-        what = str(getattr(problem, "user_message", problem)).split(":")[0]
-        reason = f"{what}: the job was not started (nothing was computed); try again later."
-        for job in jobs:
-            until_database_answers(job.fail, reason, what="a refused job's record")
-        return True
-
     def companions(self, job: ClaimedJob) -> list[ClaimedJob]:
         """More queued jobs to run in `job`'s pipeline call, up to SD_WORKER_BATCH in all."""
         if settings.SD_WORKER_BATCH < 2 or self.once:
@@ -223,12 +190,12 @@ class Worker:
         return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
 
     def process(self, jobs: list[ClaimedJob]) -> None:
-        """Run the claimed jobs, one, or several sharing one pipeline call (SD_WORKER_BATCH).
+        """Run the claimed jobs: one, or several sharing one pipeline call (SD_WORKER_BATCH).
 
-        In a batch each job keeps its own progress, previews and result. A job cancelled
-        (or whose claim is lost) mid-batch is settled at once and leaves the others
-        running: the batch still computes its image, and discards it.
+        The recipe's steps are numbered; however a job stops short (refused, the model
+        not loading, cancelled, over time, an error), `failures` ends it.
         """
+        # 1. Claimed (by the caller): say so, and refuse the jobs if no image could be saved.
         for job in jobs:
             session = job.session
             logger.info(
@@ -239,134 +206,42 @@ class Worker:
                 session.attempts + 1,
                 f", batch of {len(jobs)}" if len(jobs) > 1 else "",
             )
-        if self.refuse_without_room(jobs):
+        if failures.refuse_without_room(jobs):
             return
-        runs = [self.run_of(job) for job in jobs]
-        self.timed_out = False
-
-        def going() -> list[JobRun]:
-            return [run for run in runs if not run.out]
-
-        def on_start() -> None:
-            # The attempts are counted by the writers, off the loop; cancelled, or the
-            # claim lost, while the model loaded: that job is out.
-            for run in runs:
-                if not run.writer.submit_call(run.job.begin):
-                    self.leave_batch(run, runs)
-            if not going():
-                raise GenerationInterrupted
-            for run in runs:
-                run.report_step.start()
-            if settings.SD_JOB_TIMEOUT:
-                self.job_deadline = time.monotonic() + settings.SD_JOB_TIMEOUT
-
-        def over_time() -> bool:
-            self.timed_out = self.job_deadline is not None and time.monotonic() > self.job_deadline
-            return self.timed_out
-
-        def on_step(step: int, total: int, latents=None) -> bool:
-            if self.past_grace() or over_time():
-                return False
-            for index, run in enumerate(runs):
-                rows = None if latents is None else latents[index : index + 1]
-                if not run.out and not run.report_step(step, total, rows):
-                    self.leave_batch(run, runs)
-            return bool(going())
-
-        def on_phase(phase: str) -> None:
-            # Through the writers, in order after the steps handed to them.
-            for run in going():
-                if not run.writer.submit_call(run.job.record_phase, phase):
-                    self.leave_batch(run, runs)
-            if not going() or self.past_grace() or over_time():
-                raise GenerationInterrupted
-
-        first = jobs[0].session
-        self.current_jobs = jobs
+        batch = Batch(self, jobs)
+        self.current_jobs, first = jobs, jobs[0].session
         try:
             if first.mode == "upscale":  # no diffusion model: the upscaler alone
-                on_phase("upscaling")
-                on_start()
-                request = request_of(first)
-                images = [upscale_job(request, torch_device(self.device), on_step)]
+                batch.on_phase("upscaling")
+                batch.on_start()
+                device = torch_device(self.device)
+                images = [upscale_job(batch.requests()[0], device, batch.on_step)]
             else:
-                try:
-                    backend = self.backend_for(first.backend, first.model, on_phase)
-                except GenerationInterrupted:
-                    raise
-                except Exception as exc:
-                    self.could_not_load(jobs, exc)
-                    return
+                # 2. Load the model, or take it warm.
+                with failures.loading():
+                    backend = self.backend_for(first.backend, first.model, batch.on_phase)
+                # 3. Run: the hooks hand each job's steps and phases to its writer.
                 images = backend.generate_batch(
-                    [request_of(run.job.session) for run in runs],
-                    on_step=on_step,
-                    on_phase=on_phase,
-                    on_start=on_start,
+                    batch.requests(),
+                    on_step=batch.on_step,
+                    on_phase=batch.on_phase,
+                    on_start=batch.on_start,
                 )
-            on_phase("saving")
-            for run, image in zip(runs, images, strict=True):
-                session = run.job.session
-                if run.out:
-                    if not run.settled:
-                        self.settle_interrupted(run.job)
-                    continue
-                metadata = {
-                    "model_hash": None if session.mode == "upscale" else model_hash(session.model),
-                    "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
-                }
-                if run.job.complete(image, deadline=self.job_deadline, **metadata):
-                    logger.info("Completed session %s", session.pk)
+            # 4. Save each job's image with its metadata, and 5. report it completed.
+            batch.on_phase("saving")
+            batch.save(images)
         except Unbatchable:
             # Prompts of different lengths: nothing ran yet; one job at a time.
-            self.close_runs(runs)
+            batch.close()
             for job in jobs:
                 with logs.job(job.session.pk):
                     self.process([job])
-        except GenerationInterrupted:
-            for run in runs:
-                if not run.settled:
-                    self.settle_interrupted(run.job)
-        except Exception as exc:  # the worker outlives any job
-            logger.exception("Session(s) %s failed", ", ".join(str(job.session.pk) for job in jobs))
-            if is_out_of_memory(exc):
-                free_accelerator_memory()
-            reason = describe_error(exc)
-            for run in runs:
-                if not run.settled:
-                    until_database_answers(run.job.fail, reason, what="a failed job's record")
+        except Exception as exc:
+            failures.settle(self, batch, exc)
         finally:
             # Every job of the batch is settled by now.
-            for run in runs:
-                run.writer.abandon()
+            batch.abandon()
             self.current_jobs, self.job_deadline = [], None
-
-    def run_of(self, job: ClaimedJob) -> JobRun:
-        """The job's progress writer (started) and step reporter."""
-        timing = self.timing_of(job.session)
-        writer = ProgressWriter(job, interval=settings.SD_STEP_WRITE_INTERVAL)
-        writer.start()
-        report_step = StepReporter(
-            job,
-            seconds_after_steps=timing.seconds_after_steps if timing else 0.0,
-            previews=settings.SD_PREVIEWS,
-            preview_interval=settings.SD_PREVIEW_INTERVAL,
-            writer=writer,
-        )
-        return JobRun(job, writer, report_step)
-
-    def leave_batch(self, run: JobRun, runs: list[JobRun]) -> None:
-        """`run` is out (cancelled, or its claim lost); in a batch that goes on, it is
-        settled now, so its page need not wait for the others."""
-        run.out = True
-        if any(not other.out for other in runs):
-            run.writer.close()
-            self.settle_interrupted(run.job)
-            run.settled = True
-
-    @staticmethod
-    def close_runs(runs: list[JobRun]) -> None:
-        for run in runs:
-            run.writer.close()
 
     def timing_of(self, session):
         """The measured step timing of jobs like this one (for the ETA), read at most once
@@ -377,66 +252,25 @@ class Worker:
             cached = self.timings[key] = (time.monotonic(), measured_timing(*key))
         return cached[1]
 
-    def settle_interrupted(self, job: ClaimedJob) -> None:
-        until_database_answers(self._settle_interrupted, job, what="an interrupted job's record")
-
-    def _settle_interrupted(self, job: ClaimedJob) -> None:
-        if job.finish_cancelled():
-            logger.info("Cancelled session %s", job.session.pk)
-        elif self.timed_out and job.fail(timeout_reason()):
-            logger.warning("Stopped session %s: over SD_JOB_TIMEOUT", job.session.pk)
-        elif self.stopping.is_set() and job.release():
-            logger.info("Released session %s to the queue (shutdown)", job.session.pk)
-        else:
-            logger.warning("Lost the claim on session %s; dropped it", job.session.pk)
-
     def backend_for(self, name: str, model: str, on_phase) -> PipelineBackend:
         """The warm backend for this model, loading it on first use."""
         key = (name, model)
         known = self.cannot_load.get(key)
         if known and time.monotonic() < known[1]:
-            raise ModelUnavailable(known[0])
+            raise failures.ModelUnavailable(known[0])
         if key in self.pipelines:
             self.pipelines.move_to_end(key)
             return self.pipelines[key]
         while len(self.pipelines) >= self.max_pipelines:
             evicted, _ = self.pipelines.popitem(last=False)
             logger.info("Unloading %s to make room", evicted)
-            free_accelerator_memory()
+            failures.free_accelerator_memory()
         backend = create_backend(name, model, self.device)
         backend.load(on_phase)
         self.pipelines[key] = backend
         if self.cannot_load.pop(key, None):  # it loads again (the folder was mended)
-            record_cannot_load(self.worker_id, self.cannot_load)
+            failures.record_cannot_load(self.worker_id, self.cannot_load)
         return backend
-
-    def could_not_load(self, jobs: list[ClaimedJob], exc: Exception) -> None:
-        """The model did not load here: the worker is unhealthy for it, and leaves its jobs
-        to a worker that can load it (each job goes back to the queue, no attempt spent);
-        with none, the jobs fail with the real reason. It tries again after
-        SD_LOAD_RETRY seconds."""
-        session = jobs[0].session
-        key = (session.backend, session.model)
-        why = str(exc) if isinstance(exc, ModelUnavailable) else describe_error(exc)
-        if not isinstance(exc, ModelUnavailable):
-            logger.error("Cannot load %s (%s): %s", session.model, session.backend, why)
-            self.cannot_load[key] = (why, time.monotonic() + settings.SD_LOAD_RETRY)
-            until_database_answers(
-                record_cannot_load, self.worker_id, self.cannot_load, what="the worker's health"
-            )
-        reason = f"This worker could not load the model: {why}"
-        leave = key in self.left_to_others()
-        for job in jobs:
-            if leave and until_database_answers(
-                job.release, reason, what="a job left to another worker"
-            ):
-                logger.warning(
-                    "Left session %s to a worker that can load its model", job.session.pk
-                )
-            else:
-                until_database_answers(
-                    job.fail, f"Could not load the model: {why}", what="a failed job"
-                )
 
     def left_to_others(self) -> list[tuple[str, str]]:
         """The models this worker failed to load that another live worker can serve."""
@@ -466,86 +300,3 @@ class Worker:
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
-
-
-class ModelUnavailable(Exception):
-    """A model this worker failed to load a moment ago (it does not try again at once)."""
-
-    def __init__(self, why: str):
-        super().__init__(why)
-
-
-def record_cannot_load(worker_id: str, cannot_load: dict) -> None:
-    """Tell the others (and /ops) which models this worker cannot load, and why."""
-    WorkerRecord.objects.filter(pk=worker_id).update(
-        cannot_load={model_key(*key): why for key, (why, _) in cannot_load.items()}
-    )
-
-
-def request_of(session) -> GenerationRequest:
-    """The pipeline's request: the session's values of the spec's `request` parameters,
-    with its input images fitted to the output size (and the mask blurred)."""
-    values = {name: getattr(session, name) for name in REQUEST_NAMES}
-    size = (session.width, session.height)
-
-    def input_image(field, mode: str):
-        with field.open("rb") as file:
-            return fitted(Image.open(file).convert(mode), size, session.resize_mode)
-
-    if session.mode == "upscale":  # the image as it is: the upscale sets the size
-        with session.init_image.open("rb") as file:
-            values["init_image"] = Image.open(file).convert("RGB")
-    elif session.init_image:
-        values["init_image"] = input_image(session.init_image, "RGB")
-        if session.mask_image:
-            mask = input_image(session.mask_image, "L")
-            values["mask_image"] = blurred_mask(mask, session.mask_blur)
-    values["controlnet"] = tuple(control_units(session))
-    return GenerationRequest(**values)
-
-
-def control_units(session) -> list:
-    """The session's ControlNet units with their images as stored (the pipeline runs
-    their preprocessors)."""
-    units = []
-    for unit in session.controlnet or ():
-        with default_storage.open(unit["image"], "rb") as file:
-            image = Image.open(file).convert("RGB")
-        units.append(ControlUnit(**{**unit, "image": image}))
-    return units
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
-
-
-def free_accelerator_memory() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
-
-
-SERVER_PATH = re.compile(r"(?<![\w.~])(?:/[\w.@+-]+){2,}/?")
-"""An absolute path; not the tail of a relative one (`./models/sd15`, `~/models/sd15`: as
-the user wrote it in SD_MODEL or a request)."""
-
-
-def without_paths(text: str) -> str:
-    """`text` with each absolute server path cut to its last part: users see no paths."""
-    return SERVER_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
-
-
-def describe_error(exc: BaseException) -> str:
-    """The error as a job's page shows it: its type and message, without server paths (a
-    setup problem's message says it all: no type)."""
-    message = without_paths(str(exc).strip())
-    if isinstance(exc, SetupError | StorageUnavailable):
-        return message
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if is_out_of_memory(exc):
-        text = f"Out of memory: try a smaller image or fewer steps. ({text})"
-    return text

@@ -34,8 +34,10 @@ logger = logging.getLogger(__name__)
 class ProgressWriter(threading.Thread):
     """Writes one job's steps from a thread of its own, the newest first-come."""
 
-    def __init__(self, job, interval: float = 0.0):
-        """`interval`: the fewest seconds from one write to the next step's write."""
+    def __init__(self, job, interval: float = 0.0, times_interval: float = 0.0):
+        """`interval`: the fewest seconds from one write to the next step's write;
+        `times_interval`: from one write of the step times to the next (the last step's
+        always has them)."""
         super().__init__(name="progress-writer", daemon=True)
         self.job = job
         self.interval = interval
@@ -45,6 +47,8 @@ class ProgressWriter(threading.Thread):
         self.resting = False
         """Waiting out the interval: a new step need not wake the writer."""
         self.last_write = -math.inf
+        self.times_interval = times_interval
+        self.last_times_write = -math.inf
         self.writing = False
         self.closed = False
         self.keep_going = True
@@ -120,10 +124,16 @@ class ProgressWriter(threading.Thread):
                 preview = encode_preview(rgb_to_image(item["preview_rgb"]))
             except Exception:  # a preview is a nicety: the step is written without
                 logger.exception("Live preview failed")
+        step_seconds = item["step_seconds"]
+        now = time.monotonic()
+        if item["step"] < item["total"] and now - self.last_times_write < self.times_interval:
+            step_seconds = None  # left as written last; the last step writes them all
+        else:
+            self.last_times_write = now
         written = self.job.record_step(
             item["step"],
             item["total"],
-            step_seconds=item["step_seconds"],
+            step_seconds=step_seconds,
             eta_seconds=item["eta_seconds"],
             preview=preview,
             preview_step=item["preview_step"],

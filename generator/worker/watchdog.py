@@ -1,6 +1,6 @@
 """The watchdog: a worker whose job's step will not end restarts itself instead of hanging.
 
-SD_JOB_TIMEOUT is enforced between steps (loop.py); a single step that never
+SD_JOB_TIMEOUT is enforced between steps (`batch.py`); a single step that never
 returns (a stuck driver, a size far past SD_MAX_PIXELS) never reaches that check.
 This thread notices the job SD_WATCHDOG_GRACE seconds past its deadline, fails it
 with a readable reason, and replaces the process with a fresh one (exec), so the
@@ -15,19 +15,13 @@ import time
 
 from django.conf import settings
 
+from .failures import timeout_reason
+
 logger = logging.getLogger(__name__)
 
 
 def restart_process() -> None:
     os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
-def timeout_reason() -> str:
-    """Why a job that ran past SD_JOB_TIMEOUT failed (the loop's check and the watchdog's)."""
-    return (
-        f"The job denoised for longer than SD_JOB_TIMEOUT ({settings.SD_JOB_TIMEOUT:g} s) "
-        "and was stopped: ask for fewer steps or a smaller image."
-    )
 
 
 class Watchdog(threading.Thread):

@@ -19,8 +19,6 @@ from generator.params import PARAMETERS
 from generator.services import START_WORKER, session_cancel, session_create_batch
 from generator.worker.loop import Worker
 
-OPTION_TYPES = {"text": str, "int": int, "float": float, "choice": str}
-
 
 class Command(BaseCommand):
     help = (
@@ -31,7 +29,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("prompt", help="What to draw.")
         for parameter in PARAMETERS[1:]:  # every parameter of the spec, as an option
-            if parameter.kind not in OPTION_TYPES:
+            if parameter.kind == "units":
                 continue  # ControlNet's units take the page or the APIs
             flags = [f"--{parameter.name.replace('_', '-')}"]
             if parameter.cli:
@@ -43,7 +41,7 @@ class Command(BaseCommand):
                 )  # fmt: skip
                 continue
             choices = [value for value, _ in parameter.choices] or None
-            number = OPTION_TYPES[parameter.kind]
+            number = parameter.python_type
             bounds = (
                 f" ({number(parameter.minimum)}..{number(parameter.maximum)})"
                 if parameter.maximum is not None and parameter.minimum is not None
@@ -54,7 +52,7 @@ class Command(BaseCommand):
             parser.add_argument(
                 *flags,
                 dest=parameter.name,
-                type=OPTION_TYPES[parameter.kind],
+                type=parameter.python_type,
                 choices=None if parameter.name == "model" else choices,
                 help=description.replace("%", "%%"),
             )
