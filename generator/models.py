@@ -424,6 +424,9 @@ class ApiKey(models.Model):
     default_model = models.CharField(
         max_length=500, blank=True, help_text="The key's own default model (A1111's options)."
     )
+    default_vae = models.CharField(
+        max_length=500, blank=True, help_text="The key's own VAE (A1111's `sd_vae` option)."
+    )
     unlimited = models.BooleanField(
         default=False, help_text="Exempt from the per-owner queue and rate limits."
     )

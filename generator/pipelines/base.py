@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..images import filled, pasted_back
 from ..prompts import extract_loras
-from . import prompt_embeds
+from . import prompt_embeds, vaes
 from .schedulers import make_scheduler
 
 StepHook = Callable[..., bool]
@@ -38,6 +38,8 @@ class GenerationRequest:
     mask_blur: int = 4
     inpainting_fill: str = "original"
     clip_skip: int = 1
+    sd_vae: str = "Automatic"
+    """A1111's VAE choice (pipelines.vaes): a VAE file's name, Automatic or None."""
     init_image: object = None
     """A PIL image, already at the output size (image-to-image and inpainting)."""
     mask_image: object = None
@@ -89,6 +91,12 @@ class PipelineBackend(ABC):
     def pipeline_for(self, request: GenerationRequest, on_phase: PhaseHook, batch: int = 1):
         """The loaded pipeline for this request's mode (`request.mode`) and size, for
         `batch` such requests at once."""
+
+    def apply_vae(self, request: GenerationRequest) -> None:
+        """Put the request's VAE on the pipeline (pipelines.vaes). This backend has only the
+        model's own: a VAE file is refused."""
+        if vaes.resolve(request.sd_vae, self.model) is not None:
+            raise ValueError(f"VAE files need the pytorch backend; {type(self).__name__} has none.")
 
     def apply_loras(self, request: GenerationRequest) -> None:
         """Put the LoRA the prompts name in place for this job (and take away the last
@@ -148,6 +156,7 @@ class PipelineBackend(ABC):
             raise Unbatchable
         pipe = self.pipeline_for(first, on_phase, batch=len(requests))
         pipe.scheduler = make_scheduler(first.scheduler, self.scheduler_config, first.schedule_type)
+        self.apply_vae(first)  # a batch shares it (params.BATCH_KEY)
         self.apply_loras(first)  # a batch has none (the worker's claim sees to it)
         self.apply_embeddings(requests)
         import torch

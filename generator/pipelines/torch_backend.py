@@ -21,6 +21,10 @@ class TorchBackend(PipelineBackend):
         self.pipe = None
         self.by_mode = {}
         self.adapters: dict[str, str] = {}
+        self.own_vae = None
+        """The model's own VAE, put back for `None` (and `Automatic` without a file)."""
+        self.vae_file: tuple | None = None
+        """(path, size, mtime) of the VAE file on the pipeline now; None: its own VAE."""
         """LoRA loaded as adapters: {adapter name: the file's hash when loaded}."""
         self.compile_mode = settings.SD_TORCH_COMPILE
         self.compiled_shapes: set[tuple] = set()
@@ -58,6 +62,7 @@ class TorchBackend(PipelineBackend):
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
+        self.own_vae = getattr(pipe, "vae", None)
         if settings.SD_CHANNELS_LAST:
             # 6 to 8 % less time a step on this project's CPU, images within 0.1 of a level
             # (bench.torch_cpu); bfloat16 autocast and torch.compile did not pay there.
@@ -115,6 +120,29 @@ class TorchBackend(PipelineBackend):
             pipe.set_progress_bar_config(disable=True)
             self.by_mode[request.mode] = pipe
         return self.by_mode[request.mode]
+
+    def apply_vae(self, request: GenerationRequest) -> None:
+        """The request's VAE on every pipeline of the model (they share components): a VAE
+        file, loaded when it changes (one kept besides the model's own), or the model's own."""
+        from . import vaes
+
+        try:
+            file = vaes.resolve(request.sd_vae, self.model)
+        except checkpoints.Unusable as exc:
+            raise CheckpointUnusable(f"{exc}.") from None
+        wanted = None if file is None else (str(file.path), file.size, file.mtime_ns)
+        if wanted == self.vae_file:
+            return
+        vae = self.own_vae
+        if file is not None:
+            try:
+                vae = vaes.load(file, self.model, self.own_vae.dtype)
+            except checkpoints.Unusable as exc:
+                raise CheckpointUnusable(f"{exc}.") from None
+            vae = vae.to(self.own_vae.device)
+        for pipe in {id(p): p for p in [self.pipe, *self.by_mode.values()]}.values():
+            pipe.vae = vae
+        self.vae_file = wanted
 
     def apply_loras(self, request: GenerationRequest) -> None:
         """The prompts' LoRA as diffusers adapters (loaded once, weighted per job); a job

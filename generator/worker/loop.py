@@ -24,8 +24,10 @@ from ..notify import QueueListener, listener_conninfo
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest, PipelineBackend, create_backend
 from ..pipelines.base import Unbatchable
+from ..pipelines.embeddings import hashes_text as ti_hashes
 from ..pipelines.loras import hashes_text
 from ..pipelines.sources import SetupError, model_hash
+from ..pipelines.vaes import infotext_fields as vae_fields
 from .chores import Chores
 from .claims import ClaimedJob, claim_companions, claim_next, recover_lost_sessions
 from .heartbeat import Heartbeat, new_worker_id, register_worker, unregister_worker
@@ -303,6 +305,8 @@ class Worker:
                 metadata = {
                     "model_hash": model_hash(session.model),
                     "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
+                    "vae": vae_fields(session.sd_vae, session.model),
+                    "ti_hashes": ti_hashes(session.prompt, session.negative_prompt, session.model),
                 }
                 if run.job.complete(image, **metadata):
                     logger.info("Completed session %s", session.pk)

@@ -5,6 +5,7 @@
 
 import { follow } from "./page/progress.js";
 import { batchLeft, doneText, refreshQueue, showBatch } from "./page/queue.js";
+import { setupVaePicker } from "./page/vae.js";
 import {
   bar,
   cancel,
@@ -123,6 +124,8 @@ if (loraAdd) {
     prompt.focus();
   });
 }
+
+setupVaePicker();
 
 // Back and forward move between generations: the server renders each one.
 window.addEventListener("popstate", () => window.location.reload());
