@@ -92,6 +92,10 @@ class PipelineBackend(ABC):
         """The loaded pipeline for this request's mode (`request.mode`) and size, for
         `batch` such requests at once."""
 
+    def memory_bytes(self) -> int:
+        """What the loaded model takes in memory, about (its weights' bytes); 0: unknown."""
+        return 0
+
     def apply_vae(self, request: GenerationRequest) -> None:
         """Put the request's VAE on the pipeline (pipelines.vaes). This backend has only the
         model's own: a VAE file is refused."""

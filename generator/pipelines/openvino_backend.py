@@ -47,7 +47,6 @@ class OpenVINOBackend(PipelineBackend):
 
     def load(self, on_phase: PhaseHook) -> None:
         self.ov_device = openvino_device(self.device)
-        on_phase("loading model")
         source = resolve_model(self.model)
         if holds_openvino_ir(source):
             self.ir_dir = source

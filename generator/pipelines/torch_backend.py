@@ -41,7 +41,6 @@ class TorchBackend(PipelineBackend):
                 f"Unknown PyTorch device {self.device!r} (SD_DEVICE): use cpu, cuda, cuda:N or mps."
             ) from exc
         check_device_here(torch, device)
-        on_phase("loading model")
         source = resolve_model(self.model)
         # Half precision halves memory and doubles speed on a GPU; CPUs want float32, and
         # so does the demo model anywhere: its narrow layers lose the picture in float16
@@ -120,6 +119,18 @@ class TorchBackend(PipelineBackend):
             pipe.set_progress_bar_config(disable=True)
             self.by_mode[request.mode] = pipe
         return self.by_mode[request.mode]
+
+    def memory_bytes(self) -> int:
+        """The bytes of the weights and buffers of the pipeline's parts (and a VAE file's)."""
+        import torch
+
+        parts = {id(p): p for p in [*self.pipe.components.values(), self.own_vae]}
+        return sum(
+            tensor.numel() * tensor.element_size()
+            for part in parts.values()
+            if isinstance(part, torch.nn.Module)
+            for tensor in [*part.parameters(), *part.buffers()]
+        )
 
     def apply_vae(self, request: GenerationRequest) -> None:
         """The request's VAE on every pipeline of the model (they share components): a VAE
