@@ -92,14 +92,17 @@ class PipelineBackend(ABC):
         """The loaded pipeline for this request's mode (`request.mode`) and size, for
         `batch` such requests at once."""
 
+    vae_used = None
+    """The VAE file (checkpoints.ModelFile) the last job decoded with; None: the model's own."""
+
     def memory_bytes(self) -> int:
         """What the loaded model takes in memory, about (its weights' bytes); 0: unknown."""
         return 0
 
     def apply_vae(self, request: GenerationRequest) -> None:
         """Put the request's VAE on the pipeline (pipelines.vaes). This backend has only the
-        model's own: a VAE file is refused."""
-        if vaes.resolve(request.sd_vae, self.model) is not None:
+        model's own: a VAE file named is refused (`Automatic` is the model's own here)."""
+        if request.sd_vae not in (vaes.AUTOMATIC, vaes.NONE):
             raise ValueError(f"VAE files need the pytorch backend; {type(self).__name__} has none.")
 
     def apply_loras(self, request: GenerationRequest) -> None:

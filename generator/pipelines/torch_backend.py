@@ -143,6 +143,7 @@ class TorchBackend(PipelineBackend):
             raise CheckpointUnusable(f"{exc}.") from None
         wanted = None if file is None else (str(file.path), file.size, file.mtime_ns)
         if wanted == self.vae_file:
+            self.vae_used = file
             return
         vae = self.own_vae
         if file is not None:
@@ -153,7 +154,7 @@ class TorchBackend(PipelineBackend):
             vae = vae.to(self.own_vae.device)
         for pipe in {id(p): p for p in [self.pipe, *self.by_mode.values()]}.values():
             pipe.vae = vae
-        self.vae_file = wanted
+        self.vae_file, self.vae_used = wanted, file
 
     def apply_loras(self, request: GenerationRequest) -> None:
         """The prompts' LoRA as diffusers adapters (loaded once, weighted per job); a job

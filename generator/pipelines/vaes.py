@@ -104,12 +104,11 @@ def load(file: ModelFile, model: str, torch_dtype):
         raise Unusable(f"The VAE {file.name} does not fit the model ({first})") from None
 
 
-def infotext_fields(choice: str, model: str) -> tuple[str, str] | None:
-    """A1111's `VAE hash` and `VAE` of the file a job used: (sha256[:10], its file name);
-    None where it used the model's own."""
+def infotext_fields(file: ModelFile | None) -> tuple[str, str] | None:
+    """A1111's `VAE hash` and `VAE` of the VAE file a job used (`backend.vae_used`):
+    (sha256[:10], its file name); None where it used the model's own."""
     from .model_hashes import sha256_now
 
-    file = resolve(choice, model)
     if file is None:
         return None
     return sha256_now(file.path, file.size, file.mtime_ns)[:10], file.path.name

@@ -311,7 +311,7 @@ class Worker:
                 metadata = {
                     "model_hash": model_hash(session.model),
                     "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
-                    "vae": vae_fields(session.sd_vae, session.model),
+                    "vae": vae_fields(backend.vae_used),
                     "ti_hashes": ti_hashes(session.prompt, session.negative_prompt, session.model),
                 }
                 if run.job.complete(image, **metadata):
