@@ -178,3 +178,28 @@ def test_the_native_api_refuses_a_vae_it_has_not_or_the_openvino_backend_cannot_
     fine = client.post("/api/generate", {"prompt": "x", "sd_vae": "kl-f8.safetensors"})
     assert fine.status_code == 202, fine.content
     assert fine.json()["parameters"]["sd_vae"] == "kl-f8.safetensors"
+
+
+@pytest.mark.any_database
+def test_the_infotext_carries_a1111s_vae_lora_and_ti_fields_in_its_forms(make_session):
+    from generator import __version__
+    from generator.metadata import a1111_parameters
+
+    session = make_session(prompt="a embred", steps=2, width=64, height=64, seed=1)
+    text = a1111_parameters(
+        session, model_hash="0123456789", vae=("abcdef0123", "kl-f8.safetensors"),
+        lora_hashes="demo-swap: 0123456789ab", ti_hashes="embred: 0123456789ab, x: ba9876543210",
+    )  # fmt: skip
+    assert text.splitlines()[1] == (
+        "Steps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 64x64, Model hash: 0123456789, "
+        "Model: demo, VAE hash: abcdef0123, VAE: kl-f8.safetensors, Backend: pytorch, "
+        'Lora hashes: "demo-swap: 0123456789ab", TI hashes: "embred: 0123456789ab, '
+        f'x: ba9876543210", Version: sdsite {__version__}'
+    )
+    read = parse_a1111(text)
+    assert (read["Lora hashes"], read["TI hashes"]) == (
+        "demo-swap: 0123456789ab",
+        "embred: 0123456789ab, x: ba9876543210",
+    )
+    # Without a VAE file (Automatic meaning the model's own), A1111 writes neither field.
+    assert "VAE" not in a1111_parameters(session)
