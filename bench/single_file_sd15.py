@@ -1,12 +1,14 @@
 """Figures for a single-file checkpoint of SD 1.5's shape on the CPU: load time, peak memory
-while loading, and seconds a step at 512 px.
+while loading, and seconds a step at 512 px, on PyTorch and on OpenVINO side by side.
 
-    .venv/bin/python -m bench.single_file_sd15 [--steps 2] [--folder DIR]
+    .venv/bin/python -m bench.single_file_sd15 [--steps 2] [--folder DIR] [--backend both]
 
 Builds (once) `sd15-shaped.safetensors`: SD 1.5's UNet, VAE and 12-layer CLIP text encoder
 (full 49408-token vocabulary) with random weights, in float16, under A1111's (LDM's) tensor
 names, as civitai's files hold them. Each figure comes from a fresh child process, so the peak
-RSS is the loader's own: `from_single_file` with the shipped sd1 config, offline.
+RSS is the loader's own: `from_single_file` with the shipped sd1 config, offline. OpenVINO
+takes two: the first use's export of the file to IR (`openvino_ir.export_to_ir`, as the backend
+does it), then a worker's load of that IR, compiled for 512x512, and its steps.
 """
 
 import argparse
@@ -84,28 +86,104 @@ def measure(path: Path, steps: int) -> dict:
     }
 
 
+def export_openvino(path: Path) -> dict:
+    """In this (fresh) process: the file exported to OpenVINO IR (fp32), as on first use."""
+    import django
+
+    django.setup()
+    from generator.pipelines.openvino_ir import export_to_ir, is_cached
+    from generator.pipelines.registry import quiet_libraries
+
+    quiet_libraries()
+    target = ir_folder(path)
+    if is_cached(target):
+        return {"export_s": None, "peak_rss_while_exporting_gb": None}
+    started = time.perf_counter()
+    export_to_ir(str(path), target, "fp32")
+    return {
+        "export_s": round(time.perf_counter() - started, 1),
+        "peak_rss_while_exporting_gb": round(peak_rss_gb(), 2),
+    }
+
+
+def measure_openvino(path: Path, steps: int) -> dict:
+    """In this (fresh) process: the IR loaded and compiled for 512x512, then `steps` steps."""
+    import torch
+    from optimum.intel import OVPipelineForText2Image
+
+    started = time.perf_counter()
+    pipe = OVPipelineForText2Image.from_pretrained(ir_folder(path), export=False, compile=False)
+    pipe.reshape(batch_size=1, height=512, width=512, num_images_per_prompt=1)
+    pipe.compile()
+    loaded = time.perf_counter() - started
+    peak_load = peak_rss_gb()
+    pipe.set_progress_bar_config(disable=True)
+    times = []
+
+    def on_step(pipe_, step, timestep, kwargs):
+        times.append(time.perf_counter())
+        return kwargs
+
+    began = time.perf_counter()
+    pipe("a lighthouse", num_inference_steps=steps, width=512, height=512,
+         callback_on_step_end=on_step, output_type="latent")  # fmt: skip
+    per_step = [b - a for a, b in zip([began, *times], times, strict=False)]
+    return {
+        "load_and_compile_s": round(loaded, 1),
+        "peak_rss_while_loading_gb": round(peak_load, 2),
+        "s_per_step_512": round(min(per_step), 2) if per_step else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def ir_folder(path: Path) -> Path:
+    return path.with_name(path.stem + "-openvino-fp32")
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def child(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.single_file_sd15", *args],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "sdsite.settings",
+             "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--folder", default=str(ROOT / "var" / "bench"))
+    parser.add_argument("--backend", choices=("both", "pytorch", "openvino"), default="both")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--export-openvino", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-openvino", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args.steps)))
+        return
+    if args.export_openvino:
+        print(json.dumps(export_openvino(Path(args.export_openvino))))
+        return
+    if args.measure_openvino:
+        print(json.dumps(measure_openvino(Path(args.measure_openvino), args.steps)))
         return
     path = Path(args.folder) / "sd15-shaped.safetensors"
     subprocess.run(
         [sys.executable, "-c", f"from bench.single_file_sd15 import build; build({str(path)!r})"],
         cwd=ROOT, check=True,
     )  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.single_file_sd15", "--measure", str(path),
-         "--steps", str(args.steps)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "sdsite.settings",
-             "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    print(out.stdout.strip().splitlines()[-1])
+    steps = ["--steps", str(args.steps)]
+    if args.backend in ("both", "pytorch"):
+        print(json.dumps({"backend": "pytorch", **child("--measure", str(path), *steps)}))
+    if args.backend in ("both", "openvino"):
+        exported = child("--export-openvino", str(path))
+        measured = child("--measure-openvino", str(path), *steps)
+        print(json.dumps({"backend": "openvino", **exported, **measured}))
 
 
 if __name__ == "__main__":

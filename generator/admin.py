@@ -313,7 +313,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ("revoked_at",)
     search_fields = ("user__username", "name", "prefix")
     readonly_fields = ("user", "prefix", "created_at", "last_used_at", "revoked_at")
-    fields = ("user", "name", "prefix", "default_model", "created_at", "last_used_at", "revoked_at")
+    fields = (
+        "user", "name", "prefix", "default_model", "default_vae", "created_at", "last_used_at",
+        "revoked_at",
+    )  # fmt: skip
     actions = ("revoke_keys",)
 
     def has_add_permission(self, request):

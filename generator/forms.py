@@ -24,6 +24,7 @@ from .pipelines.sources import local_folder
 from .pipelines.upscalers import available as available_upscalers
 from .pipelines.upscalers import problem_of as upscaler_problem
 from .pipelines.upscalers import target_size
+from .pipelines.vaes import choices as vae_choices
 from .prompts import weight_problem
 from .services import default_size
 from .webhooks import check_callback_url
@@ -89,6 +90,10 @@ class GenerateForm(forms.Form):
         models = offered_models()  # SD_MODELS, then the checkpoints folder's
         self.fields["model"].choices = model_choices()
         self.fields["model"].initial = settings.SD_MODEL
+        self.fields["sd_vae"].choices = vae_choices()  # as A1111: Automatic, None, the files
+        self.fields["sd_vae"].error_messages["invalid_choice"] = (
+            "No usable VAE named %(value)s: GET /sdapi/v1/sd-vae lists them."
+        )
         # The page offers the samplers of the served models' families (SD's for SD 1.x
         # and SDXL, flow samplers for SD3 and Flux, LCM); `clean` checks the pair.
         offered = {}

@@ -24,10 +24,17 @@ def quote(value) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = "") -> str:
+def a1111_parameters(
+    session,
+    model_hash: str | None = None,
+    lora_hashes: str = "",
+    vae: tuple[str, str] | None = None,
+    ti_hashes: str = "",
+) -> str:
     """`prompt`, `Negative prompt: ...`, then the settings line, as A1111 (1.9 and later)
     writes them: the sampler and its schedule type apart, the model's short hash before its
-    name, the LoRA's hashes and sdsite's version last."""
+    name, then the VAE file's (`vae`: its short hash and file name, where the job used one),
+    the LoRA's and embeddings' hashes (`name: sha256[:12], ...`) and sdsite's version last."""
     from .pipelines.schedulers import a1111_sampler
 
     values = session.parameter_values()
@@ -40,6 +47,10 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
             settings["Size"] = f"{values['width']}x{values['height']}"
         if parameter.name == "model" and model_hash:
             settings["Model hash"] = model_hash
+        if parameter.name == "sd_vae":
+            if vae:  # A1111 names the file it loaded, not the choice (`Automatic`)
+                settings["VAE hash"], settings["VAE"] = vae
+            continue
         # The negative prompt has its own line above; unused image settings are left out.
         skipped = parameter.name == "negative_prompt" or parameter.name not in values
         if not parameter.a1111 or skipped:
@@ -69,6 +80,8 @@ def a1111_parameters(session, model_hash: str | None = None, lora_hashes: str = 
         settings[f"ControlNet {index}"] = control_unit_text(unit)
     if lora_hashes:
         settings["Lora hashes"] = lora_hashes
+    if ti_hashes:
+        settings["TI hashes"] = ti_hashes
     settings["Version"] = f"sdsite {__version__}"
     lines.append(", ".join(f"{key}: {quote(value)}" for key, value in settings.items()))
     return "\n".join(lines)
@@ -128,9 +141,10 @@ def control_unit_of(text: str) -> dict:
     return unit
 
 
-def png_info(session, model_hash: str | None = None, lora_hashes: str = "") -> PngInfo:
+def png_info(session, **hashes) -> PngInfo:
+    """The PNG's texts; `hashes`: a1111_parameters' model_hash, lora_hashes, vae, ti_hashes."""
     info = PngInfo()
-    info.add_text(A1111_KEY, a1111_parameters(session, model_hash, lora_hashes))
+    info.add_text(A1111_KEY, a1111_parameters(session, **hashes))
     info.add_text(
         SDSITE_KEY, json.dumps({"session_id": str(session.pk), **session.parameter_values()})
     )

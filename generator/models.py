@@ -393,6 +393,10 @@ class WorkerRecord(models.Model):
     )
     started_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(db_index=True)
+    loaded_models = models.TextField(
+        blank=True,
+        help_text='The pipelines it holds loaded, "backend model" a line: their jobs go to it.',
+    )
     cannot_load = models.JSONField(
         default=dict,
         blank=True,
@@ -415,6 +419,9 @@ class WorkerRecord(models.Model):
 
     def is_alive(self, lease_seconds: float | None = None) -> bool:
         return self.last_seen_at >= lease_cutoff(lease_seconds)
+
+    def loaded_keys(self) -> set[str]:
+        return {key for key in self.loaded_models.splitlines() if key}
 
     def can_serve(self, model: str, backend: str) -> bool:
         """It serves the model and has not failed to load it."""
@@ -448,6 +455,9 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     default_model = models.CharField(
         max_length=500, blank=True, help_text="The key's own default model (A1111's options)."
+    )
+    default_vae = models.CharField(
+        max_length=500, blank=True, help_text="The key's own VAE (A1111's `sd_vae` option)."
     )
     unlimited = models.BooleanField(
         default=False, help_text="Exempt from the per-owner queue and rate limits."

@@ -392,6 +392,17 @@ PARAMETERS: tuple[Parameter, ...] = (
         column=True,
     ),
     Parameter(
+        "sd_vae",
+        "VAE",
+        "choice",
+        help="The VAE that turns latents into the picture: a file of the VAE folder, "
+        "Automatic (the file named like the checkpoint, else its own) or None (its own).",
+        default="Automatic",
+        a1111="VAE",
+        a1111_override="sd_vae",
+        backends=("pytorch",),
+    ),
+    Parameter(
         "backend",
         "Backend",
         "choice",

@@ -310,6 +310,12 @@ SD_MODELS = [m.strip() for m in os.environ.get("SD_MODELS", "").split(",") if m.
 SD_MODEL = SD_MODELS[0] if SD_MODELS else os.environ.get("SD_MODEL", "demo")
 SD_MODELS = SD_MODELS or [SD_MODEL]
 SD_WORKER_PIPELINES = int(os.environ.get("SD_WORKER_PIPELINES", "2"))
+# The memory a worker's loaded pipelines may take together, in MB (0: no limit), estimated
+# from their weights' bytes: past it the least recently used is unloaded first.
+SD_WORKER_MEMORY_MB = int(os.environ.get("SD_WORKER_MEMORY_MB", "0"))
+# How long a queued job waits for the worker that has its model loaded before any worker
+# takes it (and loads the model); 0: plain queue order.
+SD_ROUTE_GRACE = float(os.environ.get("SD_ROUTE_GRACE", "5"))
 # Up to this many queued jobs that differ only in their prompts and seeds run as
 # one batched pipeline call (more images a minute on a GPU; see the README).
 SD_WORKER_BATCH = max(1, int(os.environ.get("SD_WORKER_BATCH", "1")))

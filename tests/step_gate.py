@@ -105,9 +105,9 @@ def assert_every_step_once_with_its_phases(messages: list[dict], steps: int) -> 
     ), kinds
     assert all(m["total_steps"] == steps for m in messages if m["type"] == "progress")
     phases = [m["phase"] for m in messages if m["type"] == "phase"]
-    assert phases == ["starting", "loading model", "denoising", "decoding", "saving"], kinds
+    assert phases == ["starting", "loading demo...", "denoising", "decoding", "saving"], kinds
     start = kinds.index("phase starting")
-    assert kinds[start : start + 3] == ["phase starting", "progress 0", "phase loading model"]
+    assert kinds[start : start + 3] == ["phase starting", "progress 0", "phase loading demo..."]
     # Denoising comes with step 1, decoding with the last step, saving after it.
     assert kinds[kinds.index("progress 1") - 1] == "phase denoising", kinds
     assert kinds[-5:] == [
@@ -133,7 +133,7 @@ class StepGateConfig(AppConfig):
             return going
 
         def gated_submit_call(writer, write, *args):
-            if args == ("loading model",):  # the claim wrote "starting": shown first
+            if args == ("loading demo...",):  # the claim wrote "starting": shown first
                 wait_until_seen(phase_key("starting"))
             going = submit_call(writer, write, *args)
             if getattr(write, "__name__", "") == "record_phase":

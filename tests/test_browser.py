@@ -246,7 +246,7 @@ def test_history_shows_only_ones_own_generations(new_page, web_server, start_wor
     # Until the first step is done the page says what the worker really does.
     statuses = [s for s in alice.evaluate("window.__seen") if s["kind"] == "status"]
     before = [s["value"] for s in statuses if s["percent"] == "0"]
-    assert any(text.startswith(("Starting", "Loading the model")) for text in before), before
+    assert any(text.startswith(("Starting", "Loading demo")) for text in before), before
     assert not any("Denoising" in text for text in before), before
     assert not any("favicon" in event for event in page_events[alice])
 

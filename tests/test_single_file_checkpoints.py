@@ -175,3 +175,35 @@ def test_each_familys_shipped_config_builds_its_network(
         in_channels,
         cross_attention,
     )
+
+
+@pytest.mark.any_database
+def test_a_single_file_checkpoint_runs_on_openvino_and_draws_what_pytorch_draws(
+    demo_checkpoint, settings, monkeypatch
+):
+    from huggingface_hub import constants
+
+    from generator.pipelines import GenerationRequest, create_backend
+    from generator.pipelines.openvino_ir import ir_cache_dir
+    from tests.test_openvino import MAX_MEAN_ABS_PIXEL_DIFFERENCE
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    settings.SD_CHECKPOINT_DIR = demo_checkpoint.parent
+    checkpoints._examine.cache_clear()
+    request = GenerationRequest(
+        prompt="a red circle", negative_prompt="", steps=4, guidance_scale=7.5, width=64,
+        height=64, seed=3,
+    )  # fmt: skip
+    images, phases = {}, []
+    for name in ("pytorch", "openvino"):
+        backend = create_backend(name, demo_checkpoint.name, "cpu")
+        backend.load(phases.append)
+        image = backend.generate(request, lambda *args: True, lambda phase: None)
+        images[name] = numpy.asarray(image, dtype=numpy.float64)
+    assert phases == ["preparing OpenVINO model (first use)"]  # exported from the file
+    difference = numpy.abs(images["pytorch"] - images["openvino"]).mean()
+    print(f"single file, PyTorch vs OpenVINO: mean {difference:.3f} levels")  # noqa: T201
+    assert difference < MAX_MEAN_ABS_PIXEL_DIFFERENCE
+    cache = ir_cache_dir(demo_checkpoint.name, settings.SD_OPENVINO_PRECISION)
+    assert (cache / "unet" / "openvino_model.xml").is_file()
+    assert not list(cache.parent.glob(".single-file-*"))  # the converted folder went

@@ -61,7 +61,7 @@ def test_a_compiling_worker_draws_the_same_picture_and_says_compiling_once(setti
     first_phases, compiled = run_job(compiling, seed=7)
     second_phases, _ = run_job(compiling, seed=8)
 
-    assert first_phases[:3] == ["loading model", "compiling", "denoising"]
+    assert first_phases[:3] == ["loading demo...", "compiling", "denoising"]
     assert "compiling" not in second_phases
     assert second_phases[0] == "denoising"
     # inductor fuses and reorders float32 sums: a level or so at most, where another

@@ -17,16 +17,16 @@ TEXT = 32
 """Hidden size of each tiny text encoder."""
 
 
-def _text_encoder(tokenizer, *, projection: bool):
+def _text_encoder(tokenizer, *, projection: bool, width: int = TEXT, **extra):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
+    torch.manual_seed(0 if width == TEXT else width)  # the tiny SDXL and SD3 as they were
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT,
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=width,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, **extra,
     )  # fmt: skip
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
@@ -56,44 +56,47 @@ def _built(name: str, build) -> Path:
     return folder
 
 
+def _unet(cross_attention_dim: int, **extra):
+    """A tiny UNet of SDXL's (and SD 2.x's) shape: linear attention projections."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), attention_head_dim=(2, 4), norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim, **extra,
+    )  # fmt: skip
+
+
+def _sdxl_pipeline(second: int = TEXT, **second_extra):
+    """A tiny SDXL pipeline whose second text encoder is `second` wide."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    tokenizer = word_tokenizer()
+    unet = _unet(
+        TEXT + second, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=second + 6 * 8,
+    )  # fmt: skip
+    return StableDiffusionXLPipeline(
+        vae=_vae(4, scaling_factor=0.13025),
+        text_encoder=_text_encoder(tokenizer, projection=False),
+        text_encoder_2=_text_encoder(tokenizer, projection=True, width=second, **second_extra),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            timestep_spacing="leading", steps_offset=1,
+        ),
+    )  # fmt: skip
+
+
 def sdxl() -> Path:
     """A tiny SDXL pipeline: two text encoders, pooled embeddings, size conditioning."""
-
-    def build():
-        import torch
-        from diffusers import (
-            EulerDiscreteScheduler,
-            StableDiffusionXLPipeline,
-            UNet2DConditionModel,
-        )
-
-        tokenizer = word_tokenizer()
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), attention_head_dim=(2, 4), norm_num_groups=16,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True,
-            cross_attention_dim=2 * TEXT, addition_embed_type="text_time",
-            addition_time_embed_dim=8, projection_class_embeddings_input_dim=TEXT + 6 * 8,
-        )  # fmt: skip
-        return StableDiffusionXLPipeline(
-            vae=_vae(4, scaling_factor=0.13025),
-            text_encoder=_text_encoder(tokenizer, projection=False),
-            text_encoder_2=_text_encoder(tokenizer, projection=True),
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer,
-            unet=unet,
-            scheduler=EulerDiscreteScheduler(
-                beta_start=0.00085,
-                beta_end=0.012,
-                beta_schedule="scaled_linear",
-                timestep_spacing="leading",
-                steps_offset=1,
-            ),  # fmt: skip
-        )
-
-    return _built("tiny-sdxl", build)
+    return _built("tiny-sdxl", _sdxl_pipeline)
 
 
 def sd3() -> Path:
@@ -146,3 +149,39 @@ def esrgan(folder: Path, name: str = "2x-Tiny", scale: int = 2) -> Path:
     path = folder / f"{name}.safetensors"
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, path)
     return path
+
+
+SECOND_TEXT = 48
+"""Hidden size of the tiny SDXL's second text encoder for single files: its own width, as
+SDXL's (1280 against CLIP-L's 768), which diffusers' single-file loader tells them apart by."""
+
+
+def sdxl_single_file() -> Path:
+    """A tiny SDXL pipeline whose two text encoders differ in width, for single files."""
+    return _built("tiny-sdxl-single-file", lambda: _sdxl_pipeline(SECOND_TEXT, hidden_act="gelu"))
+
+
+def sd2_v() -> Path:
+    """A tiny SD 2.x v-prediction pipeline: an OpenCLIP-style text encoder (gelu), linear
+    attention projections, a v-prediction scheduler."""
+
+    def build():
+        from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+        tokenizer = word_tokenizer()
+        unet = _unet(TEXT)
+        return StableDiffusionPipeline(
+            vae=_vae(4),
+            text_encoder=_text_encoder(tokenizer, projection=False, hidden_act="gelu"),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                timestep_spacing="leading", steps_offset=1, prediction_type="v_prediction",
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+
+    return _built("tiny-sd2-v", build)

@@ -25,9 +25,10 @@ from django.urls import path
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from PIL import Image
 
 from ..images import open_upload
-from ..metadata import MetadataTooLarge, a1111_parameters, read_parameters
+from ..metadata import A1111_KEY, MetadataTooLarge, a1111_parameters, read_parameters
 from ..models import Status
 from ..params import BY_A1111_OVERRIDE, PARAMETERS, RESIZE_MODES
 from ..pipelines import checkpoints, model_choice
@@ -37,6 +38,7 @@ from ..pipelines.model_hashes import known_sha256
 from ..pipelines.schedulers import ALL_SCHEDULERS, SCHEDULE_TYPES_SETTINGS, SCHEDULERS
 from ..pipelines.upscalers import LATENT_MODES
 from ..pipelines.upscalers import listing as upscaler_listing
+from ..pipelines.vaes import AUTOMATIC, NONE
 from ..services import session_cancel
 from ..web.api_errors import a1111_error_body, a1111_validation_body
 from ..web.json_body import BodyError, load_object, type_problem
@@ -233,6 +235,8 @@ def translate(request, body: dict, image_mode: bool) -> tuple[dict, dict, list, 
     data = {p.name: body[p.a1111_api] for p in PARAMETERS if p.a1111_api in body}
     overrides = body.get("override_settings") or {}
     data |= {p.name: overrides[k] for k, p in BY_A1111_OVERRIDE.items() if k in overrides}
+    if "sd_vae" not in data and (vae := current_vae(request)) != AUTOMATIC:
+        data["sd_vae"] = vae  # the caller's option, as A1111's loaded VAE
     if data.get("seed") == -1:
         del data["seed"]  # random
     schedule_type = schedule_type_of(body)
@@ -314,7 +318,7 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
         "seed_resize_from_h": -1,
         "extra_generation_params": {},
         "index_of_first_image": 0,
-        "infotexts": [a1111_parameters(session) for session in sessions],
+        "infotexts": [infotext(session) for session in sessions],
         "styles": [],
         "job_timestamp": first.created_at.strftime("%Y%m%d%H%M%S"),
         "is_using_inpainting_conditioning": False,
@@ -323,6 +327,20 @@ def info_of(sessions, body: dict, ignored: list) -> dict:
         "session_ids": [str(session.pk) for session in sessions],
         "errors": [s.error for s in sessions if s.status == Status.FAILED],
     }
+
+
+def infotext(session) -> str:
+    """The infotext the worker wrote into the image (with the files' hashes); rebuilt from
+    the session where there is no image."""
+    if session.image:
+        try:
+            with session.image.open("rb") as file, Image.open(file) as image:
+                text = image.info.get(A1111_KEY)
+        except (OSError, ValueError):
+            text = None
+        if isinstance(text, str):
+            return text
+    return a1111_parameters(session)
 
 
 async def generate(request, image_mode: bool):
@@ -584,34 +602,65 @@ def sd_models(request):
 @require_http_methods(["GET", "POST"])
 @keyed
 def options(request):
-    """`sd_model_checkpoint` is the caller's default model: per key, or for everyone with
-    API auth off (no key to hold it), as A1111's is. The other keys clients read answer
-    A1111's defaults (OPTIONS); what they set besides the model is accepted and ignored,
-    as A1111 takes keys it does not know."""
-    key = request.api_key
+    """`sd_model_checkpoint` and `sd_vae` are the caller's defaults: per key, or for everyone
+    with API auth off (no key to hold them), as A1111's are. The other keys clients read
+    answer A1111's defaults (OPTIONS); what they set besides these two is accepted and
+    ignored, as A1111 takes keys it does not know."""
     if request.method == "POST":
         body, errors = body_of(request)
-        model = body.get("sd_model_checkpoint")
-        if model is not None and not errors:
-            problem = type_problem("text", model)
-            errors = {"sd_model_checkpoint": [problem]} if problem else {}
+        chosen = {name: body[name] for name in OPTION_FIELDS if body.get(name) is not None}
+        for name, value in chosen.items():
+            if not errors and (problem := type_problem("text", value)):
+                errors = {name: [problem]}
         if errors:
             return invalid(errors)
-        if model is not None:
-            model, problem = checkpoint_choice(request, model)
+        for name, value in chosen.items():
+            value, problem = OPTION_FIELDS[name](request, value)
             if problem:
                 return JsonResponse(error(problem), status=422)
-            if key is not None:
-                key.default_model = model
-                key.save(update_fields=["default_model"])
-            else:
-                model_choice.set_global(model)
+            chosen[name] = value
+        for name, value in chosen.items():
+            set_option(request, name, value)
         return JsonResponse(None, safe=False)
     model = current_model(request)
     return JsonResponse(
         OPTIONS
-        | {"sd_model_checkpoint": checkpoint_title(model), "sd_checkpoint_hash": model_sha(model)}
+        | {
+            "sd_model_checkpoint": checkpoint_title(model),
+            "sd_checkpoint_hash": model_sha(model),
+            "sd_vae": current_vae(request),
+        }
     )
+
+
+def vae_choice(request, vae: str) -> tuple[str | None, str | None]:
+    """(the VAE as jobs name it, a problem): Automatic, None or a usable file of the folder."""
+    if vae in (AUTOMATIC, NONE):
+        return vae, None
+    file = checkpoints.lookup(vae, "vae")
+    if file is None:
+        return None, f"VAE not found: {vae[:200]}"
+    if file.problem:
+        return None, f"The VAE {file.name} cannot be used: {file.problem}"
+    return file.name, None
+
+
+def set_option(request, name: str, value: str) -> None:
+    key = request.api_key
+    if key is None:
+        model_choice.set_global(name, value)
+        return
+    field = {"sd_model_checkpoint": "default_model", "sd_vae": "default_vae"}[name]
+    setattr(key, field, value)
+    key.save(update_fields=[field])
+
+
+def current_vae(request) -> str:
+    """The VAE a caller's requests use when they name none (A1111's `sd_vae` option)."""
+    key = request.api_key
+    if key is not None:
+        return key.default_vae or AUTOMATIC
+    return model_choice.global_option("sd_vae") or AUTOMATIC
 
 
 @require_GET
@@ -721,6 +770,10 @@ def checkpoint_choice(request, model: str | None) -> tuple[str | None, str | Non
     if file.problem:
         return None, f"The checkpoint {file.name} cannot be used: {file.problem}"
     return file.name, None
+
+
+OPTION_FIELDS = {"sd_model_checkpoint": checkpoint_choice, "sd_vae": vae_choice}
+"""The options `POST /options` sets, each with its check."""
 
 
 def checkpoint_title(model: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from ..images import filled, pasted_back
 from ..prompts import extract_loras
-from . import prompt_embeds
+from . import prompt_embeds, vaes
 from .schedulers import make_scheduler
 from .upscalers import (
     LATENT_MODES,
@@ -67,6 +67,8 @@ class GenerationRequest:
     upscaling_resize: float = 2.0
     upscaling_resize_w: int = 0
     upscaling_resize_h: int = 0
+    sd_vae: str = "Automatic"
+    """A1111's VAE choice (pipelines.vaes): a VAE file's name, Automatic or None."""
     init_image: object = None
     """A PIL image, already at the output size (image-to-image and inpainting)."""
     mask_image: object = None
@@ -144,6 +146,19 @@ class PipelineBackend(ABC):
         """The loaded pipeline for this request's mode (`request.mode`) and size, for
         `batch` such requests at once."""
 
+    vae_used = None
+    """The VAE file (checkpoints.ModelFile) the last job decoded with; None: the model's own."""
+
+    def memory_bytes(self) -> int:
+        """What the loaded model takes in memory, about (its weights' bytes); 0: unknown."""
+        return 0
+
+    def apply_vae(self, request: GenerationRequest) -> None:
+        """Put the request's VAE on the pipeline (pipelines.vaes). This backend has only the
+        model's own: a VAE file named is refused (`Automatic` is the model's own here)."""
+        if request.sd_vae not in (vaes.AUTOMATIC, vaes.NONE):
+            raise ValueError(f"VAE files need the pytorch backend; {type(self).__name__} has none.")
+
     def apply_loras(self, request: GenerationRequest) -> None:
         """Put the LoRA the prompts name in place for this job (and take away the last
         job's). This backend applies none: a prompt that names one is refused."""
@@ -215,6 +230,7 @@ class PipelineBackend(ABC):
             return [self.generate_hires(first, on_step, on_phase, on_start)]
         pipe = self.pipeline_for(first, on_phase, batch=len(requests))
         pipe.scheduler = make_scheduler(first.scheduler, self.scheduler_config, first.schedule_type)
+        self.apply_vae(first)  # a batch shares it (params.BATCH_KEY)
         self.apply_loras(first)  # a batch has none (the worker's claim sees to it)
         self.apply_embeddings(requests)
         import torch

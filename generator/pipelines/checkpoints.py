@@ -111,6 +111,8 @@ def scan(kind: str) -> list[ModelFile]:
         for filename in filenames:
             if filename.startswith(".") or not filename.lower().endswith(extensions):
                 continue
+            if kind == "checkpoint" and ".vae." in filename.lower():
+                continue  # a checkpoint's own VAE beside it (`x.vae.safetensors`): vaes.py's
             path = Path(dirpath) / filename
             found.append(describe(kind, path, path.relative_to(root).as_posix()))
             if len(found) >= MAX_FILES:

@@ -117,3 +117,19 @@ def load_into(pipe, file) -> None:
         return
     [vectors_] = tensors.values()
     pipe.load_textual_inversion(vectors_, token=token)
+
+
+def hashes_text(prompt: str, negative: str, model: str) -> str:
+    """A1111's `TI hashes` value (`name: sha256[:12], ...`, the name without `:` and `,`, as
+    A1111 writes it), "" when the prompts use none."""
+    from .model_hashes import sha256_now
+
+    return ", ".join(
+        f"{alias(file.stem)}: {sha256_now(file.path, file.size, file.mtime_ns)[:12]}"
+        for file in used_in(prompt, negative, model)
+    )
+
+
+def alias(name: str) -> str:
+    """A name as A1111's hashes fields carry it: without the `:` and `,` that separate them."""
+    return name.replace(":", "").replace(",", "")

@@ -70,11 +70,15 @@ def lora_hash(path: Path) -> str:
 
 
 def hashes_text(*prompts: str) -> str:
-    """A1111's `Lora hashes` value ("name: 12 hex digits, ..."), "" when none is used."""
+    """A1111's `Lora hashes` value ("name: 12 hex digits, ..."), "" when none is used. The
+    digits are A1111's `shorthash` of a LoRA file: the first 12 of its safetensors hash
+    (`lora_hash`); a name loses its `:` and `,` there, as in A1111."""
+    from .embeddings import alias
+
     named = {}
     for prompt in prompts:
         for lora, _ in loras_of(prompt):
-            named[lora.name] = lora_hash(lora.path)[:12]
+            named[alias(lora.name)] = lora_hash(lora.path)[:12]
     return ", ".join(f"{name}: {digest}" for name, digest in named.items())
 
 

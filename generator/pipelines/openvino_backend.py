@@ -6,9 +6,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from . import single_file
 from .base import GenerationRequest, PhaseHook, PipelineBackend, Unbatchable
+from .checkpoints import Unusable
 from .openvino_ir import export_to_ir, holds_openvino_ir, ir_cache_dir, is_cached
-from .sources import downloads, resolve_model
+from .sources import CheckpointUnusable, downloads, resolve_model
 
 # SD_DEVICE names the PyTorch way; OpenVINO wants its own device names.
 DEVICE_ALIASES = {"cpu": "CPU", "gpu": "GPU", "igpu": "GPU", "npu": "NPU", "auto": "AUTO"}
@@ -47,7 +49,6 @@ class OpenVINOBackend(PipelineBackend):
 
     def load(self, on_phase: PhaseHook) -> None:
         self.ov_device = openvino_device(self.device)
-        on_phase("loading model")
         source = resolve_model(self.model)
         if holds_openvino_ir(source):
             self.ir_dir = source
@@ -56,8 +57,14 @@ class OpenVINOBackend(PipelineBackend):
         cache_dir = ir_cache_dir(self.model, self.precision)
         if not is_cached(cache_dir):
             on_phase("preparing OpenVINO model (first use)")
-            with downloads(self.model, source):
-                export_to_ir(source, cache_dir, self.precision)
+            if single_file.is_single_file(source):  # here already: nothing to download
+                try:
+                    export_to_ir(source, cache_dir, self.precision)
+                except Unusable as exc:
+                    raise CheckpointUnusable(f"The checkpoint {self.model} {exc}.") from None
+            else:
+                with downloads(self.model, source):
+                    export_to_ir(source, cache_dir, self.precision)
         self.ir_dir = str(cache_dir)
         self.one_text_encoder = not (Path(self.ir_dir) / "text_encoder_2").exists()
 

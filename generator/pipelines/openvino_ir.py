@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from . import single_file
 from .sources import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def ir_cache_dir(model: str, precision: str) -> Path:
         folder = Path(resolve_model(model))
     except FileNotFoundError:
         folder = None
+    if folder is not None and folder.is_file():  # a single file: a changed one is new
+        stat = folder.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     if folder is not None and folder.is_dir():
         for path in sorted(folder.rglob("*")):
             if path.is_file():
@@ -55,7 +59,10 @@ def is_cached(cache_dir: Path) -> bool:
 
 
 def export_to_ir(source: str, cache_dir: Path, precision: str) -> Path:
-    """Export a diffusers model to OpenVINO IR in `cache_dir` (atomically) and return it."""
+    """Export a diffusers model to OpenVINO IR in `cache_dir` (atomically) and return it.
+
+    A single-file checkpoint is loaded first (`single_file`, offline) and written as a
+    diffusers folder for the export, which reads only folders; the folder goes after it."""
     from optimum.intel import OVPipelineForText2Image
 
     if precision not in PRECISIONS:
@@ -63,7 +70,12 @@ def export_to_ir(source: str, cache_dir: Path, precision: str) -> Path:
     logger.info("Exporting %s to OpenVINO IR (%s) in %s", source, precision, cache_dir)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir.parent))
+    converted = None
     try:
+        if single_file.is_single_file(source):
+            converted = Path(tempfile.mkdtemp(prefix=".single-file-", dir=cache_dir.parent))
+            write_diffusers_folder(Path(source), converted)
+            source = str(converted)
         pipe = OVPipelineForText2Image.from_pretrained(
             source, export=True, compile=False, load_in_8bit=precision == "int8"
         )
@@ -78,4 +90,14 @@ def export_to_ir(source: str, cache_dir: Path, precision: str) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if converted is not None:
+            shutil.rmtree(converted, ignore_errors=True)
     return cache_dir
+
+
+def write_diffusers_folder(checkpoint: Path, folder: Path) -> None:
+    """The checkpoint as a diffusers folder (float32, the export's own precision)."""
+    import torch
+
+    pipe = single_file.load_pipeline(checkpoint, torch.float32)
+    pipe.save_pretrained(folder)

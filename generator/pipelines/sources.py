@@ -173,6 +173,28 @@ def model_hash(name: str) -> str | None:
     return None
 
 
+def estimated_bytes(name: str) -> int:
+    """What loading the model will take in memory, about, before it loads: its weight files'
+    size (a single file's, or a folder's `.safetensors` and `.bin`); 0 where it is not here."""
+    try:
+        source = Path(resolve_model(name))
+    except (FileNotFoundError, ValueError):
+        return 0
+    if source.is_file():
+        return source.stat().st_size
+    if not source.is_dir():
+        folder = local_folder(name)
+        if folder is None:
+            return 0
+        source = folder
+    return sum(
+        path.stat().st_size
+        for pattern in ("*.safetensors", "*.bin")
+        for path in source.rglob(pattern)
+        if ".fp16." not in path.name
+    )
+
+
 def hub_file(repo_id: str, relative: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 

@@ -21,6 +21,10 @@ class TorchBackend(PipelineBackend):
         self.pipe = None
         self.by_mode = {}
         self.adapters: dict[str, str] = {}
+        self.own_vae = None
+        """The model's own VAE, put back for `None` (and `Automatic` without a file)."""
+        self.vae_file: tuple | None = None
+        """(path, size, mtime) of the VAE file on the pipeline now; None: its own VAE."""
         """LoRA loaded as adapters: {adapter name: the file's hash when loaded}."""
         self.compile_mode = settings.SD_TORCH_COMPILE
         self.compiled_shapes: set[tuple] = set()
@@ -39,7 +43,6 @@ class TorchBackend(PipelineBackend):
                 f"Unknown PyTorch device {self.device!r} (SD_DEVICE): use cpu, cuda, cuda:N or mps."
             ) from exc
         check_device_here(torch, device)
-        on_phase("loading model")
         source = resolve_model(self.model)
         # Half precision halves memory and doubles speed on a GPU; CPUs want float32, and
         # so does the demo model anywhere: its narrow layers lose the picture in float16
@@ -60,6 +63,7 @@ class TorchBackend(PipelineBackend):
         pipe.set_progress_bar_config(disable=True)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pipe = pipe.to(device)
+        self.own_vae = getattr(pipe, "vae", None)
         if settings.SD_CHANNELS_LAST:
             # 6 to 8 % less time a step on this project's CPU, images within 0.1 of a level
             # (bench.torch_cpu); bfloat16 autocast and torch.compile did not pay there.
@@ -171,6 +175,42 @@ class TorchBackend(PipelineBackend):
             pipe.set_progress_bar_config(disable=True)
             self.by_mode[request.mode] = pipe
         return self.by_mode[request.mode]
+
+    def memory_bytes(self) -> int:
+        """The bytes of the weights and buffers of the pipeline's parts (and a VAE file's)."""
+        import torch
+
+        parts = {id(p): p for p in [*self.pipe.components.values(), self.own_vae]}
+        return sum(
+            tensor.numel() * tensor.element_size()
+            for part in parts.values()
+            if isinstance(part, torch.nn.Module)
+            for tensor in [*part.parameters(), *part.buffers()]
+        )
+
+    def apply_vae(self, request: GenerationRequest) -> None:
+        """The request's VAE on every pipeline of the model (they share components): a VAE
+        file, loaded when it changes (one kept besides the model's own), or the model's own."""
+        from . import vaes
+
+        try:
+            file = vaes.resolve(request.sd_vae, self.model)
+        except checkpoints.Unusable as exc:
+            raise CheckpointUnusable(f"{exc}.") from None
+        wanted = None if file is None else (str(file.path), file.size, file.mtime_ns)
+        if wanted == self.vae_file:
+            self.vae_used = file
+            return
+        vae = self.own_vae
+        if file is not None:
+            try:
+                vae = vaes.load(file, self.model, self.own_vae.dtype)
+            except checkpoints.Unusable as exc:
+                raise CheckpointUnusable(f"{exc}.") from None
+            vae = vae.to(self.own_vae.device)
+        for pipe in {id(p): p for p in [self.pipe, *self.by_mode.values()]}.values():
+            pipe.vae = vae
+        self.vae_file, self.vae_used = wanted, file
 
     def apply_loras(self, request: GenerationRequest) -> None:
         """The prompts' LoRA as diffusers adapters (loaded once, weighted per job); a job

@@ -50,6 +50,7 @@ def workers() -> list[dict]:
                 "ready": worker.ready,
                 "cannot_load": worker.cannot_load,
                 "models": worker.served_models.splitlines() or ["any"],
+                "loaded": sorted(worker.loaded_keys()),
                 "backends": worker.served_backends.split(",")
                 if worker.served_backends
                 else ["any"],

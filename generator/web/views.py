@@ -23,7 +23,7 @@ from ..metadata import MetadataTooLarge, read_parameters
 from ..models import GenerationSession
 from ..ownership import owner_fields, save_browser_session, viewer_of
 from ..params import BY_NAME, PARAMETERS
-from ..pipelines import controlnet, demo, loras, preprocessors
+from ..pipelines import controlnet, demo, loras, preprocessors, vaes
 from ..pipelines.checkpoints import offered_models
 from ..services import (
     DEMO_MODEL,
@@ -109,7 +109,14 @@ def page_context(settings_from=None, follow=None, same_seed: bool = True) -> dic
         "control_modules": list(preprocessors.available()),
         "control_models": [m.name for m in controlnet.models() if m.problem is None],
         "model_settings": model_settings,
+        "vae_automatic": {model: automatic_vae(model) for model in model_settings},
     }
+
+
+def automatic_vae(model: str) -> str | None:
+    """The VAE file `Automatic` means for this model (the page's VAE picker says it)."""
+    file = vaes.resolve(vaes.AUTOMATIC, model)
+    return file.name if file is not None else None
 
 
 def form_values(session, same_seed: bool, default: dict) -> dict:

@@ -17,8 +17,10 @@ from ..images import blurred_mask, fitted
 from ..params import REQUEST_NAMES
 from ..pipelines import GenerationInterrupted, GenerationRequest
 from ..pipelines.controlnet import ControlUnit
+from ..pipelines.embeddings import hashes_text as ti_hashes
 from ..pipelines.loras import hashes_text
 from ..pipelines.sources import model_hash
+from ..pipelines.vaes import infotext_fields as vae_fields
 from .claims import ClaimedJob
 from .failures import settle_interrupted
 from .step_reporter import ProgressWriter, StepReporter
@@ -123,9 +125,10 @@ class Batch:
     def settle_interrupted(self, job: ClaimedJob) -> None:
         settle_interrupted(job, timed_out=self.timed_out, stopping=self.worker.stopping.is_set())
 
-    def save(self, images) -> None:
-        """Each job still in the call completes with its image (and its metadata); the
-        others, left while the call went on, are settled now if they were not yet."""
+    def save(self, images, backend) -> None:
+        """Each job still in the call completes with its image (and its metadata: the
+        backend's VAE; none for an upscale job); the others, left while the call went on,
+        are settled now if they were not yet."""
         for run, image in zip(self.runs, images, strict=True):
             session = run.job.session
             if run.out:
@@ -135,6 +138,8 @@ class Batch:
             metadata = {
                 "model_hash": None if session.mode == "upscale" else model_hash(session.model),
                 "lora_hashes": hashes_text(session.prompt, session.negative_prompt),
+                "vae": vae_fields(backend.vae_used) if backend is not None else None,
+                "ti_hashes": ti_hashes(session.prompt, session.negative_prompt, session.model),
             }
             if run.job.complete(image, deadline=self.worker.job_deadline, **metadata):
                 logger.info("Completed session %s", session.pk)

@@ -11,10 +11,12 @@ import functools
 import io
 import logging
 import time
+from datetime import timedelta
 
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from ..db import (
     OUTAGE_ERRORS,
@@ -30,6 +32,7 @@ from ..models import (
     WORKER_STOPPED,
     GenerationSession,
     WorkerRecord,
+    model_key,
 )
 from ..params import BATCH_KEY, BY_NAME
 from ..prompts import extract_loras
@@ -184,15 +187,21 @@ def preview_name(session_id, step: int) -> str:
     return GenerationSession.preview.field.generate_filename(None, f"{session_id}-{step}.jpg")
 
 
+ROUTING_WINDOW = 16
+"""How far down the queue a worker looks for a job of a model it has loaded."""
+
+
 @retry_on_locked
 def claim_next(
-    worker_id: str, session_ids=None, models=None, backends=None, avoid=()
+    worker_id: str, session_ids=None, models=None, backends=None, avoid=(), loaded=(), grace=0.0
 ) -> ClaimedJob | None:
     """Claim the next pending session this worker serves (the fair queue's order), or None.
 
     `session_ids`, `models` and `backends` restrict what it may take (None: any);
-    `avoid` lists (backend, model) pairs it must leave to other workers.
+    `avoid` lists (backend, model) pairs it must leave to other workers. `loaded`: the
+    `model_key`s of the pipelines it holds; with a `grace` (seconds) it routes (`routed`).
     """
+    elsewhere = loaded_elsewhere(worker_id) if grace > 0 else set()
     with transaction.atomic():
         candidates = GenerationSession.objects.pending().in_queue_order()
         if session_ids is not None:
@@ -208,10 +217,36 @@ def claim_next(
             # instead of queueing on them. (SQLite's IMMEDIATE transaction
             # already serializes this block.)
             candidates = candidates.select_for_update(skip_locked=True)
-        pk = candidates.values_list("pk", flat=True).first()
+        if grace > 0:
+            rows = candidates.values_list("pk", "backend", "model", "created_at")
+            cutoff = timezone.now() - timedelta(seconds=grace)
+            pk = routed(list(rows[:ROUTING_WINDOW]), set(loaded), elsewhere, cutoff)
+        else:
+            pk = candidates.values_list("pk", flat=True).first()
         if pk is None or not GenerationSession.objects.claim(pk, worker_id):
             return None
     return ClaimedJob(GenerationSession.objects.get(pk=pk))
+
+
+def routed(rows: list[tuple], loaded: set[str], elsewhere: set[str], cutoff) -> object | None:
+    """Which of the first pending jobs (pk, backend, model, created_at), in queue order, a
+    worker holding the pipelines `loaded` takes: in order, the first of a model it has
+    loaded, unless a job before it has waited past the grace (`cutoff`: queued before it),
+    which goes first whoever has its model; else the first of a model that no other live
+    worker has loaded (`elsewhere`), which it loads. None: the rest wait for the workers
+    that have their models, at most the grace."""
+    for pk, backend, model, created_at in rows:
+        if model_key(backend, model) in loaded or created_at <= cutoff:
+            return pk
+    return next((pk for pk, b, m, _ in rows if model_key(b, m) not in elsewhere), None)
+
+
+def loaded_elsewhere(worker_id: str) -> set[str]:
+    """The pipelines the other live workers hold loaded (their `model_key`s)."""
+    found = set()
+    for worker in WorkerRecord.objects.alive().filter(ready=True).exclude(pk=worker_id):
+        found |= worker.loaded_keys()
+    return found
 
 
 def names_lora(*texts: str) -> bool:

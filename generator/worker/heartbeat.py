@@ -42,6 +42,7 @@ def register_worker(worker_id: str, serves: dict, ready: bool = True) -> None:
             "pid": os.getpid(),
             "served_models": "\n".join(serves.get("models") or []),
             "served_backends": ",".join(serves.get("backends") or []),
+            "loaded_models": "\n".join(serves.get("loaded") or []),
             "ready": ready,
             "last_seen_at": timezone.now(),
         },

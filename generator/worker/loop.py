@@ -5,6 +5,7 @@
 """
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -19,10 +20,12 @@ from .. import logs
 from ..db import OUTAGE_ERRORS, until_database_answers
 from ..disk import short_of_room
 from ..estimates import measured_timing
-from ..models import WorkerRecord
+from ..models import WorkerRecord, model_key
 from ..notify import QueueListener, listener_conninfo
 from ..pipelines import PipelineBackend, create_backend
 from ..pipelines.base import Unbatchable, upscale_job
+from ..pipelines.checkpoints import display_name
+from ..pipelines.sources import estimated_bytes
 from ..pipelines.upscalers import torch_device
 from . import failures
 from .batch import Batch
@@ -60,11 +63,13 @@ class Worker:
         self.lease = settings.SD_WORKER_LEASE
         self.max_attempts = settings.SD_MAX_ATTEMPTS
         self.worker_id = worker_id or new_worker_id()
-        self.serves = {"models": models or [], "backends": backends or []}
+        self.serves = {"models": models or [], "backends": backends or [], "loaded": []}
+        """What it serves, and ("loaded") the pipelines it holds: the heartbeat's record."""
         # Loaded pipelines, least recently used first: a worker serving several
         # models keeps the few it used last warm.
         self.pipelines: OrderedDict[tuple[str, str], PipelineBackend] = OrderedDict()
         self.max_pipelines = settings.SD_WORKER_PIPELINES
+        self.memory_budget = settings.SD_WORKER_MEMORY_MB * 2**20
         self.stopping = threading.Event()
         self.wake = threading.Event()
         """Set by a queue notification (PostgreSQL), or to stop: an idle worker looks now."""
@@ -132,6 +137,8 @@ class Worker:
                     models=self.serves["models"],
                     backends=self.serves["backends"],
                     avoid=self.left_to_others(),
+                    loaded=self.serves["loaded"],
+                    grace=settings.SD_ROUTE_GRACE,
                     what="the claim of the next job",
                     give_up=self.stopping.is_set,
                 )
@@ -211,6 +218,7 @@ class Worker:
         batch = Batch(self, jobs)
         self.current_jobs, first = jobs, jobs[0].session
         try:
+            backend = None
             if first.mode == "upscale":  # no diffusion model: the upscaler alone
                 batch.on_phase("upscaling")
                 batch.on_start()
@@ -229,7 +237,7 @@ class Worker:
                 )
             # 4. Save each job's image with its metadata, and 5. report it completed.
             batch.on_phase("saving")
-            batch.save(images)
+            batch.save(images, backend)
         except Unbatchable:
             # Prompts of different lengths: nothing ran yet; one job at a time.
             batch.close()
@@ -261,16 +269,42 @@ class Worker:
         if key in self.pipelines:
             self.pipelines.move_to_end(key)
             return self.pipelines[key]
-        while len(self.pipelines) >= self.max_pipelines:
-            evicted, _ = self.pipelines.popitem(last=False)
-            logger.info("Unloading %s to make room", evicted)
-            failures.free_accelerator_memory()
+        self.make_room(count=1, size=estimated_bytes(model))
+        on_phase(loading_phase(model))  # the job's page: "loading sd15_dreamshaper..."
         backend = create_backend(name, model, self.device)
         backend.load(on_phase)
         self.pipelines[key] = backend
+        self.make_room(count=0, size=0)  # its real size is known now
+        self.advertise_loaded()
         if self.cannot_load.pop(key, None):  # it loads again (the folder was mended)
             failures.record_cannot_load(self.worker_id, self.cannot_load)
         return backend
+
+    def make_room(self, count: int, size: int) -> None:
+        """Unload the least recently used pipelines until `count` more (of `size` bytes)
+        fit within SD_WORKER_PIPELINES and SD_WORKER_MEMORY_MB; the newest always stays."""
+        while len(self.pipelines) > (0 if count else 1):
+            held = sum(backend.memory_bytes() for backend in self.pipelines.values())
+            over_count = len(self.pipelines) + count > self.max_pipelines
+            over_budget = bool(self.memory_budget) and held + size > self.memory_budget
+            if not (over_count or over_budget):
+                return
+            (backend_name, model), backend = self.pipelines.popitem(last=False)
+            logger.info(
+                "Unloading %s (%s, %d MB) to make room", model, backend_name,
+                backend.memory_bytes() // 2**20,
+            )  # fmt: skip
+            del backend
+            gc.collect()
+            failures.free_accelerator_memory()
+            self.advertise_loaded()
+
+    def advertise_loaded(self) -> None:
+        """Tell the other workers which pipelines this one holds (their claims route by it)."""
+        self.serves["loaded"] = [model_key(*key) for key in self.pipelines]
+        until_database_answers(
+            record_loaded, self.worker_id, self.serves["loaded"], what="the loaded models"
+        )
 
     def left_to_others(self) -> list[tuple[str, str]]:
         """The models this worker failed to load that another live worker can serve."""
@@ -300,3 +334,12 @@ class Worker:
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
+
+
+def record_loaded(worker_id: str, loaded: list[str]) -> None:
+    WorkerRecord.objects.filter(pk=worker_id).update(loaded_models="\n".join(loaded))
+
+
+def loading_phase(model: str) -> str:
+    """The phase of a job whose model is loading, naming it as users know it."""
+    return f"loading {display_name(model)}..."

@@ -6,6 +6,7 @@
 import { addControlnet } from "./page/controlnet.js";
 import { follow } from "./page/progress.js";
 import { batchLeft, doneText, refreshQueue, showBatch } from "./page/queue.js";
+import { setupVaePicker } from "./page/vae.js";
 import {
   bar,
   cancel,
@@ -149,6 +150,8 @@ if (loraAdd) {
     prompt.focus();
   });
 }
+
+setupVaePicker();
 
 // Back and forward move between generations: the server renders each one.
 window.addEventListener("popstate", () => window.location.reload());

@@ -63,7 +63,8 @@ function render(snapshot) {
     cell(row, broken.length
       ? `unhealthy: cannot load ${broken.map(([model, why]) => `${model} (${why})`).join("; ")}`
       : state);
-    cell(row, `${worker.models.join(", ")} · ${worker.backends.join(", ")}`);
+    const loaded = (worker.loaded || []).length ? ` · loaded: ${worker.loaded.join(", ")}` : "";
+    cell(row, `${worker.models.join(", ")} · ${worker.backends.join(", ")}${loaded}`);
     cell(row, jobCell(worker.job));
     return row;
   }));

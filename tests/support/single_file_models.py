@@ -141,18 +141,26 @@ def open_clip_state(state: dict, prefix: str) -> dict:
     return out
 
 
+def ldm_vae_state_dict(vae, prefix: str = VAE) -> dict:
+    """An AutoencoderKL's weights under LDM's names; `prefix=""`: as a VAE file of A1111's
+    VAE folder (`encoder.down.0...`)."""
+    blocks = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in vae.state_dict().items():
+        ldm = prefix + vae_key(key, blocks).removeprefix(VAE)
+        if ".attn_1." in ldm and ldm.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]
+        out[ldm] = value.contiguous()
+    return out
+
+
 def ldm_state_dict(pipe) -> dict:
     """The pipeline's weights under A1111's (LDM's) names, contiguous, ready for save_file."""
     unet = pipe.unet
     layers_per_block = unet.config.layers_per_block
     up_attention = [hasattr(block, "attentions") for block in unet.up_blocks]
     out = {unet_key(k, layers_per_block, up_attention): v for k, v in unet.state_dict().items()}
-    blocks = len(pipe.vae.config.block_out_channels)
-    for key, value in pipe.vae.state_dict().items():
-        ldm = vae_key(key, blocks)
-        if ".attn_1." in ldm and ldm.endswith("weight") and value.ndim == 2:
-            value = value[:, :, None, None]
-        out[ldm] = value
+    out.update(ldm_vae_state_dict(pipe.vae))
     text_2 = getattr(pipe, "text_encoder_2", None)
     if text_2 is not None:
         if pipe.text_encoder is not None:

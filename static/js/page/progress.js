@@ -7,7 +7,7 @@ import {
   bar,
   cancelButton,
   form,
-  PHASES,
+  phaseText,
   setCountingStatus,
   setStatus,
   state,
@@ -28,7 +28,7 @@ let source = null;
 let waitingCheck = null;
 
 function describePhase(eta) {
-  const name = PHASES[state.phase] || state.phase || "Working";
+  const name = phaseText(state.phase) || "Working";
   const left = about(eta);
   return state.restartNote + (left ? `${name}… ${left} left` : `${name}…`);
 }

@@ -6,7 +6,7 @@ import {
   cancel,
   cancelButton,
   ENDED,
-  PHASES,
+  phaseText,
   QUEUE_REFRESH_MS,
   setStatus,
   state,
@@ -52,7 +52,7 @@ function queueItem(job) {
     const left = about(job.eta_seconds);
     where.textContent = `#${job.queue_position} in the queue${left ? `, ${left}` : ""}`;
   } else {
-    where.textContent = job.waiting_for || `${PHASES[job.phase] || job.phase || "Running"}: ${job.percentage} %`;
+    where.textContent = job.waiting_for || `${phaseText(job.phase) || "Running"}: ${job.percentage} %`;
   }
   const jobBar = miniBar(`Progress of “${job.prompt}”`);
   setMiniBar(jobBar, job.percentage);

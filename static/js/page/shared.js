@@ -10,7 +10,6 @@ const alertText = document.getElementById("alert");
 
 export const PHASES = {
   starting: "Starting",
-  "loading model": "Loading the model",
   "preparing OpenVINO model (first use)": "Preparing the OpenVINO model (first use)",
   "compiling OpenVINO model": "Compiling the OpenVINO model for this size",
   compiling: "Compiling the model for this size (first job)",
@@ -18,6 +17,11 @@ export const PHASES = {
   decoding: "Decoding the image",
   saving: "Saving the image",
 };
+// A phase as the page says it: the worker's "loading sd15_dreamshaper..." names the model.
+export function phaseText(phase) {
+  if (PHASES[phase]) return PHASES[phase];
+  return phase?.startsWith("loading ") ? `Loading ${phase.slice("loading ".length)}` : phase;
+}
 export const QUEUE_REFRESH_MS = 1000;
 export const ENDED = ["completed", "failed", "cancelled"];
 
