@@ -121,7 +121,13 @@ def test_webuiapi_models_options_samplers_and_png_info(a1111, api_key):
     assert "Euler a" in a1111.util_get_sampler_names()
     assert a1111.get_options()["sd_model_checkpoint"] == "demo"
     a1111.set_options({"sd_model_checkpoint": "demo", "samples_save": False})
-    assert a1111.get_upscalers() == [] and a1111.get_sd_vae() == []
+    # No upscaler models and no VAE files here: A1111's built-in upscalers only.
+    assert [upscaler["name"] for upscaler in a1111.get_upscalers()] == [
+        "None",
+        "Lanczos",
+        "Nearest",
+    ]
+    assert a1111.get_sd_vae() == []
 
     made = a1111.txt2img(prompt="a lighthouse", steps=2, width=64, height=64, seed=9)
     info = a1111.png_info(made.images[0])

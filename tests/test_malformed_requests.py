@@ -182,7 +182,7 @@ OPENAI = [
     ("POST", "/v1/images/generations", raw("not json"), 400, "__all__"),
     ("GET", "/v1/images/generations", None, 405, None),
     ("POST", "/v1/models", None, 405, None),
-    ("GET", "/v1/images/edits", None, 404, None),
+    ("GET", "/v1/images/edits", None, 405, None),
     ("GET", "/v1/no-such-route", None, 404, None),
 ]  # fmt: skip
 

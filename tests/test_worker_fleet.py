@@ -270,7 +270,9 @@ def test_a_worker_that_cannot_load_a_model_leaves_its_jobs_to_one_that_can(
     start_worker(HOME=str(good_home))
     wait_for(lambda: WorkerRecord.objects.filter(ready=True).count() == 1, timeout=60)
     sessions = [make_session(model="~/model", steps=2) for _ in range(4)]
-    broken = start_worker(HOME=str(bad_home))
+    # Routing off for it: by default a job of a model the good worker holds is left to
+    # that worker (SD_ROUTE_GRACE), and the broken one would never try to load it.
+    broken = start_worker(HOME=str(bad_home), SD_ROUTE_GRACE="0")
 
     for session in sessions:
         done = wait_until_status(session, Status.COMPLETED, Status.FAILED)
