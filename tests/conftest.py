@@ -1,6 +1,8 @@
 import sys
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from tests.support.processes import WebServer, WorkerProcess
 
@@ -18,6 +20,15 @@ def tell_logs_if_failed(request, processes) -> None:
     if getattr(request.node, "call_failed", False):
         for process in processes:
             sys.stdout.write(f"--- {process.log_path.name} (end)\n{process.log()[-3000:]}\n")
+
+
+@pytest.fixture(autouse=True)
+def no_global_options_left():
+    """A1111's options set with API auth off (the checkpoint, the VAE) are kept for every
+    process in $DATA_DIR/options.json, which the whole run shares: no test leaves them to
+    the next."""
+    yield
+    (Path(settings.DATA_DIR) / "options.json").unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -302,10 +302,11 @@ def test_a_real_worker_draws_the_demo_shape_where_the_canny_control_image_has_it
         image=shape_sketch("top left"), module="canny", model="demo-canny",
         threshold_a=100, threshold_b=200, resize_mode="Crop and Resize", pixel_perfect=True,
     )  # fmt: skip
+    # Dicts of their own: webuiapi's default `alwayson_scripts={}` is one dict shared by
+    # every call in the process, which a call with units fills with them (every later
+    # webuiapi request of the test run would send this unit).
     guided = api.txt2img(prompt=prompt, steps=8, width=64, height=64, seed=5,
-                         controlnet_units=[unit])  # fmt: skip
-    # A dict of its own: webuiapi's default `alwayson_scripts={}` is one shared dict, which
-    # its first call filled with the unit.
+                         controlnet_units=[unit], alwayson_scripts={})  # fmt: skip
     plain = api.txt2img(prompt=prompt, steps=8, width=64, height=64, seed=5, alwayson_scripts={})
     # With the ControlNet the square is at the top left and nowhere else; without, the demo
     # centres it (and so large that it covers the top left too).

@@ -28,6 +28,8 @@ def two_models(tmp_path, settings):
     """The demo and a copy of its folder: to a worker, two models."""
     copy = str(shutil.copytree(demo.WEIGHTS, tmp_path / "demo2"))
     settings.SD_MODELS = ["demo", copy]
+    # Every step written: coalesced writes could skip from loading straight to the last step.
+    settings.SD_STEP_WRITE_INTERVAL = 0
     return "demo", copy
 
 
