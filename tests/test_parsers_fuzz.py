@@ -213,7 +213,13 @@ def test_a_hostile_prompt_is_parsed_in_well_under_a_second_and_a_megabyte_refuse
     assert len(at_limit) <= PROMPT_LIMIT
     found, seconds = cpu_seconds(parser, at_limit)
     assert not isinstance(found, PromptTooLong)
-    assert seconds < BOUND, f"{name} at the limit: {seconds:.2f} s"
+    # Linear, not quadratic: a quarter of the text takes about a quarter of the time (a
+    # quadratic parser, a sixteenth), which a busy CI machine does not blur as it does an
+    # absolute bound; the replaced parsers took seconds to hours here.
+    assert seconds < 4 * BOUND, f"{name} at the limit: {seconds:.2f} s"
+    if seconds > 0.1:  # long enough to time
+        _, quarter = cpu_seconds(parser, hostile_prompts(PROMPT_LIMIT // 4)[name])
+        assert seconds < 8 * quarter, f"{name}: {seconds:.2f} s, a quarter {quarter:.2f} s"
 
     megabyte = hostile_prompts(MEGABYTE)[name]
     found, seconds = cpu_seconds(parser, megabyte)
