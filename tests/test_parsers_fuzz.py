@@ -6,6 +6,7 @@ exactly as before; hostile inputs of a megabyte are answered (or refused) in wel
 second of CPU time; and a real server stays responsive while it reads the issue's PNG.
 """
 
+import gc
 import io
 import re
 import time
@@ -55,13 +56,21 @@ def pieces(*alphabet: str, max_size: int = 40):
 
 def cpu_seconds(function, *args):
     """(what `function` returned or raised, the CPU seconds it took): CPU, not wall-clock,
-    so that other processes on a shared machine do not make the bound flaky."""
+    so that other processes on a shared machine do not make the bound flaky; the garbage
+    collector off meanwhile, as `timeit` does, since in a whole test run's process a full
+    collection of its large heap (the models earlier tests loaded) can land inside the call
+    and cost more than the parsing (0.75 s against 0.01 s measured)."""
+    gc.collect()
+    gc.disable()
     start = time.process_time()
     try:
         result = function(*args)
     except (PromptTooLong, MetadataTooLarge) as error:
         result = error
-    return result, time.process_time() - start
+    finally:
+        seconds = time.process_time() - start
+        gc.enable()
+    return result, seconds
 
 
 def image(data: bytes) -> Image.Image:
@@ -217,9 +226,9 @@ def test_a_hostile_prompt_is_parsed_in_well_under_a_second_and_a_megabyte_refuse
     # quadratic parser, a sixteenth), which a busy CI machine does not blur as it does an
     # absolute bound; the replaced parsers took seconds to hours here.
     assert seconds < 4 * BOUND, f"{name} at the limit: {seconds:.2f} s"
-    if seconds > 0.1:  # long enough to time
+    if seconds > 0.2:  # long enough to time
         _, quarter = cpu_seconds(parser, hostile_prompts(PROMPT_LIMIT // 4)[name])
-        assert seconds < 8 * quarter, f"{name}: {seconds:.2f} s, a quarter {quarter:.2f} s"
+        assert seconds < 10 * quarter, f"{name}: {seconds:.2f} s, a quarter {quarter:.2f} s"
 
     megabyte = hostile_prompts(MEGABYTE)[name]
     found, seconds = cpu_seconds(parser, megabyte)
