@@ -431,20 +431,8 @@ def plan_of(workflow) -> Plan:
     data["seed"] = used_seed(seed)
     data["steps"] = read.value(sampler, "steps", int)
     data["guidance_scale"] = read.value(sampler, "cfg", (int, float))
-    sampler_name = read.value(sampler, "sampler_name", str)
-    if sampler_name not in SAMPLERS:
-        raise node_error(
-            workflow, sampler, "sampler_name",
-            f"Value not in list: {sampler_name[:100]!r} not in {list(SAMPLERS)}", read.save,
-        )  # fmt: skip
-    data["scheduler"] = SAMPLERS[sampler_name]
-    schedule = read.value(sampler, "scheduler", str)
-    if schedule not in SCHEDULES:
-        raise node_error(
-            workflow, sampler, "scheduler",
-            f"Value not in list: {schedule[:100]!r} not in {list(SCHEDULES)}", read.save,
-        )  # fmt: skip
-    data["schedule_type"] = SCHEDULES[schedule]
+    data["scheduler"] = listed(workflow, read, sampler, "sampler_name", SAMPLERS)
+    data["schedule_type"] = listed(workflow, read, sampler, "scheduler", SCHEDULES)
     tags = [lora_tag(read, node) for node in nodes["loras"]]
     positive = read.value(nodes["positive"], "text", str)
     data["prompt"] = " ".join([positive, *(tag for tag in tags if tag)]).strip()
@@ -472,3 +460,15 @@ def image_entry(name: str) -> dict:
     name within the media storage, never a server path)."""
     folder, _, filename = name.rpartition("/")
     return {"filename": filename, "subfolder": folder, "type": "output"}
+
+
+def listed(workflow: dict, read, node: str, field: str, table: dict) -> str:
+    """sdsite's name for the choice a node's input names from `table` (ComfyUI's names), or
+    ComfyUI's "Value not in list" error naming the node and input."""
+    value = read.value(node, field, str)
+    if value not in table:
+        raise node_error(
+            workflow, node, field,
+            f"Value not in list: {value[:100]!r} not in {list(table)}", read.save,
+        )  # fmt: skip
+    return table[value]
